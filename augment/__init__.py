@@ -1,0 +1,3 @@
+"""augment: GAN data augmentation for semantic segmentation, distributed with Ray."""
+
+__version__ = "0.1.0"

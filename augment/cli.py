@@ -1,0 +1,145 @@
+"""The `augment` command line. Each subcommand parses its options here and calls one function elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from augment.data.codec import parse_size
+from augment.errors import AugmentError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_training_resources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_positive, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="augment", description="GAN data augmentation for semantic segmentation, distributed with Ray."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="turn a labelled dataset on disk into an augment Parquet dataset")
+    p.add_argument("src", help="dataset root folder")
+    p.add_argument("--format", required=True, choices=["camvid", "cityscapes", "voc", "folder"])
+    p.add_argument("--out", required=True, help="output dataset folder or URI")
+    p.add_argument("--split", default=None, help="split to ingest (default: train; 'all' for every split found)")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="resize (bilinear images, nearest masks)")
+    p.add_argument("--classes", default=None, help="folder format: classes.json path or comma-separated names")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
+    p.set_defaults(handler="augment.data.ingest:ingest_command")
+
+    p = sub.add_parser("example-data", help="write the built-in procedural street-scene dataset")
+    p.add_argument("out", help="output dataset folder or URI")
+    p.add_argument("--n", type=_positive, default=200, help="number of samples")
+    p.add_argument("--size", type=_size, default=(128, 128), metavar="HxW")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
+    p.set_defaults(handler="augment.data.ingest:example_data_command")
+
+    p = sub.add_parser("info", help="print a dataset's rows, sizes, classes and class shares")
+    p.add_argument("dataset")
+    p.add_argument("--json", action="store_true", help="print dataset.json instead of the table")
+    p.set_defaults(handler="augment.data.info:info_command")
+
+    p = sub.add_parser("train-gan", help="train the label-map-conditioned GAN (OASIS) on Ray Train")
+    p.add_argument("--data", required=True, help="training dataset")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="training resolution (default: data's)")
+    p.add_argument("--steps", type=_positive, default=2000)
+    p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
+    p.add_argument("--l1", action="store_true", help="add the L1 reconstruction term (L = L_GAN + L_L1)")
+    p.add_argument("--feature-matching", action="store_true", help="add discriminator feature matching")
+    p.add_argument("--sample-every", type=_positive, default=None, help="sample sheet every N steps")
+    _add_training_resources(p)
+    p.set_defaults(handler="augment.training.gan:train_gan_command")
+
+    p = sub.add_parser("train-seg", help="train a torchvision segmenter on Ray Train")
+    p.add_argument("--data", required=True, help="training dataset(s), comma-separated")
+    p.add_argument("--val", default=None, help="validation dataset (evaluated after each epoch)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--model", default="lraspp_mobilenet_v3_large")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW")
+    p.add_argument("--epochs", type=_positive, default=30)
+    p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
+    p.add_argument("--lr", type=float, default=None)
+    _add_training_resources(p)
+    p.set_defaults(handler="augment.training.segmenter:train_seg_command")
+
+    p = sub.add_parser("evaluate", help="per-class IoU, mIoU and pixel accuracy of a segmenter on a dataset")
+    p.add_argument("--model", required=True, help="train-seg run folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--batch", type=_positive, default=8)
+    p.set_defaults(handler="augment.training.evaluate:evaluate_command")
+
+    p = sub.add_parser("run", help="run an augmentation job file on a local or existing Ray cluster")
+    p.add_argument("job", help="job file (YAML or JSON)")
+    p.add_argument("--overwrite", action="store_true", help="replace another job's output at the output location")
+    p.add_argument("--address", default=None)
+    p.set_defaults(handler="augment.runner.job:run_command")
+
+    p = sub.add_parser("retrain", help="retrain the segmenter on real + synthetic data and report per-class gains")
+    p.add_argument("--real", required=True)
+    p.add_argument("--synthetic", required=True, help="synthetic dataset(s), comma-separated")
+    p.add_argument("--val", default=None, help="real validation dataset (default: --real's val split if present)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of each batch that is synthetic")
+    p.add_argument("--model", default="lraspp_mobilenet_v3_large")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW")
+    p.add_argument("--epochs", type=_positive, default=30)
+    p.add_argument("--batch", type=_positive, default=8)
+    p.add_argument("--baseline", default=None, help="train-seg run on real data only (default: train one)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_training_resources(p)
+    p.set_defaults(handler="augment.report.retrain:retrain_command")
+
+    p = sub.add_parser("demo", help="the whole chain on built-in example data, end to end")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--size", type=_size, default=(64, 64), metavar="HxW")
+    p.add_argument("--steps", type=_positive, default=None, help="GAN steps (segmenter epochs scale with it)")
+    p.add_argument("--n", type=_positive, default=None, help="example samples")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler="augment.report.demo:demo_command")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args.handler.split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args) or 0)
+    except AugmentError as exc:
+        print(f"augment {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"augment {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

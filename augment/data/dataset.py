@@ -1,0 +1,371 @@
+"""The dataset format: a folder of Parquet files plus `dataset.json`, written atomically and read as a stream.
+
+Writers stage everything in a temporary sibling folder and move it into place at the end, so a run that fails
+part-way leaves no half-written dataset. Each writer process writes its own part files; the driver merges the
+per-part statistics into `dataset.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import cached_property, lru_cache
+from importlib import resources
+from typing import Any, Iterator
+
+import jsonschema
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from augment.data import fs as afs
+from augment.data.codec import decode_image, decode_mask
+from augment.data.schema import SCHEMA_VERSION, arrow_schema, check_schema
+from augment.errors import DatasetError
+
+INFO_FILE = "dataset.json"
+QUARANTINE_FILE = "quarantine.jsonl"
+TARGET_FILE_BYTES = 256 << 20
+ROW_GROUP_BYTES = 32 << 20
+ROW_GROUP_ROWS = 256
+
+
+@dataclass
+class PartStats:
+    """Statistics of the rows one writer wrote; merged across parts into DatasetInfo."""
+
+    num_classes: int
+    rows: int = 0
+    class_pixels: list[int] = field(default_factory=list)
+    class_images: list[int] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    splits: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.class_pixels = self.class_pixels or [0] * self.num_classes
+        self.class_images = self.class_images or [0] * self.num_classes
+
+    def add_row(self, height: int, width: int, split: str, pixels: np.ndarray) -> None:
+        self.rows += 1
+        self.class_pixels = [a + int(b) for a, b in zip(self.class_pixels, pixels)]
+        self.class_images = [a + int(b > 0) for a, b in zip(self.class_images, pixels)]
+        key = f"{height}x{width}"
+        self.sizes[key] = self.sizes.get(key, 0) + 1
+        self.splits[split] = self.splits.get(split, 0) + 1
+
+    def merge(self, other: "PartStats") -> "PartStats":
+        self.rows += other.rows
+        self.class_pixels = [a + b for a, b in zip(self.class_pixels, other.class_pixels)]
+        self.class_images = [a + b for a, b in zip(self.class_images, other.class_images)]
+        self.sizes = dict(Counter(self.sizes) + Counter(other.sizes))
+        self.splits = dict(Counter(self.splits) + Counter(other.splits))
+        self.files += other.files
+        self.quarantine += other.quarantine
+        return self
+
+
+@dataclass
+class DatasetInfo:
+    """The content of `dataset.json` (see schemas/dataset-v1.schema.json)."""
+
+    classes: list[str]
+    palette: list[list[int]]
+    ignore_index: int = 255
+    kind: str = "sample"
+    num_rows: int = 0
+    sizes: list[dict[str, int]] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    class_pixels: list[int] = field(default_factory=list)
+    class_images: list[int] = field(default_factory=list)
+    quarantined: int = 0
+    files: list[str] = field(default_factory=list)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    created_at: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) when every row has the same size, else None."""
+        if len(self.sizes) != 1:
+            return None
+        return self.sizes[0]["height"], self.sizes[0]["width"]
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """Index of a class given by name or index (as int or numeric string)."""
+        if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+            idx = int(name_or_index)
+            if not 0 <= idx < self.num_classes:
+                raise DatasetError(f"class index {idx} out of range 0..{self.num_classes - 1}")
+            return idx
+        if name_or_index not in self.classes:
+            raise DatasetError(f"unknown class {name_or_index!r}; classes are {', '.join(self.classes)}")
+        return self.classes.index(name_or_index)
+
+    def apply_stats(self, stats: PartStats) -> None:
+        self.num_rows = stats.rows
+        self.class_pixels = list(stats.class_pixels)
+        self.class_images = list(stats.class_images)
+        self.sizes = [
+            {"height": int(k.split("x")[0]), "width": int(k.split("x")[1]), "rows": v}
+            for k, v in sorted(stats.sizes.items(), key=lambda kv: -kv[1])
+        ]
+        self.splits = dict(sorted(stats.splits.items()))
+        self.quarantined = len(stats.quarantine)
+        self.files = sorted(stats.files)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = INFO_FILE) -> "DatasetInfo":
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise DatasetError(
+                f"{source}: schema_version {data.get('schema_version')!r} is not supported (this augment reads "
+                f"version {SCHEMA_VERSION})"
+            )
+        try:
+            jsonschema.validate(data, _dataset_json_schema())
+        except jsonschema.ValidationError as exc:
+            raise DatasetError(f"{source}: invalid dataset.json: {exc.message}") from None
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@lru_cache(maxsize=1)
+def _dataset_json_schema() -> dict[str, Any]:
+    return json.loads((resources.files("augment.schemas") / "dataset-v1.schema.json").read_text())
+
+
+class PartWriter:
+    """Writes rows of one schema to Parquet files `<prefix>-NNNN.parquet` in a folder.
+
+    Row groups hold about ROW_GROUP_BYTES (at most ROW_GROUP_ROWS rows) and a file rolls over past
+    TARGET_FILE_BYTES, so files stream well: no giant file, no swarm of tiny ones.
+    """
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        folder: str,
+        prefix: str,
+        schema_name: str,
+        num_classes: int,
+        target_file_bytes: int = TARGET_FILE_BYTES,
+        row_group_bytes: int = ROW_GROUP_BYTES,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ) -> None:
+        self.fs = filesystem
+        self.folder = folder
+        self.prefix = prefix
+        self.schema = arrow_schema(schema_name)
+        self.stats = PartStats(num_classes)
+        self._target_file_bytes = target_file_bytes
+        self._row_group_bytes = row_group_bytes
+        self._row_group_rows = row_group_rows
+        self._rows: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._sink = None
+        self._file_bytes = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Add one row (a dict with the schema's columns); `class_pixels` feeds the statistics."""
+        self._rows.append(row)
+        self._buffered_bytes += len(row["image"]["bytes"]) + len(row["mask"]["bytes"])
+        self.stats.add_row(row["height"], row["width"], row["split"], np.asarray(row["class_pixels"]))
+        if self._buffered_bytes >= self._row_group_bytes or len(self._rows) >= self._row_group_rows:
+            self._flush()
+
+    def quarantine(self, source: str, reason: str, **extra: Any) -> None:
+        self.stats.quarantine.append({"source": source, "reason": reason, **extra})
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            name = f"{self.prefix}-{len(self.stats.files):04d}.parquet"
+            self._sink = self.fs.open_output_stream(afs.join(self.folder, name))
+            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+            self.stats.files.append(name)
+        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
+        self._file_bytes += self._buffered_bytes
+        self._rows, self._buffered_bytes = [], 0
+        if self._file_bytes >= self._target_file_bytes:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer, self._sink, self._file_bytes = None, None, 0
+
+    def close(self) -> PartStats:
+        self._flush()
+        self._close_file()
+        return self.stats
+
+
+class StagedOutput:
+    """A dataset folder being written: a temporary sibling until `commit` moves it into place.
+
+    Refuses an output that already holds a dataset (or other files) unless `overwrite`. Leaving the `with` block
+    without committing removes the staging folder.
+    """
+
+    def __init__(self, uri: str, overwrite: bool = False) -> None:
+        self.uri = uri
+        self.fs, self.path = afs.resolve(uri)
+        self.overwrite = overwrite
+        self.staging = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+        self.committed = False
+
+    def __enter__(self) -> "StagedOutput":
+        if afs.exists(self.fs, self.path) and not self.overwrite:
+            if afs.exists(self.fs, afs.join(self.path, INFO_FILE)):
+                raise DatasetError(f"{self.uri} already holds a dataset; pass --overwrite to replace it")
+            if afs.list_files(self.fs, self.path, recursive=True):
+                raise DatasetError(f"{self.uri} exists and is not empty; choose another output or pass --overwrite")
+        self.fs.create_dir(self.staging, recursive=True)
+        return self
+
+    def commit(self, info: DatasetInfo, quarantine: list[dict[str, str]]) -> None:
+        """Write quarantine.jsonl and dataset.json (last), then move the folder into place."""
+        info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        lines = "".join(json.dumps(q) + "\n" for q in quarantine)
+        afs.write_bytes_atomic(self.fs, afs.join(self.staging, QUARANTINE_FILE), lines.encode())
+        afs.write_bytes_atomic(self.fs, afs.join(self.staging, INFO_FILE), info.to_json().encode())
+        old = None
+        if afs.exists(self.fs, self.path):
+            old = f"{self.path}.old-{uuid.uuid4().hex[:8]}"
+            self.fs.move(self.path, old)
+        self.fs.move(self.staging, self.path)
+        self.committed = True
+        if old is not None:
+            self.fs.delete_dir(old)
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.committed and afs.exists(self.fs, self.staging):
+            self.fs.delete_dir(self.staging)
+
+
+def read_info(uri: str) -> DatasetInfo:
+    filesystem, path = afs.resolve(uri)
+    info_path = afs.join(path, INFO_FILE)
+    if not afs.exists(filesystem, path):
+        raise DatasetError(f"{uri}: no such dataset folder")
+    if not afs.exists(filesystem, info_path):
+        raise DatasetError(f"{uri}: not an augment dataset (no {INFO_FILE}); create one with `augment ingest`")
+    try:
+        data = json.loads(afs.read_bytes(filesystem, info_path))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{info_path}: not valid JSON ({exc})") from None
+    return DatasetInfo.from_dict(data, source=info_path)
+
+
+class Dataset:
+    """An augment dataset opened for reading: its info plus streaming access to its rows."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.fs, self.path = afs.resolve(uri)
+        self.info = read_info(uri)
+
+    def __len__(self) -> int:
+        return self.info.num_rows
+
+    @property
+    def schema_name(self) -> str:
+        return self.info.kind
+
+    @property
+    def files(self) -> list[str]:
+        """Full paths (within `self.fs`) of the Parquet files, in a fixed order."""
+        return [afs.join(self.path, f) for f in self.info.files]
+
+    @property
+    def uris(self) -> list[str]:
+        """The Parquet files as paths/URIs other readers (Ray Data, DuckDB) accept."""
+        if "://" in self.uri:
+            scheme = self.uri.split("://", 1)[0]
+            return [f"{scheme}://{p}" for p in self.files]
+        return self.files
+
+    @cached_property
+    def arrow(self) -> pads.Dataset:
+        """A pyarrow dataset over the files, schema-checked."""
+        ds = pads.dataset(self.files, filesystem=self.fs, format="parquet")
+        try:
+            check_schema(ds.schema, self.schema_name, source=self.uri)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+        return ds
+
+    def iter_batches(
+        self, columns: list[str] | None = None, batch_size: int = 64, filter: pads.Expression | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream record batches; memory holds about one batch at a time."""
+        yield from self.arrow.to_batches(columns=columns, batch_size=batch_size, filter=filter)
+
+    def iter_samples(
+        self, columns: tuple[str, ...] = ("id", "image", "mask"), batch_size: int = 32
+    ) -> Iterator[dict[str, Any]]:
+        """Stream rows as dicts with decoded `image` (H×W×3 uint8) and `mask` (H×W uint8)."""
+        for batch in self.iter_batches(list(columns), batch_size=batch_size):
+            for row in batch.to_pylist():
+                yield decode_row(row, source=self.uri)
+
+
+def decode_row(row: dict[str, Any], source: str = "") -> dict[str, Any]:
+    """Replace encoded image/mask structs in a row by arrays."""
+    out = dict(row)
+    where = f"{source} row {row.get('id', '?')}"
+    if "image" in row:
+        out["image"] = decode_image(row["image"]["bytes"], where)
+    if "mask" in row:
+        out["mask"] = decode_mask(row["mask"]["bytes"], where)
+    return out
+
+
+def open_dataset(uri: str) -> Dataset:
+    return Dataset(uri)
+
+
+def make_row(
+    sample_id: str,
+    image_bytes: bytes,
+    mask_bytes: bytes,
+    height: int,
+    width: int,
+    split: str,
+    pixels: np.ndarray,
+    image_name: str | None = None,
+    mask_name: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A row of the `sample` schema (plus `extra` columns for schemas that extend it)."""
+    stem = sample_id.replace("/", "_")
+    return {
+        "id": sample_id,
+        "image": {"bytes": image_bytes, "path": image_name or f"{stem}.png"},
+        "mask": {"bytes": mask_bytes, "path": mask_name or f"{stem}_mask.png"},
+        "height": int(height),
+        "width": int(width),
+        "split": split,
+        "class_pixels": [int(x) for x in pixels],
+        "source_image": image_name,
+        "source_mask": mask_name,
+        **extra,
+    }
+

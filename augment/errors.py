@@ -1,0 +1,21 @@
+"""Exceptions that the CLI turns into one-line messages."""
+
+
+class AugmentError(Exception):
+    """A user-facing error: bad input, bad config, refused operation. The CLI prints it on one line."""
+
+
+class DatasetError(AugmentError):
+    """A dataset on disk is missing, malformed or does not fit its use."""
+
+
+class BadSample(AugmentError):
+    """One sample cannot be used (corrupt image, size mismatch, label out of range...).
+
+    Long jobs quarantine the sample with `reason` and go on.
+    """
+
+    def __init__(self, reason: str, source: str = "") -> None:
+        super().__init__(f"{source}: {reason}" if source else reason)
+        self.reason = reason
+        self.source = source

@@ -1,0 +1,1 @@
+"""Quality filtering of synthetic samples by segmenter agreement with their label maps."""

@@ -1,0 +1,1 @@
+"""Models: the OASIS-style label-map-conditioned GAN and the torchvision segmenters."""

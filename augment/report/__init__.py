@@ -1,0 +1,1 @@
+"""Reports: retraining comparison, figures and sample sheets."""

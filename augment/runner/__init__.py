@@ -1,0 +1,1 @@
+"""The job runner: shards, executors (local, Ray), completion markers, job files."""

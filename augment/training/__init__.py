@@ -1,0 +1,1 @@
+"""Training loops (GAN, segmenter) on Ray Train, checkpoints, metrics and evaluation."""
