@@ -1,0 +1,81 @@
+"""Contact sheets: one PNG grid per class, a row per sample (label | synthetic | prediction) under a caption.
+
+Layout (all sizes in pixels; panels are scaled up, nearest, to at least MIN_PANEL on their short side):
+    a header strip of CAPTION_H naming the columns, then per sample a caption strip of CAPTION_H and the three
+    panels side by side, each row framed by a BORDER-wide frame, green for accepted and red for rejected.
+    width  = 3 * panel_w + 4 * BORDER
+    height = CAPTION_H + n * (CAPTION_H + panel_h + 2 * BORDER)
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from augment.data import fs as afs
+from augment.data.codec import resize_mask
+
+MIN_PANEL = 96
+CAPTION_H = 14
+BORDER = 3
+ACCEPTED_RGB = (40, 170, 60)
+REJECTED_RGB = (210, 40, 40)
+BACKGROUND_RGB = (255, 255, 255)
+IGNORE_RGB = (0, 0, 0)
+
+SheetRow = tuple[np.ndarray, np.ndarray, np.ndarray, bool, str]
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """H x W class indices -> H x W x 3 uint8 colours; labels without a palette entry (ignore) are black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[:] = IGNORE_RGB
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+    return lut[np.asarray(mask, dtype=np.uint8)]
+
+
+def panel_size(height: int, width: int) -> tuple[int, int]:
+    """(H, W) a height x width sample is drawn at: scaled by an integer factor to reach MIN_PANEL."""
+    factor = max(1, -(-MIN_PANEL // min(height, width)))
+    return height * factor, width * factor
+
+
+def render_sheet(rows: Sequence[SheetRow], palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """The sheet as an H x W x 3 uint8 array (layout in the module docstring)."""
+    if not rows:
+        raise ValueError("a contact sheet needs at least one row")
+    ph, pw = panel_size(*rows[0][0].shape[:2])
+    row_h = CAPTION_H + ph + 2 * BORDER
+    width = 3 * pw + 4 * BORDER
+    sheet = Image.new("RGB", (width, CAPTION_H + len(rows) * row_h), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(sheet)
+    for i, title in enumerate(("label", "synthetic", "prediction")):
+        draw.text((BORDER + i * (pw + BORDER) + 2, 1), title, fill=(0, 0, 0))
+    for r, (mask, image, pred, accepted, caption) in enumerate(rows):
+        top = CAPTION_H + r * row_h
+        colour = ACCEPTED_RGB if accepted else REJECTED_RGB
+        draw.rectangle([0, top, width - 1, top + row_h - 1], fill=colour)
+        draw.rectangle([BORDER, top, width - 1 - BORDER, top + CAPTION_H - 1], fill=BACKGROUND_RGB)
+        draw.text((BORDER + 2, top + 1), f"{'accepted' if accepted else 'REJECTED'}  {caption}", fill=colour)
+        panels = (
+            colorize(resize_mask(np.asarray(mask, np.uint8), (ph, pw)), palette),
+            np.asarray(Image.fromarray(np.ascontiguousarray(image, np.uint8), "RGB").resize((pw, ph), Image.NEAREST)),
+            colorize(resize_mask(np.asarray(pred, np.uint8), (ph, pw)), palette),
+        )
+        for i, panel in enumerate(panels):
+            sheet.paste(Image.fromarray(panel), (BORDER + i * (pw + BORDER), top + CAPTION_H + BORDER))
+    return np.asarray(sheet)
+
+
+def contact_sheet(rows: Sequence[SheetRow], palette: Sequence[Sequence[int]], path: str) -> None:
+    """Write the sheet of `rows` (mask, image, prediction, accepted, caption) as a PNG to a local path or URI."""
+    buf = io.BytesIO()
+    Image.fromarray(render_sheet(rows, palette)).save(buf, format="PNG")
+    filesystem, target = afs.resolve(path)
+    parent = target.rsplit("/", 1)[0]
+    if parent:
+        filesystem.create_dir(parent, recursive=True)
+    afs.write_bytes_atomic(filesystem, target, buf.getvalue())
