@@ -1,0 +1,163 @@
+"""Job files: YAML or JSON validated against `schemas/job-v1.schema.json`, loaded into a `JobConfig` with defaults.
+
+Relative local paths in a job file are taken relative to the job file's folder (so a job file and its data can move
+together, and `ray job submit --working-dir .` finds them); URIs (s3://...) are kept as they are. Class quota keys
+may be names or indices (`{pedestrian: 100, 9: 50}`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+from augment.data import fs as afs
+from augment.errors import AugmentError
+
+SCHEMA_FILE = "job-v1.schema.json"
+NOISE_MODES = ("target", "global", "both")
+
+
+@lru_cache(maxsize=1)
+def job_schema() -> dict[str, Any]:
+    return json.loads((resources.files("augment.schemas") / SCHEMA_FILE).read_text())
+
+
+def _defaults(section: str) -> dict[str, Any]:
+    props = job_schema()["properties"][section]["properties"]
+    return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+@dataclass
+class Resources:
+    """How a job runs. None of these changes the rows written except `samples_per_shard` (the file layout)."""
+
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float = 1.0
+    batch_size: int = 16
+    samples_per_shard: int = 64
+    max_shard_attempts: int = 3
+
+
+@dataclass
+class JobConfig:
+    """A validated job file. `classes` (explicit quotas) and `balance_total` are mutually exclusive."""
+
+    data: str
+    generator: str
+    segmenter: str
+    output: str
+    seed: int = 0
+    classes: dict[str, int] | None = None
+    balance_total: int | None = None
+    balance_power: float = 0.5
+    filter: dict[str, Any] = field(default_factory=lambda: _defaults("filter"))
+    keep_rejected: bool = False
+    noise: str = "target"
+    edits: dict[str, Any] = field(default_factory=dict)
+    sheets: int = 6
+    resources: Resources = field(default_factory=Resources)
+    source: str = "<job>"
+    document: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dotted(path: list[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _schema_error_message(err: jsonschema.ValidationError) -> str:
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties":
+        known = list(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(known))
+        hint = difflib.get_close_matches(extra[0], known, n=1)
+        tip = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(known)}"
+        return f"unknown key {_dotted(path + [extra[0]])!r}{tip}"
+    if err.validator == "required":
+        missing = next(k for k in err.validator_value if k not in err.instance)
+        return f"missing required key {_dotted(path + [missing])!r}"
+    return f"{_dotted(path)}: {err.message}"
+
+
+def validate_document(doc: Any, source: str) -> None:
+    """Raise AugmentError naming `source` and the key path of the first problem."""
+    if not isinstance(doc, dict):
+        raise AugmentError(f"{source}: a job file must be a mapping of keys (data, generator, ...), got {type(doc).__name__}")
+    has_classes, has_balance = "classes" in doc, "balance" in doc
+    if has_classes == has_balance:
+        which = "both" if has_classes else "neither"
+        raise AugmentError(f"{source}: give exactly one of 'classes' (quotas per class) and 'balance' ({{total: N}}), got {which}")
+    validator = jsonschema.Draft202012Validator(job_schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise AugmentError(f"{source}: {_schema_error_message(jsonschema.exceptions.best_match(errors))}")
+
+
+def _resolve_path(value: str, base: str) -> str:
+    if "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def job_from_document(doc: dict[str, Any], source: str = "<job>", base_dir: str = ".") -> JobConfig:
+    """Validate a parsed job document and fill in defaults."""
+    doc = copy.deepcopy(doc)
+    if isinstance(doc, dict) and isinstance(doc.get("classes"), dict):
+        doc["classes"] = {str(k): v for k, v in doc["classes"].items()}
+    validate_document(doc, source)
+    balance = doc.get("balance")
+    return JobConfig(
+        data=_resolve_path(doc["data"], base_dir),
+        generator=_resolve_path(doc["generator"], base_dir),
+        segmenter=_resolve_path(doc["segmenter"], base_dir),
+        output=_resolve_path(doc["output"], base_dir),
+        seed=int(doc.get("seed", 0)),
+        classes=doc.get("classes"),
+        balance_total=None if balance is None else int(balance["total"]),
+        balance_power=float((balance or {}).get("power", 0.5)),
+        filter={**_defaults("filter"), **doc.get("filter", {})},
+        keep_rejected=bool(doc.get("keep_rejected", False)),
+        noise=doc.get("noise", "target"),
+        edits=dict(doc.get("edits", {})),
+        sheets=int(doc.get("sheets", 6)),
+        resources=Resources(**{**_defaults("resources"), **doc.get("resources", {})}),
+        source=source,
+        document=doc,
+    )
+
+
+def load_job(path: str) -> JobConfig:
+    """Read and validate a YAML or JSON job file; AugmentError names the file and the offending key."""
+    try:
+        if "://" in path:
+            filesystem, p = afs.resolve(path)
+            text = afs.read_bytes(filesystem, p).decode()
+            base_dir = "."
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            base_dir = os.path.dirname(os.path.abspath(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AugmentError(f"{path}: cannot read job file ({exc})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise AugmentError(f"{path}: not valid YAML/JSON{where}: {problem}") from None
+    if doc is None:
+        raise AugmentError(f"{path}: empty job file")
+    return job_from_document(doc, source=path, base_dir=base_dir)
