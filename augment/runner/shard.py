@@ -1,0 +1,342 @@
+"""The shard processor: one per worker, models loaded once, turning planned samples into a Parquet shard.
+
+For each batch of a shard: the source label maps are decoded and edited on a thread pool (one batch ahead), the
+generator and the segmenter run on the device back to back, and PNG encoding of the results runs on the thread
+pool while the next batch is on the device. Rows stream into `data/.shard-NNNNN.<uuid>.tmp` in plan order; when the
+shard is complete the file is renamed to `data/shard-NNNNN.parquet`, then the examples for the contact sheets and
+finally the marker (augment.runner.markers) are written. Memory holds about three batches.
+
+`ShardProcessor` is a plain class; the job runner wraps it in a Ray actor.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from augment.data.codec import class_pixels, decode_image, decode_mask, encode_image, encode_mask
+from augment.data.dataset import ROW_GROUP_BYTES, PartStats, make_row, open_dataset
+from augment.data.schema import arrow_schema
+from augment.device import pick_device
+from augment.errors import BadSample
+from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
+from augment.models.segmenter import load_segmenter, predict_logits
+from augment.runner.markers import (
+    DATA_DIR, OutputFolder, ShardStats, examples_file, marker_done, shard_file, shard_name, write_marker,
+)
+from augment.synthesis.edit import apply_edits
+from augment.synthesis.generate import load_generator, synthesise
+from augment.synthesis.plan import PlannedSample
+from augment.training.checkpoint import CheckpointError
+from augment.training.transforms import normalize
+
+SYNTHETIC_SPLIT = "train"
+ROW_GROUP_ROWS = 64
+EXAMPLE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("target_class", pa.int32()), ("accepted", pa.bool_()), ("caption", pa.string()),
+    ("image", pa.binary()), ("mask", pa.binary()), ("pred", pa.binary()),
+])
+
+
+@dataclass
+class ShardSettings:
+    """What a worker needs to make shards of one job (JSON-able, sent once per worker)."""
+
+    data: str
+    generator: str
+    segmenter: str
+    output: str
+    fingerprint: str
+    classes: list[str]
+    ignore_index: int
+    generator_sha256: str
+    segmenter_sha256: str
+    filter: dict[str, Any] = field(default_factory=dict)
+    keep_rejected: bool = False
+    noise: str = "target"
+    batch_size: int = 16
+    sheets: int = 6
+    threads: int = 1
+
+
+@dataclass
+class _Prepared:
+    """The label maps of one batch, after edits; samples whose source could not be read are quarantined."""
+
+    samples: list[PlannedSample]
+    masks: list[np.ndarray]
+    quarantined: list[dict[str, str]]
+
+
+@dataclass
+class _Encoded:
+    rows: list[dict[str, Any]]
+    examples: list[dict[str, Any]]
+
+
+class ShardProcessor:
+    """Loads the generator, the segmenter and the dataset once; `run` makes one shard."""
+
+    def __init__(self, settings: ShardSettings | dict[str, Any], device: str | None = None) -> None:
+        self.settings = settings if isinstance(settings, ShardSettings) else ShardSettings(**settings)
+        s = self.settings
+        self.device = pick_device(device)
+        torch.set_num_threads(max(1, s.threads))
+        self.generator, gen_card = load_generator(s.generator, self.device)
+        self.segmenter, seg_card = load_segmenter(s.segmenter, self.device)
+        for what, card, expected in (("generator", gen_card, s.generator_sha256),
+                                     ("segmenter", seg_card, s.segmenter_sha256)):
+            if card.weights_sha256 != expected:
+                raise CheckpointError(
+                    f"{what} weights changed since the job was validated (sha256 {card.weights_sha256[:12]}, "
+                    f"expected {expected[:12]}); rerun the job"
+                )
+        self.normalize_mode = seg_card.model_config.get("normalize", "imagenet")
+        self.filter = FilterConfig.from_dict({**s.filter, "keep_rejected": s.keep_rejected})
+        self.dataset = open_dataset(s.data)
+        self.out = OutputFolder(s.output)
+        self.schema = arrow_schema("synthetic")
+        self.pool = ThreadPoolExecutor(max_workers=max(2, s.threads), thread_name_prefix="shard-io")
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.shards_made = 0
+
+    def ping(self) -> str:
+        return self.worker
+
+    def run(self, shard: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Make shard `shard` from its planned samples (PlannedSample dicts) unless it is already complete.
+
+        Returns the shard's ShardStats as a dict, with "skipped": True when a marker was already there.
+        """
+        s = self.settings
+        done = marker_done(self.out, shard, s.fingerprint)
+        if done is not None:
+            return {**asdict(done), "skipped": True}
+        start = time.perf_counter()
+        planned = [PlannedSample(**d) for d in samples]
+        sources = self._read_sources(planned)
+        stats = PartStats(len(s.classes))
+        accepted = {name: 0 for name in s.classes}
+        rejected = {name: 0 for name in s.classes}
+        rejected_ids: list[str] = []
+        quarantined: list[dict[str, str]] = []
+        examples: list[dict[str, Any]] = []
+        example_slots: dict[tuple[int, bool], int] = {}
+        generated = 0
+        tmp = self.out.full(f"{DATA_DIR}/.{shard_name(shard)}.{uuid.uuid4().hex}.tmp")
+        final = self.out.full(shard_file(shard))
+        self.out.fs.create_dir(self.out.full(DATA_DIR), recursive=True)
+        batches = [planned[i:i + s.batch_size] for i in range(0, len(planned), s.batch_size)]
+        pending: deque[Future[_Encoded]] = deque()
+        buffer: list[dict[str, Any]] = []
+        try:
+            with self.out.fs.open_output_stream(tmp) as sink, \
+                    pq.ParquetWriter(sink, self.schema, compression="zstd") as writer:
+
+                def drain(keep: int) -> None:
+                    while len(pending) > keep:
+                        encoded = pending.popleft().result()
+                        for row in encoded.rows:
+                            stats.add_row(row["height"], row["width"], row["split"], np.asarray(row["class_pixels"]))
+                        buffer.extend(encoded.rows)
+                        examples.extend(encoded.examples)
+                        self._flush(writer, buffer, final=False)
+
+                next_prep = self.pool.submit(self._prepare, batches[0], sources) if batches else None
+                for i in range(len(batches)):
+                    prepared = next_prep.result()
+                    if i + 1 < len(batches):
+                        next_prep = self.pool.submit(self._prepare, batches[i + 1], sources)
+                    quarantined += prepared.quarantined
+                    if not prepared.samples:
+                        continue
+                    result = self._infer(prepared)
+                    generated += len(prepared.samples)
+                    chosen = []
+                    for sample, ok in zip(prepared.samples, result["accepted"]):
+                        name = s.classes[sample.target_class]
+                        (accepted if ok else rejected)[name] += 1
+                        if not ok:
+                            rejected_ids.append(sample.sample_id)
+                        slot = (sample.target_class, bool(ok))
+                        take = example_slots.get(slot, 0) < s.sheets
+                        example_slots[slot] = example_slots.get(slot, 0) + int(take)
+                        chosen.append(take)
+                    pending.append(self.pool.submit(self._encode, prepared.samples, result, chosen))
+                    drain(keep=1)
+                drain(keep=0)
+                self._flush(writer, buffer, final=True)
+        except BaseException:
+            _delete_quietly(self.out, tmp)
+            raise
+        try:
+            self.out.fs.move(tmp, final)
+        except OSError:
+            # Another driver finished this job and swept our temporary file: its shard is identical to ours.
+            done = marker_done(self.out, shard, s.fingerprint)
+            if done is None:
+                raise
+            return {**asdict(done), "skipped": True}
+        if s.sheets:
+            self._write_examples(shard, examples)
+        result_stats = ShardStats(
+            shard=shard, fingerprint=s.fingerprint, file=shard_file(shard), rows=stats.rows, generated=generated,
+            accepted={k: v for k, v in accepted.items() if v}, rejected={k: v for k, v in rejected.items() if v},
+            rejected_ids=rejected_ids, quarantined=quarantined, part=asdict(stats),
+            seconds=round(time.perf_counter() - start, 3), worker=self.worker, attempt_id=uuid.uuid4().hex[:12],
+            examples=len(examples),
+        )
+        write_marker(self.out, result_stats)
+        self.shards_made += 1
+        return {**asdict(result_stats), "skipped": False}
+
+    def _read_sources(self, planned: list[PlannedSample]) -> dict[str, bytes]:
+        """Encoded masks of the source and paste maps the shard needs, by id (masks only, never images)."""
+        ids = sorted({p.source_id for p in planned} | {e["from"] for p in planned for e in p.edits.get("paste", [])})
+        table = self.dataset.arrow.to_table(columns=["id", "mask"], filter=pc.field("id").isin(ids))
+        masks = table.column("mask").combine_chunks().field("bytes").to_pylist()
+        return dict(zip(table.column("id").to_pylist(), masks))
+
+    def _prepare(self, batch: list[PlannedSample], sources: dict[str, bytes]) -> _Prepared:
+        s = self.settings
+        where = self.dataset.uri
+        cache: dict[str, np.ndarray] = {}
+
+        def lookup(source_id: str) -> np.ndarray:
+            if source_id not in cache:
+                if source_id not in sources:
+                    raise BadSample(f"source label map {source_id!r} is not in the dataset", where)
+                cache[source_id] = decode_mask(sources[source_id], f"{where} row {source_id}")
+            return cache[source_id]
+
+        out = _Prepared([], [], [])
+        for sample in batch:
+            try:
+                mask = apply_edits(lookup(sample.source_id), sample.edits, lookup, sample.target_class, s.ignore_index)
+                class_pixels(mask, len(s.classes), s.ignore_index, f"{where} row {sample.source_id}")
+            except BadSample as exc:
+                out.quarantined.append({"id": sample.sample_id, "source": sample.source_id, "reason": str(exc)})
+                continue
+            out.samples.append(sample)
+            out.masks.append(mask)
+        return out
+
+    @torch.inference_mode()
+    def _infer(self, prepared: _Prepared) -> dict[str, Any]:
+        """Generate, segment and score one batch; everything returned is on the CPU."""
+        s = self.settings
+        samples = prepared.samples
+        masks = torch.from_numpy(np.stack(prepared.masks)).to(self.device)
+        targets = [p.target_class for p in samples]
+        images = synthesise(
+            self.generator, masks.long(), [p.seed for p in samples], targets, len(s.classes), s.ignore_index,
+            noise_mode=s.noise, base_seeds=[p.base_seed for p in samples],
+        )
+        x = normalize(images, self.normalize_mode)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = predict_logits(self.segmenter, x.contiguous(memory_format=torch.channels_last)).float()
+        else:
+            logits = predict_logits(self.segmenter, x)
+        scores = score_batch(logits, masks, targets, len(s.classes), s.ignore_index)
+        ok = accept(scores, self.filter)
+        written = pixel_ignore_masks(logits, masks, self.filter, s.ignore_index) if self.filter.pixel_ignore else masks
+        return {
+            "images": images.permute(0, 2, 3, 1).cpu().numpy(),
+            "masks": written.to(torch.uint8).cpu().numpy(),
+            "preds": logits.argmax(1).to(torch.uint8).cpu().numpy(),
+            "accepted": ok.cpu().tolist(),
+            "scores": {k: v.cpu().tolist() for k, v in scores.items()},
+        }
+
+    def _encode(self, samples: list[PlannedSample], result: dict[str, Any], chosen: list[bool]) -> _Encoded:
+        s = self.settings
+        rows, examples = [], []
+        for i, sample in enumerate(samples):
+            ok = bool(result["accepted"][i])
+            if not (ok or s.keep_rejected or chosen[i]):
+                continue
+            mask = result["masks"][i]
+            image_png, mask_png = encode_image(result["images"][i]), encode_mask(mask)
+            miou, tiou, pacc = (float(result["scores"][k][i]) for k in ("miou", "target_iou", "pixel_accuracy"))
+            if ok or s.keep_rejected:
+                h, w = mask.shape
+                rows.append(_row(
+                    sample, image_png, mask_png, h, w, class_pixels(mask, len(s.classes), s.ignore_index),
+                    miou=miou, target_iou=tiou, pixel_accuracy=pacc, accepted=ok,
+                    generator_sha256=s.generator_sha256, segmenter_sha256=s.segmenter_sha256,
+                ))
+            if chosen[i]:
+                examples.append({
+                    "id": sample.sample_id, "target_class": sample.target_class, "accepted": ok,
+                    "caption": f"{sample.sample_id}  mIoU {miou:.2f}  IoU {tiou:.2f}  acc {pacc:.2f}",
+                    "image": image_png, "mask": mask_png, "pred": encode_mask(result["preds"][i]),
+                })
+        return _Encoded(rows, examples)
+
+    def _flush(self, writer: pq.ParquetWriter, buffer: list[dict[str, Any]], final: bool) -> None:
+        """Write row groups of ROW_GROUP_ROWS rows (or ROW_GROUP_BYTES), so the layout depends only on the rows."""
+        while buffer:
+            size, nbytes = 0, 0
+            for row in buffer:
+                size += 1
+                nbytes += len(row["image"]["bytes"]) + len(row["mask"]["bytes"])
+                if size >= ROW_GROUP_ROWS or nbytes >= ROW_GROUP_BYTES:
+                    break
+            else:
+                if not final:
+                    return
+            writer.write_table(pa.Table.from_pylist(buffer[:size], schema=self.schema))
+            del buffer[:size]
+
+    def _write_examples(self, shard: int, examples: list[dict[str, Any]]) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(examples, schema=EXAMPLE_SCHEMA), buf)
+        self.out.write_bytes(examples_file(shard), buf.getvalue())
+
+
+def _row(sample: PlannedSample, image_png: bytes, mask_png: bytes, h: int, w: int, pixels: np.ndarray,
+         **scores: Any) -> dict[str, Any]:
+    return make_row(
+        sample.sample_id, image_png, mask_png, h, w, SYNTHETIC_SPLIT, pixels,
+        target_class=sample.target_class, source_id=sample.source_id, seed=sample.seed, **scores,
+    )
+
+
+def _delete_quietly(out: OutputFolder, path: str) -> None:
+    try:
+        out.fs.delete_file(path)
+    except OSError:
+        pass
+
+
+def read_examples(out: OutputFolder, shard: int) -> list[dict[str, Any]]:
+    """The contact-sheet examples a shard stored, decoded: mask, image, pred arrays plus id/class/accepted/caption."""
+    path = out.full(examples_file(shard))
+    try:
+        with out.fs.open_input_file(path) as f:
+            rows = pq.read_table(f).to_pylist()
+    except (FileNotFoundError, OSError):
+        return []
+    where = f"{out.uri} {examples_file(shard)}"
+    return [
+        {**r, "image": decode_image(r["image"], where), "mask": decode_mask(r["mask"], where),
+         "pred": decode_mask(r["pred"], where)}
+        for r in rows
+    ]
+
+
+__all__ = ["ShardProcessor", "ShardSettings", "read_examples"]
