@@ -73,7 +73,10 @@ def sample_noises(
     noise_mode: str = "target",
     base_seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """B x z_dim x H x W noise on the masks' device, each sample from its own seeded CPU generator."""
+    """B x z_dim x H x W noise on the masks' device, each sample from its own seeded CPU generator.
+
+    Only the z_dim-vectors are drawn on the CPU; they are broadcast over the image on the masks' device.
+    """
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
     b = masks.shape[0]
@@ -83,23 +86,23 @@ def sample_noises(
             f"{b} masks need as many seeds, target classes and base seeds; got {len(seeds)}, "
             f"{len(target_classes)}, {len(base_seeds)}"
         )
-    size = tuple(masks.shape[-2:])
+    size, device = tuple(masks.shape[-2:]), masks.device
     out = []
     for i in range(b):
         rng = torch.Generator().manual_seed(int(seeds[i]))
-        region = (masks[i] == int(target_classes[i])).cpu()[None]
+        region = (masks[i] == int(target_classes[i]))[None]
         if noise_mode == "global":
-            z = sample_noise(1, z_dim, size, rng)
+            z = sample_noise(1, z_dim, size, rng, device)
         elif noise_mode == "target":
-            z = sample_noise(1, z_dim, size, torch.Generator().manual_seed(int(base_seeds[i])))
+            z = sample_noise(1, z_dim, size, torch.Generator().manual_seed(int(base_seeds[i])), device)
             z = resample_noise_in_region(z, region, rng)
         else:
-            z = resample_noise_in_region(sample_noise(1, z_dim, size, rng), region, rng)
+            z = resample_noise_in_region(sample_noise(1, z_dim, size, rng, device), region, rng)
         out.append(z)
-    return torch.cat(out).to(masks.device)
+    return torch.cat(out)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def synthesise(
     generator: nn.Module,
     masks: torch.Tensor,
