@@ -1,0 +1,110 @@
+"""CamVid in SegNet's layout: `<split>/` images, `<split>annot/` label maps, optional `<split>.txt` list files.
+
+List-file lines pair an image path and a label path that carry SegNet's absolute `/SegNet/CamVid/` prefix; each
+path is resolved by its longest tail that exists under the dataset root. Without a list file, `<split>/` and
+`<split>annot/` are paired by file stem. Label 11 (unlabelled) becomes the ignore index 255.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from augment.data.formats.base import (
+    Discovery,
+    LabelSet,
+    SourcePair,
+    files_by_stem,
+    make_lut,
+    order_splits,
+    pair_by_key,
+)
+from augment.errors import DatasetError
+
+CLASSES = [
+    "sky", "building", "pole", "road", "pavement", "tree",
+    "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
+]
+PALETTE = [
+    [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
+    [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
+]
+UNLABELLED = 11
+IGNORE_INDEX = 255
+
+
+def label_set(root: Path, classes: str | None = None) -> LabelSet:
+    mapping = {i: i for i in range(len(CLASSES))}
+    mapping[UNLABELLED] = IGNORE_INDEX
+    mapping[IGNORE_INDEX] = IGNORE_INDEX
+    return LabelSet(CLASSES, PALETTE, IGNORE_INDEX, make_lut(mapping))
+
+
+def _list_files(root: Path) -> dict[str, Path]:
+    """`<split>.txt` files whose first line pairs two paths."""
+    found = {}
+    for path in sorted(root.glob("*.txt")):
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines and len(lines[0].split()) == 2:
+            found[path.stem] = path
+    return found
+
+
+def _folder_splits(root: Path) -> list[str]:
+    return [d.name for d in root.iterdir() if d.is_dir() and (root / f"{d.name}annot").is_dir()]
+
+
+def find_splits(root: Path) -> list[str]:
+    splits = set(_list_files(root)) | set(_folder_splits(root))
+    if not splits:
+        raise DatasetError(
+            f"{root} does not look like CamVid (SegNet layout): no <split>.txt list files and no "
+            "<split>/ + <split>annot/ folders"
+        )
+    return order_splits(splits)
+
+
+def _resolve(root: Path, listed: str) -> Path:
+    """The file a list entry names: its longest path tail that exists under `root` (else the split/name tail)."""
+    parts = [p for p in PurePosixPath(listed.replace("\\", "/")).parts if p not in ("/", "")]
+    for i in range(len(parts)):
+        candidate = root.joinpath(*parts[i:])
+        if candidate.is_file():
+            return candidate
+    return root.joinpath(*parts[-2:])
+
+
+def _from_list(root: Path, split: str, list_file: Path) -> Discovery:
+    found = Discovery()
+    seen: set[str] = set()
+    for lineno, line in enumerate(list_file.read_text(errors="replace").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{list_file}:{lineno}"
+        if len(fields) != 2:
+            found.orphans.append({"source": where, "reason": "list line does not pair an image and a label path",
+                                  "split": split})
+            continue
+        image, mask = _resolve(root, fields[0]), _resolve(root, fields[1])
+        if not image.is_file():
+            found.orphans.append({"source": str(image), "reason": f"image listed in {where} not found",
+                                  "split": split})
+        elif not mask.is_file():
+            found.orphans.append({"source": str(image), "reason": f"image without a mask ({mask} listed in "
+                                  f"{where} not found)", "split": split})
+        elif image.stem in seen:
+            found.orphans.append({"source": str(image), "reason": f"listed twice (again at {where})",
+                                  "split": split})
+        else:
+            seen.add(image.stem)
+            found.pairs.append(SourcePair(f"{split}/{image.stem}", split, str(image), str(mask)))
+    return found
+
+
+def discover(root: Path, split: str) -> Discovery:
+    list_file = _list_files(root).get(split)
+    if list_file is not None:
+        return _from_list(root, split, list_file)
+    images, dup_images = files_by_stem(root / split)
+    masks, dup_masks = files_by_stem(root / f"{split}annot")
+    return pair_by_key(split, images, masks, dup_images + dup_masks)
