@@ -26,16 +26,21 @@ def imap_unordered(
     """Call `remote_fn.remote(*a)` for each `a`, at most `max_in_flight` at once; yield results as they finish.
 
     Arguments are drawn lazily, so the driver never holds more than `max_in_flight` tasks' worth of work.
+    Closing the iterator early (an error, Ctrl-C) cancels the tasks still in flight.
     """
     pending: list[ray.ObjectRef] = []
-    for a in args:
-        if len(pending) >= max_in_flight:
+    try:
+        for a in args:
+            if len(pending) >= max_in_flight:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+            pending.append(remote_fn.remote(*a))
+        while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
-        pending.append(remote_fn.remote(*a))
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
 
 def cluster_cpus() -> int:
