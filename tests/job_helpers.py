@@ -1,4 +1,4 @@
-"""Shared test helpers for augmentation jobs: a small example dataset, tiny untrained GAN and segmenter runs, job files."""
+"""Test helpers for augmentation jobs: a small example dataset, tiny untrained GAN and segmenter runs, job files."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ from augment.models.segmenter import load_segmenter
 from augment.report.sheets import render_sheet
 from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
 from augment.runner.markers import (
-    JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, ShardStats, shard_file,
+    JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, ShardStats, is_temporary, shard_file,
 )
 from augment.runner.shard import ShardProcessor, ShardSettings, read_examples
 from augment.synthesis.generate import load_generator
@@ -128,7 +128,10 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
     del segmenter
     check_compatible(seg_card, info, f"segmenter {cfg.segmenter}")
     filter_cfg = FilterConfig.from_dict(cfg.filter, source=f"{cfg.source}: filter")
-    plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
+    try:
+        plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
+    except AugmentError as exc:
+        raise AugmentError(f"{cfg.source}: {exc}") from None
     if not len(plan):
         raise AugmentError(f"{cfg.source}: the job plans no samples (every quota is 0)")
     content = _fingerprint_content(cfg, dataset, gen_card, seg_card, plan, filter_cfg)
@@ -141,11 +144,12 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> str:
     """Make the output this job's; returns "new", "resume" or "overwrite" (see the module docstring)."""
+    ours, other = out.classify()
+    settled = [rel for rel in ours if not is_temporary(rel)]
     try:
-        record = out.read_json(JOB_FILE)
+        record = out.read_json(JOB_FILE)  # after listing: a driver starting beside us may write it in between
     except ValueError:
         raise AugmentError(f"{out.uri}/{JOB_FILE} is not valid JSON; remove it or choose another output") from None
-    ours, other = out.classify()
     if other:
         listed = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
         raise AugmentError(
@@ -154,7 +158,7 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> str:
         )
     if record is not None and record.get("fingerprint") == job.fingerprint:
         return "resume"
-    if ours and not overwrite:
+    if settled and not overwrite:
         if record is None:
             raise AugmentError(f"{out.uri} holds job files but no {JOB_FILE}; pass --overwrite to replace them")
         changed = _changed_keys(record.get("content", {}), job.content)
@@ -164,7 +168,7 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> str:
             f"or choose another output"
         )
     mode = "new"
-    if ours:
+    if settled:
         print(f"augment run: --overwrite: removing {len(ours)} files of the previous job in {out.uri}:", flush=True)
         for rel in ours:
             print(f"  {rel}", flush=True)
@@ -229,6 +233,18 @@ class Progress:
             self.bar.close()
 
 
+def shard_settings(job: PreparedJob) -> ShardSettings:
+    """What every worker of this job gets."""
+    cfg, info = job.cfg, job.dataset.info
+    return ShardSettings(
+        data=cfg.data, generator=cfg.generator, segmenter=cfg.segmenter, output=cfg.output,
+        fingerprint=job.fingerprint, classes=list(info.classes), ignore_index=info.ignore_index,
+        generator_sha256=job.generator_card.weights_sha256, segmenter_sha256=job.segmenter_card.weights_sha256,
+        filter=dict(cfg.filter), keep_rejected=cfg.keep_rejected, noise=cfg.noise,
+        batch_size=cfg.resources.batch_size, sheets=cfg.sheets,
+    )
+
+
 def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, float, float]:
     """(workers, gpus_per_worker, cpus_per_worker) for the cluster Ray is connected to."""
     import ray
@@ -256,7 +272,7 @@ def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, f
 def _run_shards(job: PreparedJob, settings: ShardSettings, todo: list[int], progress: Progress, local: bool) -> int:
     """Run the shards `todo` on an actor pool; returns how many were made here (not found done by a worker)."""
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    from ray.exceptions import RayActorError, RayError
 
     res = job.cfg.resources
     shards = job.shards
@@ -289,7 +305,7 @@ def _run_shards(job: PreparedJob, settings: ShardSettings, todo: list[int], prog
             slot, k = in_flight.pop(ref)
             try:
                 result = ray.get(ref)
-            except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+            except RayError as exc:
                 attempts[k] = attempts.get(k, 0) + 1
                 reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 if attempts[k] >= res.max_shard_attempts:
@@ -439,16 +455,9 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
         from augment.runner.cluster import init_ray
 
         init_ray(address)
-        info = job.dataset.info
-        settings = ShardSettings(
-            data=cfg.data, generator=cfg.generator, segmenter=cfg.segmenter, output=cfg.output,
-            fingerprint=job.fingerprint, classes=list(info.classes), ignore_index=info.ignore_index,
-            generator_sha256=job.generator_card.weights_sha256, segmenter_sha256=job.segmenter_card.weights_sha256,
-            filter=dict(cfg.filter), keep_rejected=cfg.keep_rejected, noise=cfg.noise,
-            batch_size=cfg.resources.batch_size, sheets=cfg.sheets,
-        )
         try:
-            made = _run_shards(job, settings, todo, progress, local=not (address or _ray_address()))
+            local = address in (None, "local") and not _ray_address()
+            made = _run_shards(job, shard_settings(job), todo, progress, local=local)
         finally:
             progress.close()
     run_seconds = time.perf_counter() - run_start

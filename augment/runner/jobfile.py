@@ -94,11 +94,15 @@ def _schema_error_message(err: jsonschema.ValidationError) -> str:
 def validate_document(doc: Any, source: str) -> None:
     """Raise AugmentError naming `source` and the key path of the first problem."""
     if not isinstance(doc, dict):
-        raise AugmentError(f"{source}: a job file must be a mapping of keys (data, generator, ...), got {type(doc).__name__}")
+        raise AugmentError(
+            f"{source}: a job file must be a mapping of keys (data, generator, ...), got {type(doc).__name__}"
+        )
     has_classes, has_balance = "classes" in doc, "balance" in doc
     if has_classes == has_balance:
         which = "both" if has_classes else "neither"
-        raise AugmentError(f"{source}: give exactly one of 'classes' (quotas per class) and 'balance' ({{total: N}}), got {which}")
+        raise AugmentError(
+            f"{source}: give exactly one of 'classes' (quotas per class) and 'balance' ({{total: N}}), got {which}"
+        )
     validator = jsonschema.Draft202012Validator(job_schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:

@@ -52,6 +52,11 @@ _KNOWN = re.compile(
 _TMP_SHARD = re.compile(r"^data/\.shard-\d{5,}\.[0-9a-f]+\.tmp$")
 
 
+def is_temporary(relative: str) -> bool:
+    """A file being written (or left by a writer that died): never part of a job's content."""
+    return bool(_TMP_SHARD.match(relative) or re.search(r"\.tmp-\d+-[0-9a-f]+$", relative))
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -77,6 +82,7 @@ class ShardStats:
     part: dict[str, Any]
     seconds: float
     worker: str = ""
+    node: str = ""
     attempt_id: str = ""
     examples: int = 0
 
@@ -203,6 +209,6 @@ def marker_done(out: OutputFolder, index: int, fingerprint: str) -> ShardStats |
 
 __all__ = [
     "DATA_DIR", "INFO_FILE", "JOB_FILE", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "SHEETS_DIR",
-    "SUMMARY_FILE", "ShardStats", "examples_file", "marker_done", "marker_file", "read_marker", "shard_file",
+    "SUMMARY_FILE", "ShardStats", "examples_file", "is_temporary", "marker_done", "marker_file", "read_marker", "shard_file",
     "shard_name", "write_marker",
 ]

@@ -111,6 +111,7 @@ class ShardProcessor:
         self.schema = arrow_schema("synthetic")
         self.pool = ThreadPoolExecutor(max_workers=max(2, s.threads), thread_name_prefix="shard-io")
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = _ray_node_id()
         self.shards_made = 0
 
     def ping(self) -> str:
@@ -196,8 +197,8 @@ class ShardProcessor:
             shard=shard, fingerprint=s.fingerprint, file=shard_file(shard), rows=stats.rows, generated=generated,
             accepted={k: v for k, v in accepted.items() if v}, rejected={k: v for k, v in rejected.items() if v},
             rejected_ids=rejected_ids, quarantined=quarantined, part=asdict(stats),
-            seconds=round(time.perf_counter() - start, 3), worker=self.worker, attempt_id=uuid.uuid4().hex[:12],
-            examples=len(examples),
+            seconds=round(time.perf_counter() - start, 3), worker=self.worker, node=self.node,
+            attempt_id=uuid.uuid4().hex[:12], examples=len(examples),
         )
         write_marker(self.out, result_stats)
         self.shards_made += 1
@@ -314,6 +315,13 @@ def _row(sample: PlannedSample, image_png: bytes, mask_png: bytes, h: int, w: in
         sample.sample_id, image_png, mask_png, h, w, SYNTHETIC_SPLIT, pixels,
         target_class=sample.target_class, source_id=sample.source_id, seed=sample.seed, **scores,
     )
+
+
+def _ray_node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _delete_quietly(out: OutputFolder, path: str) -> None:
