@@ -1,0 +1,313 @@
+"""Augmentation jobs end to end on CPU: tiny untrained models on the built-in example data (32x32)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from augment.data.codec import decode_mask
+from augment.data.dataset import open_dataset
+from augment.errors import AugmentError
+from augment.runner.job import load_job, run_job
+from augment.runner.markers import OutputFolder, read_marker
+from augment.synthesis.plan import Plan
+from augment.training.checkpoint import load_card
+from job_helpers import make_example_dataset, make_tiny_runs, write_job
+
+QUOTAS = {"pedestrian": 6, "car": 5, "bicyclist": 3}
+RESOURCES = {"workers": 2, "batch_size": 4, "samples_per_shard": 4}
+NO_FILTER = {"min_miou": 0.0, "min_target_iou": 0.0}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobenv")
+    data = make_example_dataset(root / "data", n=12, size=(32, 32))
+    gan, seg = make_tiny_runs(root, data)
+    return {"root": root, "data": data, "gan": gan, "seg": seg}
+
+
+def job_file(env, path: Path, output, **fields):
+    fields = {"classes": QUOTAS, "filter": NO_FILTER, "sheets": 2, "resources": RESOURCES, **fields}
+    return write_job(path, data=env["data"], generator=env["gan"], segmenter=env["seg"], output=str(output), **fields)
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*.parquet")} | {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns for p in (folder / "_markers").glob("*.json")
+    }
+
+
+def sorted_table(output: Path):
+    return pq.read_table(output / "data").sort_by("id")
+
+
+@pytest.fixture(scope="module")
+def first_run(env, tmp_path_factory):
+    from conftest import ensure_local_ray
+
+    ensure_local_ray()
+    root = tmp_path_factory.mktemp("first")
+    cfg = load_job(str(job_file(env, root / "job.yaml", root / "out")))
+    summary = run_job(cfg)
+    return {"cfg": cfg, "out": root / "out", "summary": summary}
+
+
+def test_full_run_writes_a_complete_synthetic_dataset(env, first_run):
+    out, summary = first_run["out"], first_run["summary"]
+    assert summary["shards"] == 4 and summary["shards_run"] == 4 and summary["rows"] == 14
+    assert summary["counts"] == {name: {"accepted": n, "rejected": 0} for name, n in
+                                 {"car": 5, "pedestrian": 6, "bicyclist": 3}.items()}
+    assert summary["images_per_second"] > 0 and summary["wall_seconds"] > 0
+    ds = open_dataset(str(out))
+    assert ds.info.kind == "synthetic" and len(ds) == 14
+    assert ds.info.files == [f"data/shard-{k:05d}.parquet" for k in range(4)]
+    assert ds.info.extra["counts"] == summary["counts"]
+    assert ds.info.extra["plan"]["quotas"] == {"car": 5, "pedestrian": 6, "bicyclist": 3}
+    assert ds.info.extra["job"]["classes"] == QUOTAS
+    plan = Plan.from_json((out / "plan.json").read_text())
+    table = ds.arrow.to_table()
+    assert sorted(table.column("id").to_pylist()) == sorted(p.sample_id for p in plan.samples)
+    assert set(table.column("generator_sha256").to_pylist()) == {load_card(env["gan"]).weights_sha256}
+    assert all(table.column("accepted").to_pylist())
+    by_id = {p.sample_id: p for p in plan.samples}
+    for row in ds.iter_samples(columns=("id", "image", "mask", "target_class", "source_id", "class_pixels")):
+        assert row["image"].shape == (32, 32, 3) and row["mask"].shape == (32, 32)
+        assert row["target_class"] == by_id[row["id"]].target_class and row["source_id"] == by_id[row["id"]].source_id
+        assert np.bincount(row["mask"].ravel(), minlength=256)[:11].tolist() == row["class_pixels"]
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == ["bicyclist.png", "car.png", "pedestrian.png"]
+    assert not list((out / "data").glob(".shard-*"))
+    assert (out / "summary.json").is_file() and (out / "job.json").is_file()
+
+
+def test_rerun_skips_every_shard(first_run):
+    out = first_run["out"]
+    before = mtimes(out)
+    summary = run_job(first_run["cfg"])
+    assert summary["shards_run"] == 0 and summary["shards_skipped"] == 4 and summary["generated_this_run"] == 0
+    assert summary["counts"] == first_run["summary"]["counts"]
+    assert mtimes(out) == before
+
+
+def test_same_job_gives_the_same_rows_with_other_resources(env, first_run, tmp_path, ray_session):
+    cfg = load_job(str(job_file(env, tmp_path / "job.yaml", tmp_path / "out",
+                                resources={"workers": 1, "batch_size": 3, "samples_per_shard": 4})))
+    summary = run_job(cfg)
+    assert summary["fingerprint"] == first_run["summary"]["fingerprint"]
+    a, b = sorted_table(first_run["out"]), sorted_table(tmp_path / "out")
+    assert a.column("id").to_pylist() == b.column("id").to_pylist()
+    assert a.column("mask").to_pylist() == b.column("mask").to_pylist()
+    assert a.column("image").to_pylist() == b.column("image").to_pylist()
+    assert a.equals(b)
+
+
+def test_filter_rejects_and_only_accepted_rows_are_written(env, first_run, tmp_path, ray_session):
+    scores = sorted_table(first_run["out"]).select(["id", "pixel_accuracy"]).to_pylist()
+    values = sorted({r["pixel_accuracy"] for r in scores})
+    threshold = float(values[len(values) // 2])
+    passing = {r["id"] for r in scores if r["pixel_accuracy"] >= threshold}
+    assert 0 < len(passing) < len(scores)
+    cfg = load_job(str(job_file(env, tmp_path / "job.yaml", tmp_path / "out",
+                                filter={**NO_FILTER, "min_pixel_accuracy": threshold})))
+    summary = run_job(cfg)
+    ds = open_dataset(str(tmp_path / "out"))
+    ids = ds.arrow.to_table(columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(passing) and summary["rows"] == len(passing)
+    assert summary["accepted"] == len(passing) and summary["rejected"] == len(scores) - len(passing)
+    out = OutputFolder(str(tmp_path / "out"))
+    rejected = {i for k in range(summary["shards"]) for i in read_marker(out, k).rejected_ids}
+    assert rejected == {r["id"] for r in scores} - passing
+    for name, c in summary["counts"].items():
+        assert c["accepted"] == sum(1 for i in passing if i.startswith(f"syn/{name}/"))
+    assert ds.info.extra["counts"] == summary["counts"]
+
+
+BAD_JOBS = {
+    "missing key": ({"segmenter": None}, "missing required key 'segmenter'"),
+    "unknown key": ({"filtr": {}}, "unknown key 'filtr'"),
+    "wrong type": ({"resources": {"workers": "two"}}, "resources.workers"),
+    "wrong noise": ({"noise": "everywhere"}, "noise"),
+    "classes and balance": ({"balance": {"total": 5}}, "give exactly one of 'classes'"),
+    "unknown class": ({"classes": {"unicorn": 3}}, "unknown class 'unicorn'"),
+    "class index out of range": ({"classes": {"42": 3}}, "out of range"),
+    "no dataset": ({"data": "nowhere"}, "no such dataset folder"),
+    "segmenter as generator": ({"generator": "SEG"}, "not a GAN"),
+    "other classes": ({"generator": "OTHER_CLASSES"}, "trained on classes"),
+    "other resolution": ({"generator": "OTHER_SIZE"}, "trained at 16x16, but the dataset's images are 32x32"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_JOBS))
+def test_bad_job_is_refused_before_any_output(env, tmp_path, case):
+    fields, message = BAD_JOBS[case]
+    misfits = env["root"] / "misfits"
+    if not misfits.exists():
+        (misfits / "classes").mkdir(parents=True)
+        (misfits / "size").mkdir()
+        make_tiny_runs(misfits / "classes", env["data"], classes=[f"c{i}" for i in range(11)])
+        make_tiny_runs(misfits / "size", env["data"], size=(16, 16))
+    subst = {"SEG": env["seg"], "OTHER_CLASSES": str(misfits / "classes" / "gan-run"),
+             "OTHER_SIZE": str(misfits / "size" / "gan-run")}
+    fields = {k: subst.get(v, v) if isinstance(v, str) else v for k, v in fields.items()}
+    base = {"data": env["data"], "generator": env["gan"], "segmenter": env["seg"], "output": str(tmp_path / "out"),
+            "classes": QUOTAS, "resources": RESOURCES}
+    path = write_job(tmp_path / "job.yaml", **{**base, **fields})
+    with pytest.raises(AugmentError, match="job.yaml|gan-run|seg-run|nowhere|class") as info:
+        run_job(load_job(str(path)))
+    assert message in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unparsable_job_file_names_the_line(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data: a\ngenerator: b\n  segmenter: c\n")
+    with pytest.raises(AugmentError, match=r"job.yaml: not valid YAML/JSON at line 3"):
+        load_job(str(path))
+
+
+def test_cli_prints_one_line_error(tmp_path):
+    from augment.cli import main
+
+    path = write_job(tmp_path / "job.yaml", data="d", generator="g", segmenter="s", output="o")
+    assert main(["run", str(path)]) == 2
+
+
+def test_other_jobs_output_is_refused_unless_overwrite(env, first_run, tmp_path, ray_session, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(first_run["out"], out)
+    before = mtimes(out)
+    other = load_job(str(job_file(env, tmp_path / "job.yaml", out, seed=7, classes={"car": 2})))
+    with pytest.raises(AugmentError, match="another job .*differs in: .*quotas.*seed.*--overwrite"):
+        run_job(other)
+    assert mtimes(out) == before
+    summary = run_job(other, overwrite=True)
+    assert summary["mode"] == "overwrite" and summary["rows"] == 2
+    assert "data/shard-00003.parquet" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["shard-00000.parquet"]
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == ["car.png"]
+    assert open_dataset(str(out)).arrow.to_table(columns=["id"]).column("id").to_pylist() == [
+        "syn/car/000000", "syn/car/000001"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(AugmentError, match="not an augmentation job's output .*notes.txt"):
+        run_job(load_job(str(job_file(env, tmp_path / "job2.yaml", out, seed=8))), overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "dataset.json").is_file()
+
+
+def test_killed_driver_is_resumed_exactly_once(env, tmp_path, ray_session):
+    out = tmp_path / "out"
+    path = job_file(env, tmp_path / "job.yaml", out, classes={"car": 12, "pedestrian": 12},
+                    filter={**NO_FILTER, "min_pixel_accuracy": 0.3},
+                    resources={"workers": 1, "batch_size": 2, "samples_per_shard": 2})
+    proc = subprocess.Popen([sys.executable, "-m", "augment", "run", str(path), "--address", "local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    markers = out / "_markers"
+    try:
+        deadline = time.monotonic() + 240
+        while not list(markers.glob("shard-*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log = proc.communicate()[0].decode(errors="replace")
+    done_before = sorted(p.name for p in markers.glob("shard-*.json"))
+    assert 1 <= len(done_before) < 12, log
+    assert not (out / "dataset.json").exists()
+    cfg = load_job(str(path))
+    summary = run_job(cfg)
+    assert summary["shards"] == 12 and summary["shards_run"] <= 12 - len(done_before)
+    out_folder = OutputFolder(str(out))
+    stats = [read_marker(out_folder, k) for k in range(12)]
+    assert all(s is not None for s in stats)
+    ids = pq.read_table(out / "data").column("id").to_pylist()
+    rejected = {i for s in stats for i in s.rejected_ids}
+    plan = Plan.from_json((out / "plan.json").read_text())
+    assert len(ids) == len(set(ids)) == sum(s.rows for s in stats) == summary["rows"]
+    assert set(ids) == {p.sample_id for p in plan.samples} - rejected
+    assert not list((out / "data").glob(".shard-*"))
+    assert summary["accepted"] + summary["rejected"] == 24
+    for row in pq.read_table(out / "data", columns=["mask"]).column("mask").to_pylist()[:3]:
+        assert decode_mask(row["bytes"]).shape == (32, 32)
+
+
+def test_two_drivers_at_once_do_not_corrupt_the_output(env, tmp_path, ray_session):
+    import threading
+
+    path = job_file(env, tmp_path / "job.yaml", tmp_path / "out",
+                    resources={"workers": 1, "batch_size": 2, "samples_per_shard": 2})
+    results: list = []
+
+    def drive() -> None:
+        try:
+            results.append(run_job(load_job(str(path))))
+        except BaseException as exc:  # noqa: BLE001  (checked below)
+            results.append(exc)
+
+    drivers = [threading.Thread(target=drive) for _ in range(2)]
+    for d in drivers:
+        d.start()
+    for d in drivers:
+        d.join(timeout=300)
+    assert len(results) == 2 and all(isinstance(r, dict) for r in results), results
+    assert all(r["rows"] == 14 and r["shards"] == 7 for r in results)
+    ids = pq.read_table(tmp_path / "out" / "data").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 14
+    assert sorted((tmp_path / "out" / "data").iterdir()) == [tmp_path / "out" / "data" / f"shard-{k:05d}.parquet"
+                                                             for k in range(7)]
+    assert open_dataset(str(tmp_path / "out")).info.num_rows == 14
+
+
+def test_unreadable_source_map_is_quarantined_and_counted(tmp_path, ray_session):
+    from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, read_info
+
+    good = make_example_dataset(tmp_path / "good", n=3, size=(32, 32))
+    info = read_info(good)
+    rows = open_dataset(good).arrow.to_table().to_pylist()
+    car = info.classes.index("car")
+    rows.sort(key=lambda r: -r["class_pixels"][car])  # the map with most car pixels is the likeliest source
+    rows[0]["mask"] = {"bytes": b"\x89PNG\r\n\x1a\nnot really", "path": rows[0]["mask"]["path"]}
+    with StagedOutput(str(tmp_path / "bad")) as staged:
+        writer = PartWriter(staged.fs, staged.staging, "part-00000", "sample", info.num_classes)
+        for row in rows:
+            writer.write(row)
+        stats = writer.close()
+        new_info = DatasetInfo(classes=info.classes, palette=info.palette, lineage={})
+        new_info.apply_stats(stats)
+        staged.commit(new_info, [])
+    gan, seg = make_tiny_runs(tmp_path, good)
+    path = write_job(tmp_path / "job.yaml", data=str(tmp_path / "bad"), generator=gan, segmenter=seg,
+                     output=str(tmp_path / "out"), classes={"car": 8}, filter=NO_FILTER,
+                     resources={"workers": 1, "batch_size": 4, "samples_per_shard": 4})
+    summary = run_job(load_job(str(path)))
+    bad_id = rows[0]["id"]
+    plan = Plan.from_json((tmp_path / "out" / "plan.json").read_text())
+    from_bad = {p.sample_id for p in plan.samples if p.source_id == bad_id}
+    assert from_bad and summary["quarantined"] == len(from_bad)
+    assert summary["rows"] == 8 - len(from_bad) and summary["accepted"] == 8 - len(from_bad)
+    lines = (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()
+    assert len(lines) == len(from_bad) and bad_id in lines[0] and "corrupt" in lines[0]
+    ds = open_dataset(str(tmp_path / "out"))
+    assert ds.info.quarantined == len(from_bad)
+    assert set(ds.arrow.to_table(columns=["id"]).column("id").to_pylist()) == {
+        p.sample_id for p in plan.samples} - from_bad
+
+
+def test_shard_that_keeps_failing_stops_the_job_with_its_cause(env, tmp_path, ray_session):
+    from augment.runner.job import Progress, _run_shards, prepare_job, shard_settings
+
+    path = job_file(env, tmp_path / "job.yaml", tmp_path / "out",
+                    resources={"workers": 1, "samples_per_shard": 14, "max_shard_attempts": 2})
+    job = prepare_job(load_job(str(path)))
+    settings = shard_settings(job)
+    settings.generator_sha256 = "0" * 64
+    with pytest.raises(AugmentError, match="shard 0 failed 2 times; last error: .*weights changed"):
+        _run_shards(job, settings, [0], Progress(1, 0, len(job.plan), 0), local=True)
+    assert not (tmp_path / "out").exists()
