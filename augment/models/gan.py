@@ -1,0 +1,254 @@
+"""OASIS GAN wiring: one typed config, builders, the EMA generator, and one training step.
+
+``gan_train_step`` does one discriminator and one generator update so the training loop only
+iterates over batches, logs the returned numbers, and saves checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+
+from augment.models.discriminator import OASISDiscriminator, num_downsamples
+from augment.models.generator import OASISGenerator, sample_noise
+from augment.models.losses import (
+    fake_class_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    l1_loss,
+    labelmix,
+    labelmix_consistency_loss,
+    one_hot_labels,
+    real_class_loss,
+)
+
+__all__ = [
+    "GANConfig",
+    "build_discriminator",
+    "build_ema",
+    "build_generator",
+    "build_optimizers",
+    "default_widths",
+    "gan_train_step",
+    "refresh_ema_batchnorm",
+]
+
+# short side up to -> (g_width, d_width, spade_hidden); larger sizes use OASIS's own widths
+_WIDTH_RULE = ((64, (16, 32, 64)), (128, (32, 64, 128)))
+_OASIS_WIDTHS = (64, 128, 128)
+
+
+def default_widths(size: tuple[int, int]) -> dict[str, int]:
+    """Network widths for an image size: small up to 64 px (fast CPU tests), OASIS's at >= 256 px.
+
+    =====================  =======  =======  ============
+    short side             g_width  d_width  spade_hidden
+    =====================  =======  =======  ============
+    <= 64                  16       32       64
+    65 .. 128              32       64       128
+    > 128 (OASIS)          64       128      128
+    =====================  =======  =======  ============
+    """
+    short = min(size)
+    g_width, d_width, hidden = next((w for limit, w in _WIDTH_RULE if short <= limit), _OASIS_WIDTHS)
+    return {"g_width": g_width, "d_width": d_width, "spade_hidden": hidden}
+
+
+@dataclass
+class GANConfig:
+    """Everything needed to rebuild the networks and repeat a training step.
+
+    Widths left as ``None`` are filled from :func:`default_widths` and ``d_depth`` from
+    :func:`~augment.models.discriminator.num_downsamples`, so ``to_dict()`` is always explicit.
+    ``noise_stages``: see :mod:`augment.models.generator` (``None`` = noise in every block, as OASIS).
+    ``ignore_index``: the label-mask value of unlabelled pixels (all-zero one-hot columns).
+    """
+
+    num_classes: int
+    size: tuple[int, int]
+    z_dim: int = 64
+    g_width: int | None = None
+    d_width: int | None = None
+    spade_hidden: int | None = None
+    d_depth: int | None = None
+    g_norm: str = "batch"
+    noise_stages: int | None = 2
+    ignore_index: int | None = 255
+    lambda_labelmix: float = 10.0
+    use_l1: bool = False
+    lambda_l1: float = 1.0
+    use_feature_matching: bool = False
+    lambda_fm: float = 10.0
+    ema_decay: float = 0.999
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    betas: tuple[float, float] = (0.0, 0.999)
+
+    def __post_init__(self) -> None:
+        self.size = tuple(int(s) for s in self.size)
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.size) != 2 or min(self.size) < 16:
+            raise ValueError(f"GANConfig.size must be (H, W) with both >= 16, got {self.size}")
+        if self.num_classes < 1:
+            raise ValueError(f"GANConfig.num_classes must be >= 1, got {self.num_classes}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"GANConfig.ema_decay must be in [0, 1], got {self.ema_decay}")
+        for key, value in default_widths(self.size).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.d_depth is None:
+            self.d_depth = num_downsamples(self.size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        out["size"], out["betas"] = list(self.size), list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GANConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown GANConfig keys: {unknown}")
+        return cls(**data)
+
+
+def build_generator(cfg: GANConfig) -> OASISGenerator:
+    return OASISGenerator(
+        cfg.num_classes, cfg.size, z_dim=cfg.z_dim, width=cfg.g_width, spade_hidden=cfg.spade_hidden,
+        norm=cfg.g_norm, noise_stages=cfg.noise_stages,
+    )
+
+
+def build_discriminator(cfg: GANConfig) -> OASISDiscriminator:
+    return OASISDiscriminator(cfg.num_classes, width=cfg.d_width, depth=cfg.d_depth)
+
+
+def build_ema(generator: nn.Module, decay: float = 0.999) -> AveragedModel:
+    """EMA copy of the generator (``AveragedModel`` + ``get_ema_multi_avg_fn``).
+
+    Parameters are averaged; buffers (BatchNorm running stats, spectral-norm vectors) are copied
+    from the generator at every ``update_parameters``. Call :func:`refresh_ema_batchnorm` before
+    sampling from or saving the EMA, as OASIS does, so its BatchNorm stats match its own weights.
+    """
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def build_optimizers(
+    cfg: GANConfig, generator: nn.Module, discriminator: nn.Module
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam for G and D with OASIS's two time-scale learning rates."""
+    return (
+        torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=cfg.betas),
+        torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas),
+    )
+
+
+class _PairInput(nn.Module):
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.module(*pair)
+
+
+def refresh_ema_batchnorm(ema: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Recompute the EMA generator's BatchNorm running stats from ``(label_onehot, z)`` batches.
+
+    Uses ``torch.optim.swa_utils.update_bn`` (cumulative average over all batches).
+    """
+    update_bn(([pair] for pair in batches), _PairInput(ema))
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype != torch.bfloat16:
+        raise ValueError(f"autocast dtype must be torch.bfloat16 or None (no grad scaler here), got {dtype}")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def gan_train_step(
+    G: nn.Module,
+    D: nn.Module,
+    G_ema: AveragedModel | None,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: torch.Tensor,
+    label_mask: torch.Tensor,
+    cfg: GANConfig,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """One OASIS update: D (N+1 loss + LabelMix), then G (adversarial [+ L1] [+ feature matching]), then EMA.
+
+    Args:
+        real: B x 3 x H x W images in [-1, 1].
+        label_mask: B x H x W class indices (``cfg.ignore_index`` for unlabelled pixels).
+        generator: RNG for noise and LabelMix (reproducible steps); ``None`` uses the global RNG.
+        autocast_dtype: ``torch.bfloat16`` to run the networks under autocast, or ``None``.
+
+    Returns the losses as floats: ``d_real``, ``d_fake``, ``d_labelmix``, ``d_total``, ``g_adv``,
+    ``g_total`` and, when enabled, ``g_l1`` and ``g_fm``.
+    """
+    device = real.device
+    label = one_hot_labels(label_mask.to(device), cfg.num_classes, cfg.ignore_index)
+    batch, size = real.shape[0], tuple(real.shape[-2:])
+    if tuple(label.shape[-2:]) != size:
+        raise ValueError(f"label mask size {tuple(label.shape[-2:])} differs from image size {size}")
+    out: dict[str, torch.Tensor] = {}
+
+    z = sample_noise(batch, cfg.z_dim, size, generator, device)
+    with torch.no_grad(), _autocast(device, autocast_dtype):
+        fake = G(label, z).float()
+    with _autocast(device, autocast_dtype):
+        logits_fake = D(fake)
+        logits_real = D(real)
+        out["d_fake"] = fake_class_loss(logits_fake)
+        out["d_real"] = real_class_loss(logits_real, label)
+        mixed, mix_mask = labelmix(label, real, fake, generator)
+        out["d_labelmix"] = labelmix_consistency_loss(D, mixed, mix_mask, logits_real, logits_fake)
+        out["d_total"] = out["d_fake"] + out["d_real"] + cfg.lambda_labelmix * out["d_labelmix"]
+    opt_d.zero_grad(set_to_none=True)
+    out["d_total"].backward()
+    opt_d.step()
+
+    D.requires_grad_(False)
+    try:
+        z = sample_noise(batch, cfg.z_dim, size, generator, device)
+        with _autocast(device, autocast_dtype):
+            fake = G(label, z)
+            if cfg.use_feature_matching:
+                logits_fake, feats_fake = D(fake, return_features=True)
+                with torch.no_grad():
+                    _, feats_real = D(real, return_features=True)
+                out["g_fm"] = feature_matching_loss(feats_fake, feats_real)
+            else:
+                logits_fake = D(fake)
+            out["g_adv"] = generator_adversarial_loss(logits_fake, label)
+            total = out["g_adv"]
+            if cfg.use_l1:
+                out["g_l1"] = l1_loss(fake, real)
+                total = total + cfg.lambda_l1 * out["g_l1"]
+            if cfg.use_feature_matching:
+                total = total + cfg.lambda_fm * out["g_fm"]
+            out["g_total"] = total
+        opt_g.zero_grad(set_to_none=True)
+        out["g_total"].backward()
+        opt_g.step()
+    finally:
+        D.requires_grad_(True)
+
+    if G_ema is not None:
+        G_ema.update_parameters(G)
+    values = torch.stack([v.detach().float() for v in out.values()]).tolist()
+    return dict(zip(out, values))
