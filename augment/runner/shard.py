@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from augment.data.codec import class_pixels, decode_image, decode_mask, encode_image, encode_mask
-from augment.data.dataset import ROW_GROUP_BYTES, PartStats, make_row, open_dataset
+from augment.data.dataset import ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset
 from augment.data.schema import arrow_schema
 from augment.device import pick_device
 from augment.errors import BadSample
@@ -72,6 +71,39 @@ class ShardSettings:
     threads: int = 1
 
 
+class SourceMasks:
+    """Encoded masks of a dataset by id, reading only the row groups that hold the ids asked for.
+
+    The index (id -> file, row group) is built once from the `id` column, so a shard never scans the whole mask
+    column, however large the dataset.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.index: dict[str, tuple[int, int]] = {}
+        for f, path in enumerate(dataset.files):
+            with dataset.fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                for g in range(parquet.num_row_groups):
+                    for sample_id in parquet.read_row_group(g, columns=["id"]).column("id").to_pylist():
+                        self.index[sample_id] = (f, g)
+
+    def read(self, ids: set[str]) -> dict[str, bytes]:
+        """{id: mask PNG bytes} for the ids found (missing ids are left out)."""
+        groups: dict[int, set[int]] = {}
+        for sample_id in ids:
+            if sample_id in self.index:
+                f, g = self.index[sample_id]
+                groups.setdefault(f, set()).add(g)
+        out: dict[str, bytes] = {}
+        for f, row_groups in sorted(groups.items()):
+            with self.dataset.fs.open_input_file(self.dataset.files[f]) as handle:
+                table = pq.ParquetFile(handle).read_row_groups(sorted(row_groups), columns=["id", "mask"])
+            masks = table.column("mask").combine_chunks().field("bytes").to_pylist()
+            out.update((i, m) for i, m in zip(table.column("id").to_pylist(), masks) if i in ids)
+        return out
+
+
 @dataclass
 class _Prepared:
     """The label maps of one batch, after edits; samples whose source could not be read are quarantined."""
@@ -97,6 +129,9 @@ class ShardProcessor:
         torch.set_num_threads(max(1, s.threads))
         self.generator, gen_card = load_generator(s.generator, self.device)
         self.segmenter, seg_card = load_segmenter(s.segmenter, self.device)
+        if self.device.type == "cuda":
+            self.segmenter.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
         for what, card, expected in (("generator", gen_card, s.generator_sha256),
                                      ("segmenter", seg_card, s.segmenter_sha256)):
             if card.weights_sha256 != expected:
@@ -107,6 +142,7 @@ class ShardProcessor:
         self.normalize_mode = seg_card.model_config.get("normalize", "imagenet")
         self.filter = FilterConfig.from_dict({**s.filter, "keep_rejected": s.keep_rejected})
         self.dataset = open_dataset(s.data)
+        self.sources: SourceMasks | None = None
         self.out = OutputFolder(s.output)
         self.schema = arrow_schema("synthetic")
         self.pool = ThreadPoolExecutor(max_workers=max(2, s.threads), thread_name_prefix="shard-io")
@@ -206,10 +242,10 @@ class ShardProcessor:
 
     def _read_sources(self, planned: list[PlannedSample]) -> dict[str, bytes]:
         """Encoded masks of the source and paste maps the shard needs, by id (masks only, never images)."""
-        ids = sorted({p.source_id for p in planned} | {e["from"] for p in planned for e in p.edits.get("paste", [])})
-        table = self.dataset.arrow.to_table(columns=["id", "mask"], filter=pc.field("id").isin(ids))
-        masks = table.column("mask").combine_chunks().field("bytes").to_pylist()
-        return dict(zip(table.column("id").to_pylist(), masks))
+        if self.sources is None:
+            self.sources = SourceMasks(self.dataset)
+        return self.sources.read({p.source_id for p in planned}
+                                 | {e["from"] for p in planned for e in p.edits.get("paste", [])})
 
     def _prepare(self, batch: list[PlannedSample], sources: dict[str, bytes]) -> _Prepared:
         s = self.settings
