@@ -311,3 +311,12 @@ def test_shard_that_keeps_failing_stops_the_job_with_its_cause(env, tmp_path, ra
     with pytest.raises(AugmentError, match="shard 0 failed 2 times; last error: .*weights changed"):
         _run_shards(job, settings, [0], Progress(1, 0, len(job.plan), 0), local=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_example_job_file_is_valid():
+    from conftest import PROJECT_ROOT
+
+    cfg = load_job(str(PROJECT_ROOT / "jobs" / "example.yaml"))
+    assert cfg.classes == {"pedestrian": 200, "bicyclist": 200, "sign_symbol": 100}
+    assert cfg.resources.gpus_per_worker == 1 and cfg.edits["paste"] == {"prob": 0.3, "max": 2}
+    assert cfg.data == str(PROJECT_ROOT / "demo-out" / "data")
