@@ -27,7 +27,11 @@ def ray_session():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _shutdown_ray_at_end():
+def _one_torch_thread_and_shutdown_ray_at_end():
+    # Tiny models run faster on one thread than on two contended ones (Ray workers share the 2 cores).
+    import torch
+
+    torch.set_num_threads(1)
     yield
     import ray
 
