@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -119,6 +119,42 @@ class _Encoded:
     examples: list[dict[str, Any]]
 
 
+@dataclass
+class _Tally:
+    """What one shard has made so far: counts per class, rejected ids, quarantine, contact-sheet examples."""
+
+    classes: list[str]
+    sheets: int
+    stats: PartStats
+    generated: int = 0
+    accepted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    rejected_ids: list[str] = field(default_factory=list)
+    quarantined: list[dict[str, str]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    slots: Counter[tuple[int, bool]] = field(default_factory=Counter)
+
+    def judge(self, samples: list[PlannedSample], accepted: list[bool]) -> list[bool]:
+        """Count the filter's verdicts; returns which samples to keep as examples (the first `sheets` per slot)."""
+        chosen = []
+        self.generated += len(samples)
+        for sample, ok in zip(samples, accepted):
+            (self.accepted if ok else self.rejected)[self.classes[sample.target_class]] += 1
+            if not ok:
+                self.rejected_ids.append(sample.sample_id)
+            slot = (sample.target_class, bool(ok))
+            chosen.append(self.slots[slot] < self.sheets)
+            self.slots[slot] += chosen[-1]
+        return chosen
+
+    def add(self, encoded: _Encoded) -> list[dict[str, Any]]:
+        """Take an encoded batch's examples and statistics; returns its rows."""
+        for row in encoded.rows:
+            self.stats.add_row(row["height"], row["width"], row["split"], np.asarray(row["class_pixels"]))
+        self.examples += encoded.examples
+        return encoded.rows
+
+
 class ShardProcessor:
     """Loads the generator, the segmenter and the dataset once; `run` makes one shard."""
 
@@ -164,58 +200,14 @@ class ShardProcessor:
             return {**asdict(done), "skipped": True}
         start = time.perf_counter()
         planned = [PlannedSample(**d) for d in samples]
-        sources = self._read_sources(planned)
-        stats = PartStats(len(s.classes))
-        accepted = {name: 0 for name in s.classes}
-        rejected = {name: 0 for name in s.classes}
-        rejected_ids: list[str] = []
-        quarantined: list[dict[str, str]] = []
-        examples: list[dict[str, Any]] = []
-        example_slots: dict[tuple[int, bool], int] = {}
-        generated = 0
+        tally = _Tally(s.classes, s.sheets, PartStats(len(s.classes)))
         tmp = self.out.full(f"{DATA_DIR}/.{shard_name(shard)}.{uuid.uuid4().hex}.tmp")
         final = self.out.full(shard_file(shard))
         self.out.fs.create_dir(self.out.full(DATA_DIR), recursive=True)
-        batches = [planned[i:i + s.batch_size] for i in range(0, len(planned), s.batch_size)]
-        pending: deque[Future[_Encoded]] = deque()
-        buffer: list[dict[str, Any]] = []
         try:
             with self.out.fs.open_output_stream(tmp) as sink, \
                     pq.ParquetWriter(sink, self.schema, compression="zstd") as writer:
-
-                def drain(keep: int) -> None:
-                    while len(pending) > keep:
-                        encoded = pending.popleft().result()
-                        for row in encoded.rows:
-                            stats.add_row(row["height"], row["width"], row["split"], np.asarray(row["class_pixels"]))
-                        buffer.extend(encoded.rows)
-                        examples.extend(encoded.examples)
-                        self._flush(writer, buffer, final=False)
-
-                next_prep = self.pool.submit(self._prepare, batches[0], sources) if batches else None
-                for i in range(len(batches)):
-                    prepared = next_prep.result()
-                    if i + 1 < len(batches):
-                        next_prep = self.pool.submit(self._prepare, batches[i + 1], sources)
-                    quarantined += prepared.quarantined
-                    if not prepared.samples:
-                        continue
-                    result = self._infer(prepared)
-                    generated += len(prepared.samples)
-                    chosen = []
-                    for sample, ok in zip(prepared.samples, result["accepted"]):
-                        name = s.classes[sample.target_class]
-                        (accepted if ok else rejected)[name] += 1
-                        if not ok:
-                            rejected_ids.append(sample.sample_id)
-                        slot = (sample.target_class, bool(ok))
-                        take = example_slots.get(slot, 0) < s.sheets
-                        example_slots[slot] = example_slots.get(slot, 0) + int(take)
-                        chosen.append(take)
-                    pending.append(self.pool.submit(self._encode, prepared.samples, result, chosen))
-                    drain(keep=1)
-                drain(keep=0)
-                self._flush(writer, buffer, final=True)
+                self._write_rows(planned, writer, tally)
         except BaseException:
             _delete_quietly(self.out, tmp)
             raise
@@ -228,17 +220,45 @@ class ShardProcessor:
                 raise
             return {**asdict(done), "skipped": True}
         if s.sheets:
-            self._write_examples(shard, examples)
-        result_stats = ShardStats(
-            shard=shard, fingerprint=s.fingerprint, file=shard_file(shard), rows=stats.rows, generated=generated,
-            accepted={k: v for k, v in accepted.items() if v}, rejected={k: v for k, v in rejected.items() if v},
-            rejected_ids=rejected_ids, quarantined=quarantined, part=asdict(stats),
+            self._write_examples(shard, tally.examples)
+        stats = ShardStats(
+            shard=shard, fingerprint=s.fingerprint, file=shard_file(shard), rows=tally.stats.rows,
+            generated=tally.generated, accepted=dict(tally.accepted), rejected=dict(tally.rejected),
+            rejected_ids=tally.rejected_ids, quarantined=tally.quarantined, part=asdict(tally.stats),
             seconds=round(time.perf_counter() - start, 3), worker=self.worker, node=self.node,
-            attempt_id=uuid.uuid4().hex[:12], examples=len(examples),
+            attempt_id=uuid.uuid4().hex[:12], examples=len(tally.examples),
         )
-        write_marker(self.out, result_stats)
+        write_marker(self.out, stats)
         self.shards_made += 1
-        return {**asdict(result_stats), "skipped": False}
+        return {**asdict(stats), "skipped": False}
+
+    def _write_rows(self, planned: list[PlannedSample], writer: pq.ParquetWriter, tally: "_Tally") -> None:
+        """The batch pipeline: prepare batch i+1 and encode batch i-1 on the pool while batch i is on the device."""
+        s = self.settings
+        sources = self._read_sources(planned)
+        batches = [planned[i:i + s.batch_size] for i in range(0, len(planned), s.batch_size)]
+        pending: deque[Future[_Encoded]] = deque()
+        buffer: list[dict[str, Any]] = []
+
+        def drain(keep: int) -> None:
+            while len(pending) > keep:
+                buffer.extend(tally.add(pending.popleft().result()))
+                self._flush(writer, buffer, final=False)
+
+        next_prep = self.pool.submit(self._prepare, batches[0], sources) if batches else None
+        for i in range(len(batches)):
+            prepared = next_prep.result()
+            if i + 1 < len(batches):
+                next_prep = self.pool.submit(self._prepare, batches[i + 1], sources)
+            tally.quarantined += prepared.quarantined
+            if not prepared.samples:
+                continue
+            result = self._infer(prepared)
+            chosen = tally.judge(prepared.samples, result["accepted"])
+            pending.append(self.pool.submit(self._encode, prepared.samples, result, chosen))
+            drain(keep=1)
+        drain(keep=0)
+        self._flush(writer, buffer, final=True)
 
     def _read_sources(self, planned: list[PlannedSample]) -> dict[str, bytes]:
         """Encoded masks of the source and paste maps the shard needs, by id (masks only, never images)."""
