@@ -209,6 +209,6 @@ def marker_done(out: OutputFolder, index: int, fingerprint: str) -> ShardStats |
 
 __all__ = [
     "DATA_DIR", "INFO_FILE", "JOB_FILE", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "SHEETS_DIR",
-    "SUMMARY_FILE", "ShardStats", "examples_file", "is_temporary", "marker_done", "marker_file", "read_marker", "shard_file",
-    "shard_name", "write_marker",
+    "SUMMARY_FILE", "ShardStats", "examples_file", "is_temporary", "marker_done", "marker_file", "read_marker",
+    "shard_file", "shard_name", "write_marker",
 ]
