@@ -87,6 +87,18 @@ def test_full_run_writes_a_complete_synthetic_dataset(env, first_run):
     assert sorted(p.name for p in (out / "sheets").iterdir()) == ["bicyclist.png", "car.png", "pedestrian.png"]
     assert not list((out / "data").glob(".shard-*"))
     assert (out / "summary.json").is_file() and (out / "job.json").is_file()
+    assert set(ds.info.extra["versions"]) >= {"augment", "torch", "ray", "pyarrow"}
+
+
+def test_output_reads_with_ray_data_and_augment_info(first_run, ray_session, capsys):
+    import ray.data
+
+    from augment.cli import main
+
+    ds = open_dataset(str(first_run["out"]))
+    assert ray.data.read_parquet(ds.uris).count() == 14
+    assert main(["info", str(first_run["out"])]) == 0
+    assert "pedestrian" in capsys.readouterr().out
 
 
 def test_rerun_skips_every_shard(first_run):
