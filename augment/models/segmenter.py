@@ -1,0 +1,75 @@
+"""torchvision segmenters, built from scratch (no pretrained weights), and loading them from a train-seg run."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import segmentation as tvseg
+
+from augment.errors import AugmentError
+from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_weights
+
+SEGMENTER_KIND = "segmenter"
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "lraspp_mobilenet_v3_large": tvseg.lraspp_mobilenet_v3_large,
+    "deeplabv3_mobilenet_v3_large": tvseg.deeplabv3_mobilenet_v3_large,
+    "deeplabv3_resnet50": tvseg.deeplabv3_resnet50,
+    "deeplabv3_resnet101": tvseg.deeplabv3_resnet101,
+    "fcn_resnet50": tvseg.fcn_resnet50,
+    "fcn_resnet101": tvseg.fcn_resnet101,
+}
+SEGMENTERS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_segmenter(name: str, num_classes: int, aux_loss: bool = False) -> nn.Module:
+    """A randomly initialised torchvision segmenter (`weights=None, weights_backbone=None`).
+
+    `aux_loss` adds the auxiliary FCN head (not available for LR-ASPP).
+    """
+    if name not in _BUILDERS:
+        raise AugmentError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
+    if num_classes < 1:
+        raise AugmentError(f"a segmenter needs at least one class, got {num_classes}")
+    kwargs: dict[str, object] = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
+    if name.startswith("lraspp"):
+        if aux_loss:
+            raise AugmentError(f"{name} has no auxiliary head; aux_loss is only for DeepLabV3 and FCN")
+    else:
+        kwargs["aux_loss"] = aux_loss
+    return _BUILDERS[name](**kwargs)
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class logits B×C×H×W at the input's size (`out["out"]` of a torchvision segmenter)."""
+    out = model(images)
+    logits = out["out"] if isinstance(out, dict) else out
+    if logits.shape[-2:] != images.shape[-2:]:
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
+
+
+def segmenter_config(name: str, num_classes: int, aux_loss: bool = False, normalize: str = "imagenet") -> dict:
+    """The card's `model_config` for a segmenter: what `load_segmenter` rebuilds it from."""
+    return {"name": name, "num_classes": num_classes, "aux_loss": aux_loss, "normalize": normalize}
+
+
+def load_segmenter(run: str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Rebuild a train-seg model from its card, load its sha256-verified weights, and put it in eval mode."""
+    card = load_card(run)
+    if card.kind != SEGMENTER_KIND:
+        raise CheckpointError(f"{run}: a {card.kind!r} checkpoint, not a segmenter (train one with train-seg)")
+    cfg = card.model_config
+    if "name" not in cfg:
+        raise CheckpointError(f"{run}: card.json model_config has no model name")
+    model = build_segmenter(cfg["name"], len(card.classes), aux_loss=bool(cfg.get("aux_loss", False)))
+    weights = load_weights(run, card)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:2]
+        raise CheckpointError(f"{run}: weights do not fit {cfg['name']}: {' '.join(first)}") from None
+    return model.to(device).eval(), card

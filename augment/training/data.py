@@ -1,0 +1,337 @@
+"""Training and evaluation data streams, shared by the segmenter and GAN trainers.
+
+Training (distributed):
+    on the driver, one Ray Data dataset per source, `training_dataset(ds, transform)`: Parquet row-group slices
+    read, decoded and transformed in Ray Data tasks, so no dataset is ever loaded whole; pass them to
+    `run_training(datasets={...})` (see `stream_names`);
+    in each Ray Train worker, `BatchMixer([(get_dataset_shard(name), weight), ...], batch, device)` draws fixed
+    shares of every batch from the streams: e.g. weights (0.7, 0.3) make 30% of each batch synthetic. The first
+    stream defines the epoch; the others cycle. `iter_training_batches` is the one-stream shortcut.
+
+Evaluation (one process, no Ray): `iter_eval_batches(open_dataset(uri), ...)` streams with pyarrow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from augment.data.dataset import Dataset, DatasetInfo, decode_row, open_dataset
+from augment.errors import DatasetError
+from augment.training.transforms import JointTransform, apply_joint, normalize
+
+COLUMNS = ["id", "image", "mask"]
+
+
+@dataclass
+class Source:
+    """A training dataset and its share of every batch (weights are normalised over all sources)."""
+
+    uri: str
+    weight: float = 1.0
+
+
+def open_sources(sources: Sequence[Source | str]) -> list[tuple[Dataset, float]]:
+    """Open every source, refusing empty ones, bad weights, and datasets whose classes differ."""
+    if not sources:
+        raise DatasetError("no training dataset given")
+    opened = []
+    for s in sources:
+        s = Source(s) if isinstance(s, str) else s
+        if not (s.weight > 0 and math.isfinite(s.weight)):
+            raise DatasetError(f"{s.uri}: batch share weight must be > 0, got {s.weight}")
+        ds = open_dataset(s.uri)
+        if ds.info.num_rows == 0:
+            raise DatasetError(f"{s.uri}: dataset has no rows")
+        opened.append((ds, float(s.weight)))
+    common_classes([ds for ds, _ in opened])
+    return opened
+
+
+def common_classes(datasets: Sequence[Dataset]) -> DatasetInfo:
+    """The first dataset's info, after checking that all datasets share classes and ignore index."""
+    first = datasets[0]
+    for ds in datasets[1:]:
+        if ds.info.classes != first.info.classes:
+            raise DatasetError(
+                f"{ds.uri} has classes {ds.info.classes}, but {first.uri} has {first.info.classes}; "
+                "datasets trained together must share one class list"
+            )
+        if ds.info.ignore_index != first.info.ignore_index:
+            raise DatasetError(
+                f"{ds.uri} uses ignore index {ds.info.ignore_index}, {first.uri} uses {first.info.ignore_index}"
+            )
+    return first.info
+
+
+def common_size(datasets: Sequence[Dataset]) -> tuple[int, int]:
+    """The one image size all datasets share; refuses mixed sizes (the caller should then ask for --size)."""
+    sizes = {ds.uri: ds.info.image_size for ds in datasets}
+    distinct = set(sizes.values())
+    if None in distinct or len(distinct) != 1:
+        detail = ", ".join(
+            f"{uri}: {'x'.join(map(str, s)) if s else 'mixed sizes'}" for uri, s in sizes.items()
+        )
+        raise DatasetError(f"images differ in size ({detail}); choose a training size with --size HxW")
+    return distinct.pop()
+
+
+def stream_names(n: int) -> list[str]:
+    """Names of the Ray Train datasets for n sources: 'train_0', 'train_1', ..."""
+    return [f"train_{i}" for i in range(n)]
+
+
+def _decode_batch(batch: pa.Table, transform: JointTransform | None, source: str) -> dict[str, np.ndarray]:
+    images, masks = [], []
+    for row in batch.to_pylist():
+        sample = decode_row(row, source=source)
+        img, msk = apply_joint(transform, sample["image"], sample["mask"])
+        images.append(img.numpy())
+        masks.append(msk.numpy())
+    shapes = {m.shape for m in masks}
+    if len(shapes) > 1:
+        raise DatasetError(
+            f"{source}: transformed samples differ in size {sorted(shapes)}; the training transform must "
+            "produce one size"
+        )
+    return {"image": np.stack(images), "mask": np.stack(masks)}
+
+
+def read_units(ds: Dataset, rows_per_unit: int = 16) -> list[dict[str, Any]]:
+    """The dataset cut into read units {path, row_group, start, stop} of at most `rows_per_unit` rows."""
+    units = []
+    for path in ds.files:
+        with ds.fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            units += [{"path": path, "row_group": rg, "start": a, "stop": min(a + rows_per_unit, n)}
+                      for a in range(0, n, rows_per_unit)]
+    return units
+
+
+def _read_and_decode(
+    units: dict[str, np.ndarray], filesystem: Any, transform: JointTransform | None, source: str
+) -> dict[str, np.ndarray]:
+    tables = []
+    for path, rg, start, stop in zip(units["path"], units["row_group"], units["start"], units["stop"]):
+        with filesystem.open_input_file(str(path)) as f:
+            table = pq.ParquetFile(f).read_row_group(int(rg), columns=COLUMNS)
+        tables.append(table.slice(int(start), int(stop - start)))
+    return _decode_batch(pa.concat_tables(tables), transform, source)
+
+
+def training_dataset(
+    ds: Dataset | str, transform: JointTransform | None, rows_per_unit: int = 16
+) -> "ray.data.Dataset":  # noqa: F821
+    """A lazily read Ray Data dataset of {'image': uint8 3×h×w, 'mask': uint8 h×w}, transformed per sample.
+
+    The dataset is cut into read units of at most `rows_per_unit` rows (slices of Parquet row groups); each
+    epoch visits the units in a new random order, and each Ray Data task reads and decodes one unit, so memory
+    holds a few units at a time. (Ray Data's own read_parquet path costs seconds per epoch in planning and
+    extra stages; reading row groups directly keeps an epoch of a small dataset well under a second.) A row
+    that cannot be decoded fails the run naming its dataset and id (rows were validated at ingest, so that is
+    damage, not noise).
+    """
+    import ray.data
+
+    ds = open_dataset(ds) if isinstance(ds, str) else ds
+    units = read_units(ds, rows_per_unit)
+    if not units:
+        raise DatasetError(f"{ds.uri}: dataset has no rows")
+    out = (
+        ray.data.from_items(units, override_num_blocks=len(units))
+        .randomize_block_order()
+        .map_batches(
+            _read_and_decode,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={"filesystem": ds.fs, "transform": transform, "source": ds.uri},
+        )
+    )
+    context = getattr(out, "context", None)
+    if context is not None:  # the trainers print their own progress; Ray Data's bars would repeat every epoch
+        context.enable_progress_bars = False
+    return out
+
+
+def batch_shares(batch_size: int, weights: Sequence[float], step: int) -> list[int]:
+    """How many samples of batch number `step` come from each stream.
+
+    Streams after the first get floor((step+1)·B·p) - floor(step·B·p) (p = its normalised weight): per batch
+    within one of B·p, and exactly B·p per batch over time. The first stream fills the rest.
+    """
+    total = float(sum(weights))
+    counts = [0]
+    for w in weights[1:]:
+        share = batch_size * w / total
+        counts.append(math.floor((step + 1) * share + 1e-9) - math.floor(step * share + 1e-9))
+    counts[0] = batch_size - sum(counts[1:])
+    return counts
+
+
+def steps_per_epoch(rows: int, batch_size: int, weights: Sequence[float] = (1.0,)) -> int:
+    """Batches one epoch of `rows` primary-stream rows gives (about, for several streams)."""
+    primary = batch_size * weights[0] / float(sum(weights))
+    return int(math.floor(rows / primary + 1e-9)) if primary > 0 else 0
+
+
+class _Stream:
+    """Samples from one Ray Data shard, handed out in any amounts; restarts at the end when `cycle`."""
+
+    def __init__(self, shard: Any, chunk: int, device: torch.device, cycle: bool, shuffle_buffer: int | None):
+        self.shard, self.chunk, self.device, self.cycle = shard, chunk, device, cycle
+        self.shuffle_buffer = shuffle_buffer
+        self._it: Iterator[dict[str, torch.Tensor]] | None = None
+        self._buf: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._have = 0
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(
+            self.shard.iter_torch_batches(
+                batch_size=self.chunk,
+                dtypes={"image": torch.uint8, "mask": torch.uint8},
+                device=self.device,
+                local_shuffle_buffer_size=self.shuffle_buffer,
+            )
+        )
+
+    def start_epoch(self) -> None:
+        self._it, self._buf, self._have = self._batches(), [], 0
+
+    def _fill(self) -> bool:
+        if self._it is None:
+            self.start_epoch()
+        try:
+            b = next(self._it)
+        except StopIteration:
+            if not self.cycle:
+                return False
+            self._it = self._batches()
+            try:
+                b = next(self._it)
+            except StopIteration:
+                raise DatasetError("a cycled training stream yielded no rows on this worker") from None
+        self._buf.append((b["image"], b["mask"]))
+        self._have += len(b["image"])
+        return True
+
+    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """n samples, or None when the (non-cycling) stream has fewer than n left: the rest are dropped."""
+        while self._have < n:
+            if not self._fill():
+                self._it = None
+                return None
+        images = torch.cat([b[0] for b in self._buf]) if len(self._buf) > 1 else self._buf[0][0]
+        masks = torch.cat([b[1] for b in self._buf]) if len(self._buf) > 1 else self._buf[0][1]
+        self._buf = [(images[n:], masks[n:])] if len(images) > n else []
+        self._have -= n
+        return images[:n], masks[:n]
+
+
+class BatchMixer:
+    """Fixed-size training batches drawn from one or more streams with fixed shares (see `batch_shares`).
+
+    `streams`: [(shard, weight), ...] where a shard is `ray.train.get_dataset_shard(name)` (any Ray Data
+    DataIterator); the first stream is the epoch, the others cycle. Batches are (images, masks) on `device`:
+    float B×3×H×W normalised by `norm` ('imagenet' or 'tanh' = [-1, 1]) and long B×H×W.
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[tuple[Any, float]],
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        norm: str = "imagenet",
+        shuffle_buffer: int | None = None,
+    ) -> None:
+        if not streams:
+            raise ValueError("BatchMixer needs at least one stream")
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.norm = norm
+        self.weights = [float(w) for _, w in streams]
+        buf = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
+        self._streams = [
+            _Stream(shard, batch_size, self.device, cycle=i > 0, shuffle_buffer=buf or None)
+            for i, (shard, _) in enumerate(streams)
+        ]
+        self.step = 0
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the first stream; the last incomplete batch is dropped."""
+        self._streams[0].start_epoch()
+        while True:
+            counts = batch_shares(self.batch_size, self.weights, self.step)
+            primary = self._streams[0].take(counts[0])
+            if primary is None:
+                return
+            parts = [primary] + [s.take(c) for s, c in zip(self._streams[1:], counts[1:]) if c > 0]
+            images = torch.cat([p[0] for p in parts]) if len(parts) > 1 else primary[0]
+            masks = torch.cat([p[1] for p in parts]) if len(parts) > 1 else primary[1]
+            self.step += 1
+            yield normalize(images, self.norm), masks.long()
+
+
+def iter_training_batches(
+    shard: Any, batch_size: int, device: torch.device | str = "cpu", norm: str = "imagenet"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of one stream: `BatchMixer([(shard, 1.0)], ...).epoch()`."""
+    return BatchMixer([(shard, 1.0)], batch_size, device, norm).epoch()
+
+
+@dataclass
+class EvalBatch:
+    images: torch.Tensor
+    """uint8 B×3×h×w, resized to the evaluation size."""
+    masks: torch.Tensor
+    """long B×H×W at the dataset's native resolution (all rows of a batch share it)."""
+    ids: list[str]
+
+
+def iter_eval_batches(
+    ds: Dataset,
+    batch_size: int,
+    size: tuple[int, int] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    read_rows: int = 64,
+) -> Iterator[EvalBatch]:
+    """Stream a dataset in order with pyarrow (no Ray): images resized to `size`, masks kept native.
+
+    With `world_size` > 1 this process takes rows rank, rank + world_size, ...; consecutive rows of one native
+    size form a batch.
+    """
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    ids: list[str] = []
+
+    def flush() -> EvalBatch:
+        batch = EvalBatch(torch.stack(images), torch.stack(masks).long(), list(ids))
+        images.clear(), masks.clear(), ids.clear()
+        return batch
+
+    index = -1
+    for record_batch in ds.iter_batches(COLUMNS, batch_size=read_rows):
+        for row in record_batch.to_pylist():
+            index += 1
+            if index % world_size != rank:
+                continue
+            sample = decode_row(row, source=ds.uri)
+            img, msk = apply_joint(None, sample["image"], sample["mask"])
+            if size is not None and tuple(img.shape[-2:]) != tuple(size):
+                img = TF.resize(img, list(size), antialias=True)
+            if masks and (masks[0].shape != msk.shape or len(images) == batch_size):
+                yield flush()
+            images.append(img)
+            masks.append(msk)
+            ids.append(row["id"])
+    if images:
+        yield flush()

@@ -1,0 +1,355 @@
+"""Training a torchvision segmenter on Ray Train (`augment train-seg`).
+
+The loop follows torchvision's references/segmentation/train.py: cross-entropy with the ignore index, a poly
+learning-rate schedule `(1 - step / total_steps) ** 0.9` stepped per batch, bf16 autocast and channels_last on
+GPU. The optimizer is AdamW (lr 1e-3, weight decay 1e-4): without pretrained weights it trained LR-ASPP on CamVid
+faster and more reliably than the reference's SGD (see docs). Every epoch rank 0 appends a line to metrics.jsonl
+and writes a checkpoint (weights + card + training state); with a validation set the epoch's mIoU goes into the
+card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from augment.data.dataset import Dataset, open_dataset
+from augment.errors import AugmentError
+from augment.models.segmenter import SEGMENTER_KIND, build_segmenter, segmenter_config
+from augment.training import distributed as dist_utils
+from augment.training.checkpoint import (
+    CheckpointError,
+    ModelCard,
+    append_metrics,
+    check_compatible,
+    load_card,
+    load_train_state,
+    load_weights,
+    save_checkpoint,
+)
+from augment.training.data import (
+    BatchMixer,
+    Source,
+    common_classes,
+    common_size,
+    open_sources,
+    steps_per_epoch,
+    stream_names,
+    training_dataset,
+)
+from augment.training.evaluate import autocast, confusion_on
+from augment.training.transforms import train_transform
+
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.02}
+NORMALIZATION = "imagenet"
+
+
+@dataclass
+class SegTrainConfig:
+    """Everything a train-seg run needs. `data` are training dataset URIs; `weights` their shares of each batch
+    (None: one share each), e.g. data=[real, synthetic], weights=[0.7, 0.3] for 30% synthetic per batch."""
+
+    data: list[str]
+    out: str
+    val: str | None = None
+    model: str = "lraspp_mobilenet_v3_large"
+    size: tuple[int, int] | None = None
+    epochs: int = 30
+    batch: int = 8
+    lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    aux_loss: bool = False
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    weights: list[float] | None = None
+    workers: int = 1
+    gpus_per_worker: float | None = None
+    resume: bool = False
+    seed: int = 0
+    address: str | None = None
+    log_every: int = 50
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded in the card (e.g. the retrain step's ratio)."""
+
+
+def train_segmenter(config: SegTrainConfig) -> ModelCard:
+    """Train (or, with `resume`, continue) a segmenter into the run folder `config.out`; returns its card."""
+    sources = [Source(uri, w) for uri, w in zip(config.data, config.weights or [1.0] * len(config.data))]
+    if config.weights is not None and len(config.weights) != len(config.data):
+        raise AugmentError(f"{len(config.weights)} batch shares for {len(config.data)} training datasets")
+    if config.optimizer not in DEFAULT_LR:
+        raise AugmentError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(DEFAULT_LR)}")
+    build_segmenter(config.model, 2, config.aux_loss)  # refuses an unknown model name before any work
+    opened = open_sources(sources)
+    datasets = [ds for ds, _ in opened]
+    info = common_classes(datasets)
+    size = tuple(config.size) if config.size else common_size(datasets)
+    val = open_dataset(config.val) if config.val else None
+    if val is not None:
+        common_classes(datasets + [val])
+    _check_batches(opened, config.batch, config.workers)
+
+    card = ModelCard(
+        kind=SEGMENTER_KIND,
+        classes=list(info.classes),
+        palette=[list(c) for c in info.palette],
+        ignore_index=info.ignore_index,
+        size=list(size),
+        model_config={
+            **segmenter_config(config.model, info.num_classes, config.aux_loss, NORMALIZATION),
+            "training": _training_record(config),
+        },
+        dataset={"train": [_dataset_record(ds, w) for ds, w in opened], "val": _dataset_record(val) if val else None},
+    )
+    start = _start_state(config, card, datasets, val)
+    if start is None:
+        return load_card(config.out)
+
+    transform = train_transform(size, config.scale_range, ignore_index=info.ignore_index)
+    names = stream_names(len(opened))
+    ray_datasets = {name: training_dataset(ds, transform) for name, (ds, _) in zip(names, opened)}
+    rows_per_worker = datasets[0].info.num_rows // config.workers
+    loop_config = {
+        "config": asdict(config),
+        "card": asdict(card),
+        "streams": [(name, w) for name, (_, w) in zip(names, opened)],
+        "steps_per_epoch": steps_per_epoch(rows_per_worker, config.batch, [w for _, w in opened]),
+        "start_epoch": start,
+    }
+    dist_utils.run_training(
+        _train_loop, loop_config, config.workers, config.gpus_per_worker, ray_datasets, config.out,
+        address=config.address,
+    )
+    return load_card(config.out)
+
+
+def _check_batches(opened: list[tuple[Dataset, float]], batch: int, workers: int) -> None:
+    """Refuse a first dataset too small to give each worker one full batch (the last partial batch is dropped)."""
+    ds, _ = opened[0]
+    total = sum(w for _, w in opened)
+    need = math.ceil(batch * opened[0][1] / total) * workers
+    if ds.info.num_rows < need:
+        raise AugmentError(
+            f"{ds.uri} has {ds.info.num_rows} rows, too few for one batch of {batch} on each of {workers} "
+            f"worker(s) (needs {need}); lower --batch or --workers"
+        )
+
+
+def _dataset_record(ds: Dataset, weight: float | None = None) -> dict[str, Any]:
+    record = {"uri": ds.uri, "num_rows": ds.info.num_rows, "kind": ds.info.kind, "lineage": ds.info.lineage}
+    if weight is not None:
+        record["weight"] = weight
+    return record
+
+
+def _training_record(config: SegTrainConfig) -> dict[str, Any]:
+    return {
+        "optimizer": config.optimizer,
+        "lr": config.lr or DEFAULT_LR[config.optimizer],
+        "weight_decay": config.weight_decay,
+        "epochs": config.epochs,
+        "batch_per_worker": config.batch,
+        "workers": config.workers,
+        "scale_range": list(config.scale_range),
+        "seed": config.seed,
+        **({"extra": config.extra} if config.extra else {}),
+    }
+
+
+def _start_state(config: SegTrainConfig, card: ModelCard, datasets: list[Dataset], val: Dataset | None) -> int | None:
+    """The epoch to start from (0 for a new run), or None when a resumed run is already complete."""
+    try:
+        existing = load_card(config.out)
+    except CheckpointError:
+        existing = None
+    if existing is None:
+        if config.resume:
+            print(f"train-seg: nothing to resume in {config.out}; starting a new run")
+        return 0
+    if not config.resume:
+        raise AugmentError(f"{config.out} already holds a training run; pass --resume to continue it or choose another --out")
+    what = f"run {config.out}"
+    if existing.kind != SEGMENTER_KIND:
+        raise CheckpointError(f"{what} is a {existing.kind!r} run, not a segmenter")
+    for ds in datasets + ([val] if val else []):
+        check_compatible(existing, ds.info, what)
+    if tuple(existing.size) != tuple(card.size):
+        raise CheckpointError(f"{what} was trained at {existing.size[0]}x{existing.size[1]}, not {card.size[0]}x{card.size[1]}")
+    for key in ("name", "aux_loss"):
+        if existing.model_config.get(key) != card.model_config[key]:
+            raise CheckpointError(
+                f"{what} has model {key} {existing.model_config.get(key)!r}, but {card.model_config[key]!r} was asked for"
+            )
+    state = load_train_state(config.out)
+    if state is None:
+        raise CheckpointError(f"{what} has no train_state.pt to resume from")
+    epoch = int(state["epoch"])
+    if epoch >= config.epochs:
+        print(f"train-seg: {config.out} already finished {epoch} of {config.epochs} epochs; nothing to do "
+              "(pass a larger --epochs to train on)")
+        return None
+    print(f"train-seg: resuming {config.out} at epoch {epoch + 1}/{config.epochs} (step {state['step']})")
+    return epoch
+
+
+def train_step(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ignore_index: int,
+    device: torch.device,
+) -> float:
+    """One optimisation step on a batch; returns the loss (FloatingPointError when it is not finite)."""
+    with autocast(device):
+        out = model(images)
+        loss = F.cross_entropy(out["out"].float(), masks, ignore_index=ignore_index)
+        if "aux" in out:
+            loss = loss + 0.5 * F.cross_entropy(out["aux"].float(), masks, ignore_index=ignore_index)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return value
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """torchvision's poly decay, stepped per batch: lr · (1 - step / total_steps) ** 0.9 (0 after the end)."""
+    total = max(total_steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda x: max(0.0, 1 - x / total) ** 0.9)
+
+
+def make_optimizer(params, name: str, lr: float | None, weight_decay: float) -> torch.optim.Optimizer:
+    lr = lr or DEFAULT_LR[name]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    """Per-worker loop (runs inside Ray Train)."""
+    import ray.train
+
+    cfg = SegTrainConfig(**loop_config["config"])
+    card = ModelCard.from_dict(loop_config["card"])
+    rank, world = dist_utils.world_rank(), dist_utils.world_size()
+    device = dist_utils.train_device()
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+
+    model = build_segmenter(cfg.model, len(card.classes), cfg.aux_loss)
+    start_epoch, step = loop_config["start_epoch"], 0
+    state = None
+    if start_epoch > 0:
+        model.load_state_dict(load_weights(cfg.out))
+        state = load_train_state(cfg.out)
+        step = int(state["step"])
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    model = dist_utils.prepare_model(model)
+    torch.manual_seed(cfg.seed * 1000 + rank + start_epoch)
+
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr,
+                               cfg.weight_decay)
+    total_steps = max(int(loop_config["steps_per_epoch"]), 1) * cfg.epochs
+    scheduler = poly_schedule(optimizer, total_steps)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+
+    streams = [(ray.train.get_dataset_shard(name), w) for name, w in loop_config["streams"]]
+    mixer = BatchMixer(streams, cfg.batch, device, NORMALIZATION)
+    val = open_dataset(cfg.val) if cfg.val else None
+    size = (int(card.size[0]), int(card.size[1]))
+    progress = dist_utils.Progress(total_steps, start_step=step, every_steps=cfg.log_every, prefix="[train-seg]")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0, loss_sum, batches, images_seen = time.monotonic(), 0.0, 0, 0
+        for images, masks in mixer.epoch():
+            if on_gpu:
+                images = images.contiguous(memory_format=torch.channels_last)
+            try:
+                loss = train_step(model, images, masks, optimizer, scheduler, card.ignore_index, device)
+            except FloatingPointError as exc:
+                raise dist_utils.TrainingError(f"{exc} at step {step + 1} (epoch {epoch + 1}); try a lower --lr") from None
+            step += 1
+            batches += 1
+            images_seen += len(images)
+            loss_sum += loss
+            if rank == 0:
+                progress.update(step, len(images) * world, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss,
+                                lr=scheduler.get_last_lr()[0])
+        if batches == 0:
+            raise dist_utils.TrainingError(f"worker {rank} got no full batch of {cfg.batch} in epoch {epoch + 1}")
+        seconds = time.monotonic() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": dist_utils.all_mean(loss_sum / batches, device),
+            "lr": scheduler.get_last_lr()[0],
+            "images_per_s": dist_utils.all_mean(images_seen / max(seconds, 1e-9), device) * world,
+            "epoch_s": round(seconds, 2),
+        }
+        val_metrics = None
+        if val is not None:
+            cm = confusion_on(dist_utils.unwrap(model), val, size, cfg.batch, device, NORMALIZATION, rank, world)
+            cm.reduce_from_all_processes()
+            val_metrics = cm.to_dict(card.classes)
+            record.update(val_miou=val_metrics["miou"], val_pixel_accuracy=val_metrics["pixel_accuracy"])
+        if rank == 0:
+            _save_epoch(cfg, card, model, optimizer, scheduler, record, val_metrics)
+        dist_utils.barrier()
+
+
+def _save_epoch(cfg, card, model, optimizer, scheduler, record: dict[str, Any], val_metrics: dict | None) -> None:
+    append_metrics(cfg.out, record)
+    card.step = record["step"]
+    card.metrics = {k: v for k, v in record.items() if k not in ("lr", "images_per_s", "epoch_s")}
+    if val_metrics is not None:
+        card.metrics["val_iou"] = val_metrics["iou"]
+    state = {
+        "epoch": record["epoch"],
+        "step": record["step"],
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+    save_checkpoint(cfg.out, dist_utils.unwrap(model).state_dict(), card, state)
+    line = f"[train-seg] epoch {record['epoch']}/{cfg.epochs} done: loss {record['train_loss']:.4f}"
+    if "val_miou" in record:
+        miou = record["val_miou"]
+        line += f", val mIoU {'-' if miou is None else f'{miou * 100:.2f}'}"
+    print(line + f" ({record['epoch_s']:.1f}s); checkpoint in {cfg.out}", flush=True)
+
+
+def train_seg_command(args: argparse.Namespace) -> int:
+    config = SegTrainConfig(
+        data=[d.strip() for d in args.data.split(",") if d.strip()],
+        out=args.out,
+        val=args.val,
+        model=args.model,
+        size=args.size,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        resume=args.resume,
+        address=args.address,
+        seed=getattr(args, "seed", 0),
+    )
+    card = train_segmenter(config)
+    miou = card.metrics.get("val_miou")
+    tail = f", val mIoU {miou * 100:.2f}" if isinstance(miou, float) else ""
+    print(f"train-seg: {config.out}: {card.metrics.get('epoch', 0)} epochs, step {card.step}{tail}")
+    return 0
