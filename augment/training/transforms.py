@@ -55,30 +55,6 @@ def resize_transform(size: tuple[int, int], hflip: float = 0.0) -> v2.Compose:
 
 
 class CoverCrop:
-    """Scale an image and mask (aspect kept) until they cover `size` (H, W), crop `size`, optionally flip.
-
-    The GAN's training transform: no scale jitter and no colour change, so the generator learns the data's own
-    colours at one scale. `random=False` crops the centre and never flips (fixed sample-sheet inputs).
-    """
-
-    def __init__(self, size: tuple[int, int], hflip: float = 0.5, random: bool = True) -> None:
-        self.size = (int(size[0]), int(size[1]))
-        self.random = random
-        crop: list[v2.Transform] = [v2.RandomCrop(self.size) if random else v2.CenterCrop(self.size)]
-        if random and hflip > 0:
-            crop.append(v2.RandomHorizontalFlip(hflip))
-        self.crop = v2.Compose(crop)
-
-    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[torch.Tensor, torch.Tensor]:
-        (h, w), (ih, iw) = self.size, image.shape[-2:]
-        if (ih, iw) != (h, w):
-            scale = max(h / ih, w / iw)
-            cover = [max(h, round(ih * scale)), max(w, round(iw * scale))]
-            image, mask = TF.resize(image, cover, antialias=True), TF.resize(mask, cover)
-        return self.crop(image, mask)
-
-
-class CoverCrop:
     """Resize (aspect kept) so the image just covers `size` (H, W), then crop to `size`.
 
     `random`: a random crop, then a horizontal flip with probability `hflip` (training); otherwise the centre
