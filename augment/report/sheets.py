@@ -70,6 +70,35 @@ def render_sheet(rows: Sequence[SheetRow], palette: Sequence[Sequence[int]]) -> 
     return np.asarray(sheet)
 
 
+def render_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], palette: Sequence[Sequence[int]], columns: int = 3
+) -> np.ndarray:
+    """A grid of `image | colourised mask` tiles, each under its caption, `columns` tiles per row (H x W x 3 uint8).
+
+    Every tile is drawn at the first sample's panel size: width = columns * (2 * pw + 3 * BORDER), height =
+    CAPTION_H + rows * (CAPTION_H + ph + 2 * BORDER).
+    """
+    if not pairs:
+        raise ValueError("a pair sheet needs at least one sample")
+    ph, pw = panel_size(*np.asarray(pairs[0][1]).shape[:2])
+    tile_w, tile_h = 2 * pw + 3 * BORDER, CAPTION_H + ph + 2 * BORDER
+    columns = max(1, min(columns, len(pairs)))
+    rows = -(-len(pairs) // columns)
+    sheet = Image.new("RGB", (columns * tile_w, CAPTION_H + rows * tile_h), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((BORDER + 2, 1), "image | label map (black: ignore)", fill=(0, 0, 0))
+    for k, (image, mask, caption) in enumerate(pairs):
+        left, top = (k % columns) * tile_w, CAPTION_H + (k // columns) * tile_h
+        draw.text((left + BORDER + 2, top + 1), caption, fill=(0, 0, 0))
+        panels = (
+            np.asarray(Image.fromarray(np.ascontiguousarray(image, np.uint8), "RGB").resize((pw, ph), Image.NEAREST)),
+            colorize(resize_mask(np.asarray(mask, np.uint8), (ph, pw)), palette),
+        )
+        for i, panel in enumerate(panels):
+            sheet.paste(Image.fromarray(panel), (left + BORDER + i * (pw + BORDER), top + CAPTION_H + BORDER))
+    return np.asarray(sheet)
+
+
 def contact_sheet(rows: Sequence[SheetRow], palette: Sequence[Sequence[int]], path: str) -> None:
     """Write the sheet of `rows` (mask, image, prediction, accepted, caption) as a PNG to a local path or URI."""
     buf = io.BytesIO()

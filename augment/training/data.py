@@ -105,16 +105,31 @@ def _decode_batch(batch: pa.Table, transform: JointTransform | None, source: str
 
 
 def read_units(ds: Dataset, rows_per_unit: int = 16) -> list[dict[str, Any]]:
-    """The dataset cut into read units {path, row_group, start, stop} of at most `rows_per_unit` rows."""
+    """The dataset cut into read units {path, row_group, start, stop} of at most `rows_per_unit` rows.
+
+    A synthetic dataset contributes only its accepted rows: rows the quality filter rejected (present when the
+    job kept them, `accepted` false) fall between units, found by reading the `accepted` column alone.
+    """
+    synthetic = ds.info.kind == "synthetic"
     units = []
     for path in ds.files:
         with ds.fs.open_input_file(path) as f:
-            meta = pq.ParquetFile(f).metadata
-        for rg in range(meta.num_row_groups):
-            n = meta.row_group(rg).num_rows
-            units += [{"path": path, "row_group": rg, "start": a, "stop": min(a + rows_per_unit, n)}
-                      for a in range(0, n, rows_per_unit)]
+            parquet = pq.ParquetFile(f)
+            for rg in range(parquet.metadata.num_row_groups):
+                n = parquet.metadata.row_group(rg).num_rows
+                runs = [(0, n)]
+                if synthetic:
+                    runs = _true_runs(parquet.read_row_group(rg, columns=["accepted"]).column(0))
+                units += [{"path": path, "row_group": rg, "start": a, "stop": min(a + rows_per_unit, stop)}
+                          for start, stop in runs for a in range(start, stop, rows_per_unit)]
     return units
+
+
+def _true_runs(flags: pa.ChunkedArray) -> list[tuple[int, int]]:
+    """[start, stop) index ranges of consecutive true values (nulls count as false)."""
+    values = np.asarray(flags.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], values, [0]])))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
 def _read_and_decode(
@@ -145,7 +160,7 @@ def training_dataset(
     ds = open_dataset(ds) if isinstance(ds, str) else ds
     units = read_units(ds, rows_per_unit)
     if not units:
-        raise DatasetError(f"{ds.uri}: dataset has no rows")
+        raise DatasetError(f"{ds.uri}: dataset has no {'accepted ' if ds.info.kind == 'synthetic' else ''}rows")
     out = (
         ray.data.from_items(units, override_num_blocks=len(units))
         .randomize_block_order()

@@ -74,6 +74,9 @@ class SegTrainConfig:
     seed: int = 0
     address: str | None = None
     log_every: int = 50
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (the poly schedule ends there too): a budget shared with another
+    run, e.g. `augment retrain`'s augmented run, which gets exactly its baseline's number of steps."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded in the card (e.g. the retrain step's ratio)."""
 
@@ -158,6 +161,7 @@ def _training_record(config: SegTrainConfig) -> dict[str, Any]:
         "workers": config.workers,
         "scale_range": list(config.scale_range),
         "seed": config.seed,
+        **({"max_steps": config.max_steps} if config.max_steps else {}),
         **({"extra": config.extra} if config.extra else {}),
     }
 
@@ -190,6 +194,9 @@ def _start_state(config: SegTrainConfig, card: ModelCard, datasets: list[Dataset
     if state is None:
         raise CheckpointError(f"{what} has no train_state.pt to resume from")
     epoch = int(state["epoch"])
+    if config.max_steps and int(state["step"]) >= config.max_steps:
+        print(f"train-seg: {config.out} already made its {config.max_steps} steps; nothing to do")
+        return None
     if epoch >= config.epochs:
         print(f"train-seg: {config.out} already finished {epoch} of {config.epochs} epochs; nothing to do "
               "(pass a larger --epochs to train on)")
@@ -262,6 +269,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr,
                                cfg.weight_decay)
     total_steps = max(int(loop_config["steps_per_epoch"]), 1) * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     scheduler = poly_schedule(optimizer, total_steps)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -290,6 +299,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 progress.update(step, len(images) * world, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss,
                                 lr=scheduler.get_last_lr()[0])
+            if cfg.max_steps and step >= total_steps:
+                break
         if batches == 0:
             raise dist_utils.TrainingError(f"worker {rank} got no full batch of {cfg.batch} in epoch {epoch + 1}")
         seconds = time.monotonic() - t0
@@ -310,6 +321,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             _save_epoch(cfg, card, model, optimizer, scheduler, record, val_metrics)
         dist_utils.barrier()
+        if cfg.max_steps and step >= total_steps:
+            break
 
 
 def _save_epoch(cfg, card, model, optimizer, scheduler, record: dict[str, Any], val_metrics: dict | None) -> None:
