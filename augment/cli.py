@@ -123,11 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="augment.report.retrain:retrain_command")
 
     p = sub.add_parser("demo", help="the whole chain on built-in example data, end to end")
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--size", type=_size, default=(64, 64), metavar="HxW")
-    p.add_argument("--steps", type=_positive, default=None, help="GAN steps (segmenter epochs scale with it)")
-    p.add_argument("--n", type=_positive, default=None, help="example samples")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--size", type=_size, default=(48, 64), metavar="HxW", help="image size (default: 48x64)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="GAN steps (default: 150); segmenter epochs are steps/18 (at least 2)")
+    p.add_argument("--n", type=_positive, default=None,
+                   help="example training scenes (default: 96); validation gets n/3, each rare class n/6 samples")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous demo in --out and start over")
+    p.add_argument("--resume", action="store_true", help="finish a previous demo in --out, keeping complete stages")
     p.set_defaults(handler="augment.report.demo:demo_command")
     return parser
 

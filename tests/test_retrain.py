@@ -1,0 +1,185 @@
+"""augment retrain on CPU: tiny example data (32x32), a synthetic dataset from a job with tiny untrained models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.compute as pc
+import pytest
+
+from augment.cli import main
+from augment.data.dataset import open_dataset
+from augment.report.retrain import MixError, RetrainConfig, check_mix, retrain
+from augment.runner.job import load_job, run_job
+from augment.training.checkpoint import load_card
+from augment.training.data import read_units
+from augment.training.evaluate import evaluate_segmenter
+from helpers import make_dataset
+from job_helpers import SEGMENTER, make_example_dataset, make_tiny_runs, write_job
+
+QUOTAS = {"pedestrian": 6, "bicyclist": 6}
+RESOURCES = {"workers": 1, "batch_size": 6, "samples_per_shard": 4}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Real train/val data and a synthetic dataset holding accepted and (kept) rejected rows."""
+    from conftest import ensure_local_ray
+
+    ensure_local_ray()
+    root = tmp_path_factory.mktemp("retrain")
+    data = make_example_dataset(root / "train", n=16, size=(32, 32))
+    val = make_example_dataset(root / "val", n=8, size=(32, 32), seed=1)
+    gan, seg = make_tiny_runs(root, data)
+    common = {"data": data, "generator": gan, "segmenter": seg, "classes": QUOTAS, "sheets": 0,
+              "resources": RESOURCES}
+    run_job(load_job(str(write_job(root / "all.yaml", output=str(root / "all"), keep_rejected=True,
+                                   filter={"min_miou": 0.0, "min_target_iou": 0.0}, **common))))
+    scores = sorted(open_dataset(str(root / "all")).arrow.to_table(columns=["pixel_accuracy"])
+                    .column("pixel_accuracy").to_pylist())
+    threshold = float(scores[len(scores) // 2])
+    run_job(load_job(str(write_job(root / "kept.yaml", output=str(root / "kept"), keep_rejected=True,
+                                   filter={"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": threshold},
+                                   **common))))
+    synthetic = str(root / "kept")
+    table = open_dataset(synthetic).arrow.to_table(columns=["id", "accepted"])
+    accepted = set(table.filter(pc.field("accepted")).column("id").to_pylist())
+    assert 0 < len(accepted) < table.num_rows
+    return {"root": root, "data": data, "val": val, "synthetic": synthetic, "accepted": accepted,
+            "rows": table.num_rows}
+
+
+def test_training_stream_takes_accepted_synthetic_rows_only(env, ray_session):
+    import pyarrow.parquet as pq
+
+    from augment.training.data import training_dataset
+
+    ds = open_dataset(env["synthetic"])
+    ids = []
+    for unit in read_units(ds, rows_per_unit=3):
+        table = pq.ParquetFile(unit["path"]).read_row_group(unit["row_group"], columns=["id"])
+        ids += table.slice(unit["start"], unit["stop"] - unit["start"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(env["accepted"])
+    assert training_dataset(ds, None).count() == len(env["accepted"])
+
+
+@pytest.fixture(scope="module")
+def first(env):
+    out = env["root"] / "run"
+    cfg = RetrainConfig(real=env["data"], synthetic=[env["synthetic"]], val=env["val"], out=str(out), ratio=0.5,
+                        epochs=1, batch=4, log_every=2)
+    return {"out": out, "report": retrain(cfg)}
+
+
+def test_report_numbers_equal_a_direct_evaluate(env, first, tmp_path):
+    out, report = first["out"], first["report"]
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["per_class"] == report["per_class"] and saved["miou"] == report["miou"]
+    for name in ("baseline", "augmented"):
+        run = str(out / name)
+        direct = evaluate_segmenter(run, env["val"])
+        assert report["runs"][name]["run"] == run
+        assert report["runs"][name]["weights_sha256"] == load_card(run).weights_sha256
+        assert report["miou"][name] == direct["miou"]
+        assert report["pixel_accuracy"][name] == direct["pixel_accuracy"]
+        assert {r["class"]: r[name] for r in report["per_class"]} == direct["iou"]
+        assert main(["evaluate", "--model", run, "--data", env["val"], "--json", str(tmp_path / f"{name}.json")]) == 0
+        cli = json.loads((tmp_path / f"{name}.json").read_text())
+        assert cli["iou"] == direct["iou"] and cli["miou"] == report["miou"][name]
+    for row in report["per_class"]:
+        if row["baseline"] is not None and row["augmented"] is not None:
+            assert row["delta"] == pytest.approx(row["augmented"] - row["baseline"])
+    assert report["miou"]["delta"] == pytest.approx(report["miou"]["augmented"] - report["miou"]["baseline"])
+
+
+def test_report_records_mix_budget_and_lineage(env, first):
+    out, report = first["out"], first["report"]
+    baseline, augmented = load_card(str(out / "baseline")), load_card(str(out / "augmented"))
+    assert baseline.step == augmented.step == report["mix"]["steps"] == 4  # 16 rows / batch 4, one epoch
+    assert augmented.model_config["training"]["max_steps"] == baseline.step
+    assert [d["uri"] for d in augmented.dataset["train"]] == [env["data"], env["synthetic"]]
+    real, synthetic = report["mix"]["datasets"]
+    assert real["share"] == synthetic["share"] == 0.5 and real["rows"] == 16
+    assert synthetic["rows"] == env["rows"] and synthetic["accepted_rows"] == len(env["accepted"])
+    assert sum(synthetic["accepted_per_class"].values()) == len(env["accepted"])
+    assert report["targeted"]["classes"] == ["pedestrian", "bicyclist"]
+    lineage = report["lineage"]["synthetic"][0]
+    info = open_dataset(env["synthetic"]).info
+    assert lineage["lineage"]["job_fingerprint"] == info.lineage["job_fingerprint"]
+    assert lineage["job"]["classes"] == QUOTAS and lineage["derived_from_real"] is True
+    assert report["runs"]["baseline"]["trained_here"] is True
+    for name in ("report.md", "report.html", "figures/iou.png", "figures/synthetic.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "figures/iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.md").read_text()
+    assert "**pedestrian (targeted)**" in page and baseline.weights_sha256 in page and "figures/iou.png" in page
+    assert info.lineage["job_fingerprint"] in (out / "report.html").read_text()
+
+
+def test_cli_reuses_a_given_baseline(env, first, tmp_path, capsys):
+    baseline = str(first["out"] / "baseline")
+    out = tmp_path / "again"
+    assert main(["retrain", "--real", env["data"], "--synthetic", env["synthetic"], "--val", env["val"],
+                 "--out", str(out), "--ratio", "0.25", "--baseline", baseline]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["runs"]["baseline"] == {**first["report"]["runs"]["baseline"], "trained_here": False}
+    assert report["mix"]["steps"] == load_card(str(out / "augmented")).step == load_card(baseline).step
+    assert report["recipe"]["batch_per_worker"] == 4 and not (out / "baseline").exists()
+    assert "report in" in capsys.readouterr().out
+    assert main(["retrain", "--real", env["data"], "--synthetic", env["synthetic"], "--val", env["val"],
+                 "--out", str(out), "--baseline", baseline]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def _cfg(env, tmp_path, **kw):
+    base = {"real": env["data"], "synthetic": [env["synthetic"]], "val": env["val"], "out": str(tmp_path / "out")}
+    return RetrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, 1.5, -0.2])
+def test_ratio_outside_zero_one_is_refused(env, tmp_path, ratio):
+    with pytest.raises(MixError, match="strictly between 0 and 1"):
+        retrain(_cfg(env, tmp_path, ratio=ratio))
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_mix_is_refused_before_training(env, first, tmp_path, capsys):
+    other = make_dataset(tmp_path / "four", 8, size=(32, 32), num_classes=4)
+    with pytest.raises(MixError, match=r"different classes \(only in --synthetic .*: sky, building"):
+        check_mix(_cfg(env, tmp_path, real=other, val=other), 8)
+    assert main(["retrain", "--real", other, "--synthetic", env["synthetic"], "--val", other,
+                 "--out", str(tmp_path / "out"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "different classes" in err and "only in --real: class0" in err
+    big = make_example_dataset(tmp_path / "big", n=8, size=(48, 48))
+    with pytest.raises(MixError, match="differ in size .* pass --size"):
+        retrain(_cfg(env, tmp_path, real=big, val=big))
+    with pytest.raises(MixError, match="not the output of an augmentation job"):
+        retrain(_cfg(env, tmp_path, synthetic=[env["val"]]))
+    with pytest.raises(MixError, match="no real sample in a batch of 2"):
+        retrain(_cfg(env, tmp_path, ratio=0.6, batch=2))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unfitting_baseline_is_refused(env, first, tmp_path):
+    _, wrong_size = make_tiny_runs(tmp_path / "s", env["data"], size=(16, 16))
+    with pytest.raises(MixError, match="trained at 16x16, the mix trains at 32x32"):
+        retrain(_cfg(env, tmp_path, baseline=wrong_size))
+    _, wrong_classes = make_tiny_runs(tmp_path / "c", env["data"], classes=["a", "b", "c"])
+    with pytest.raises(MixError, match="different classes"):
+        retrain(_cfg(env, tmp_path, baseline=wrong_classes))
+    baseline = str(first["out"] / "baseline")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(baseline, unfinished)
+    card = json.loads((unfinished / "card.json").read_text())
+    card["model_config"]["training"]["epochs"] = 3
+    (unfinished / "card.json").write_text(json.dumps(card))
+    with pytest.raises(MixError, match=r"unfinished \(epoch 1 of 3\)"):
+        retrain(_cfg(env, tmp_path, baseline=str(unfinished)))
+    with pytest.raises(MixError, match="--batch 8 does not fit .* trained with --batch 4"):
+        retrain(_cfg(env, tmp_path, baseline=baseline, batch=8))
+    with pytest.raises(MixError, match="not trained on --real alone"):
+        retrain(_cfg(env, tmp_path, baseline=str(first["out"] / "augmented")))
+    assert not (tmp_path / "out").exists()
+    assert SEGMENTER == load_card(baseline).model_config["name"]
