@@ -13,15 +13,15 @@ from PIL import Image
 
 from augment.cli import main
 from augment.data.codec import class_pixels, encode_image, encode_mask
-from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row
+from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, open_dataset
 from augment.errors import AugmentError
 from augment.models.gan import GANConfig, build_ema, build_generator
 from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
-from augment.report.sheets import CAPTION_H, panel_size
+from augment.report.sheets import CAPTION_H, colorize, panel_size
 from augment.synthesis.generate import load_generator
 from augment.training.checkpoint import load_card, load_train_state, load_weights
-from augment.training.gan import SHEET_GAP, GANTrainConfig, ema_weights, train_gan
+from augment.training.gan import SHEET_GAP, GANTrainConfig, _sample_masks, ema_weights, train_gan
 from augment.training.gan_eval import evaluate_generator
 from augment.training.transforms import CoverCrop, apply_joint
 from conftest import ensure_local_ray
@@ -29,7 +29,7 @@ from helpers import PALETTE, blob_sample, make_dataset
 from job_helpers import make_tiny_runs
 
 SIZE = (32, 32)
-TINY = {"g_width": 8, "spade_hidden": 16, "z_dim": 8, "d_width": 16}
+TINY = {"g_width": 8, "spade_hidden": 16, "z_dim": 8, "d_width": 16, "ema_decay": 0.9}
 STEPS, SAMPLE_EVERY, LOG_EVERY = 36, 18, 6
 
 
@@ -102,20 +102,29 @@ def test_checkpoint_roundtrip_and_load_generator(trained) -> None:
         got = generator(label, z)
     assert torch.equal(got, expected)
     assert got.std() > 0.01
+    with torch.no_grad():
+        other = generator(label, sample_noise(2, cfg.z_dim, SIZE, torch.Generator().manual_seed(1)))
+    assert (other - got).abs().max() > 1e-4
 
 
 def test_sample_sheets(trained) -> None:
-    _, run, _, _ = trained
+    data, run, card, _ = trained
     sheets = sorted(p.name for p in (Path(run) / "samples").iterdir())
     assert sheets == [f"step-{s:06d}.png" for s in (SAMPLE_EVERY, STEPS)]
     image = Image.open(Path(run) / "samples" / sheets[-1])
     assert image.mode == "RGB" and image.size == sheet_size(3, SIZE)
-    pixels = np.asarray(image)
+    pixels = np.asarray(image).astype(int)
     ph, pw = panel_size(*SIZE)
-    top = CAPTION_H + SHEET_GAP
-    first = pixels[top: top + ph, SHEET_GAP + pw + SHEET_GAP: SHEET_GAP + 2 * pw + SHEET_GAP]
-    second = pixels[top: top + ph, SHEET_GAP + 2 * (pw + SHEET_GAP): SHEET_GAP + 3 * pw + 2 * SHEET_GAP]
-    assert first.std() > 1 and not np.array_equal(first, second)
+    scale = ph // SIZE[0]
+    masks = _sample_masks(open_dataset(data), SIZE, 3)
+    noise_effect = 0
+    for row, mask in enumerate(masks):
+        top = CAPTION_H + SHEET_GAP + row * (ph + SHEET_GAP)
+        label, first, second = (pixels[top: top + ph, SHEET_GAP + i * (pw + SHEET_GAP):][:, :pw] for i in range(3))
+        assert np.array_equal(label, colorize(mask, card.palette).repeat(scale, 0).repeat(scale, 1))
+        assert first.std() > 1
+        noise_effect += np.abs(first - second).sum()
+    assert noise_effect > 0
 
 
 def test_resume_continues_and_finished_run_says_so(trained, tmp_path, capsys) -> None:

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from augment.data import fs as afs
-from augment.data.dataset import Dataset, open_dataset
+from augment.data.dataset import Dataset, decode_row, open_dataset
 from augment.errors import AugmentError
 from augment.models.gan import (
     GANConfig,
@@ -181,7 +181,9 @@ def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | N
             print(f"train-gan: nothing to resume in {config.out}; starting a new run")
         return 0
     if not config.resume:
-        raise AugmentError(f"{config.out} already holds a training run; pass --resume to continue it or choose another --out")
+        raise AugmentError(
+            f"{config.out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
     what = f"run {config.out}"
     if existing.kind != GAN_KIND:
         raise CheckpointError(f"{what} is a {existing.kind!r} run, not a GAN")
@@ -202,13 +204,24 @@ def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | N
     return step
 
 
+def spread_rows(num_rows: int, count: int) -> list[int]:
+    """`count` row positions spread evenly over `num_rows` rows (video datasets: frames of different scenes)."""
+    count = min(count, num_rows)
+    return sorted({round(i * (num_rows - 1) / max(count - 1, 1)) for i in range(count)})
+
+
 def _sample_masks(ds: Dataset, size: tuple[int, int], rows: int) -> np.ndarray:
-    """The first `rows` label maps of the dataset, centre-cropped to `size`: the fixed sample-sheet inputs."""
+    """`rows` label maps spread over the dataset, centre-cropped to `size`: the fixed sample-sheet inputs."""
     crop = CoverCrop(size, random=False)
-    masks = []
-    for sample in ds.iter_samples(("id", "image", "mask"), batch_size=rows):
-        masks.append(apply_joint(crop, sample["image"], sample["mask"])[1].numpy())
-        if len(masks) == rows:
+    wanted = set(spread_rows(ds.info.num_rows, rows))
+    masks, index = [], 0
+    for batch in ds.iter_batches(["id", "image", "mask"], batch_size=64):
+        for row in batch.to_pylist():
+            if index in wanted:
+                sample = decode_row(row, source=ds.uri)
+                masks.append(apply_joint(crop, sample["image"], sample["mask"])[1].numpy())
+            index += 1
+        if len(masks) == len(wanted):
             break
     return np.stack(masks)
 
@@ -270,7 +283,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     del state
 
     mixer = BatchMixer([(ray.train.get_dataset_shard(loop_config["stream"]), 1.0)], cfg.batch, device, "tanh")
-    sheet_masks = torch.from_numpy(loop_config["sample_masks"]).long()
+    sheet_masks = torch.tensor(loop_config["sample_masks"], dtype=torch.long)
     recent_masks: collections.deque[torch.Tensor] = collections.deque(maxlen=cfg.bn_refresh_batches)
     progress = dist_utils.Progress(cfg.steps, start_step=step, every_steps=cfg.log_every, prefix="[train-gan]")
     sums: dict[str, float] = collections.defaultdict(float)
@@ -371,7 +384,8 @@ def generate_sheet_images(
     label = one_hot_labels(masks.to(device), gan_cfg.num_classes, gan_cfg.ignore_index)
     out = []
     for d in range(draws):
-        z = sample_noise(len(masks), gan_cfg.z_dim, tuple(masks.shape[-2:]), torch.Generator().manual_seed(seed + d), device)
+        rng = torch.Generator().manual_seed(seed + d)
+        z = sample_noise(len(masks), gan_cfg.z_dim, tuple(masks.shape[-2:]), rng, device)
         images = generator(label, z).float()
         out.append(((images + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu())
     generator.train(was_training)

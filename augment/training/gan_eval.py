@@ -26,7 +26,7 @@ from augment.synthesis.generate import load_generator, synthesise
 from augment.training.checkpoint import CheckpointError, check_compatible
 from augment.training.data import iter_eval_batches
 from augment.training.evaluate import autocast
-from augment.training.gan import render_sample_sheet, save_png
+from augment.training.gan import render_sample_sheet, save_png, spread_rows
 from augment.training.metrics import ConfusionMatrix
 from augment.training.transforms import normalize
 
@@ -65,7 +65,7 @@ def evaluate_generator(
 
     Returns `ConfusionMatrix.to_dict` for the generated images (miou, pixel_accuracy, iou per class, ...), the same
     under "real" for the real images at the GAN's resolution, and gan, segmenter, data, rows, size. `sheet`: also
-    write a PNG of the first `sheet_rows` rows (label | real | generated | segmentation of the generated image).
+    write a PNG of `sheet_rows` rows spread over the dataset (label | real | generated | its segmentation).
     """
     device = pick_device(str(device) if device is not None else None)
     ds = open_dataset(data_uri)
@@ -82,6 +82,7 @@ def evaluate_generator(
     generated_cm = ConfusionMatrix(info.num_classes, info.ignore_index, device=device)
     real_cm = ConfusionMatrix(info.num_classes, info.ignore_index, device=device)
     examples: list[tuple[np.ndarray, ...]] = []
+    wanted = set(spread_rows(info.num_rows, sheet_rows))
     index = 0
     for b in iter_eval_batches(ds, batch, size):
         masks = b.masks.to(device)
@@ -93,7 +94,9 @@ def evaluate_generator(
         pred_fake = segment(segmenter, fake, seg_size, size, norm)
         generated_cm.update(masks, pred_fake)
         real_cm.update(masks, segment(segmenter, b.images, seg_size, size, norm))
-        for i in range(min(n, sheet_rows - len(examples))):
+        for i in range(n):
+            if index + i not in wanted:
+                continue
             examples.append((masks[i].cpu().numpy(), b.images[i].permute(1, 2, 0).numpy(),
                              fake[i].permute(1, 2, 0).cpu().numpy(), pred_fake[i].cpu().numpy()))
         index += n
