@@ -6,6 +6,10 @@ pool while the next batch is on the device. Rows stream into `data/.shard-NNNNN.
 shard is complete the file is renamed to `data/shard-NNNNN.parquet`, then the examples for the contact sheets and
 finally the marker (augment.runner.markers) are written. Memory holds about three batches.
 
+Stage timings: set `ShardProcessor.timings` to a dict and `run` adds the busy seconds of each stage to it (see
+`STAGES`; pool stages are timed on their threads, so they overlap the device stages and the sum exceeds the wall
+time). On CUDA the device stages are then timed with a synchronize after each, which costs a little throughput.
+
 `ShardProcessor` is a plain class; the job runner wraps it in a Ray actor.
 """
 
@@ -43,7 +47,19 @@ from augment.training.checkpoint import CheckpointError
 from augment.training.transforms import normalize
 
 SYNTHETIC_SPLIT = "train"
+STAGES = {
+    "decode": "read the source label maps from Parquet, decode and edit them (thread pool)",
+    "generate": "noise + generator forward, incl. the masks' copy to the device",
+    "segment": "normalise + segmenter forward",
+    "score": "scores, filter verdicts, pixel-ignore masks and the copy of the results to the CPU",
+    "encode": "PNG encoding of accepted images and masks (thread pool)",
+    "write": "Parquet row groups and contact-sheet examples",
+    "wait": "the device loop blocked on the thread pool (decode or encode behind)",
+}
 ROW_GROUP_ROWS = 64
+# zlib level of the synthetic images' PNGs: at 256x512, level 1 takes a quarter of level 6's CPU time for ~3% more
+# bytes (benchmarks/throughput.py); on a GPU worker, PNG encoding is the stage that must keep up with the device.
+PNG_COMPRESS_LEVEL = 1
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("target_class", pa.int32()), ("accepted", pa.bool_()), ("caption", pa.string()),
     ("image", pa.binary()), ("mask", pa.binary()), ("pred", pa.binary()),
@@ -111,12 +127,14 @@ class _Prepared:
     samples: list[PlannedSample]
     masks: list[np.ndarray]
     quarantined: list[dict[str, str]]
+    seconds: float = 0.0
 
 
 @dataclass
 class _Encoded:
     rows: list[dict[str, Any]]
     examples: list[dict[str, Any]]
+    seconds: float = 0.0
 
 
 @dataclass
@@ -181,10 +199,12 @@ class ShardProcessor:
         self.sources: SourceMasks | None = None
         self.out = OutputFolder(s.output)
         self.schema = arrow_schema("synthetic")
-        self.pool = ThreadPoolExecutor(max_workers=max(2, s.threads), thread_name_prefix="shard-io")
+        self.pool_size = max(2, s.threads)
+        self.pool = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix="shard-io")
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.node = _ray_node_id()
         self.shards_made = 0
+        self.timings: dict[str, float] | None = None
 
     def ping(self) -> str:
         return self.worker
@@ -220,7 +240,9 @@ class ShardProcessor:
                 raise
             return {**asdict(done), "skipped": True}
         if s.sheets:
+            t = time.perf_counter()
             self._write_examples(shard, tally.examples)
+            self._clock("write", t)
         stats = ShardStats(
             shard=shard, fingerprint=s.fingerprint, file=shard_file(shard), rows=tally.stats.rows,
             generated=tally.generated, accepted=dict(tally.accepted), rejected=dict(tally.rejected),
@@ -233,21 +255,31 @@ class ShardProcessor:
         return {**asdict(stats), "skipped": False}
 
     def _write_rows(self, planned: list[PlannedSample], writer: pq.ParquetWriter, tally: "_Tally") -> None:
-        """The batch pipeline: prepare batch i+1 and encode batch i-1 on the pool while batch i is on the device."""
+        """The batch pipeline: prepare batch i+1 and encode batch i-1 on the pool while batch i is on the device.
+
+        A batch is encoded in as many slices as the pool has threads, so PNG encoding (the CPU stage that must keep
+        up with a GPU) uses all of them; rows keep the plan's order.
+        """
         s = self.settings
         sources = self._read_sources(planned)
         batches = [planned[i:i + s.batch_size] for i in range(0, len(planned), s.batch_size)]
-        pending: deque[Future[_Encoded]] = deque()
+        pending: deque[list[Future[_Encoded]]] = deque()
         buffer: list[dict[str, Any]] = []
 
         def drain(keep: int) -> None:
             while len(pending) > keep:
-                buffer.extend(tally.add(pending.popleft().result()))
+                for part in pending.popleft():
+                    encoded = self._result(part)
+                    self._add("encode", encoded.seconds)
+                    buffer.extend(tally.add(encoded))
+                t = time.perf_counter()
                 self._flush(writer, buffer, final=False)
+                self._clock("write", t)
 
         next_prep = self.pool.submit(self._prepare, batches[0], sources) if batches else None
         for i in range(len(batches)):
-            prepared = next_prep.result()
+            prepared = self._result(next_prep)
+            self._add("decode", prepared.seconds)
             if i + 1 < len(batches):
                 next_prep = self.pool.submit(self._prepare, batches[i + 1], sources)
             tally.quarantined += prepared.quarantined
@@ -255,19 +287,49 @@ class ShardProcessor:
                 continue
             result = self._infer(prepared)
             chosen = tally.judge(prepared.samples, result["accepted"])
-            pending.append(self.pool.submit(self._encode, prepared.samples, result, chosen))
+            n, parts = len(chosen), min(self.pool_size, len(chosen))
+            cuts = [k * n // parts for k in range(parts + 1)]
+            pending.append([self.pool.submit(self._encode, prepared.samples[a:b], _rows(result, a, b), chosen[a:b])
+                            for a, b in zip(cuts, cuts[1:])])
             drain(keep=1)
         drain(keep=0)
+        t = time.perf_counter()
         self._flush(writer, buffer, final=True)
+        self._clock("write", t)
+
+    def _add(self, stage: str, seconds: float) -> None:
+        if self.timings is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+    def _clock(self, stage: str, since: float, device: bool = False) -> float:
+        """Add the time since `since` to `stage` (a device stage: once its queued work is done); returns now."""
+        if self.timings is None:
+            return since
+        if device and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self._add(stage, now - since)
+        return now
+
+    def _result(self, future: Future[Any]) -> Any:
+        """The future's result, the time blocked on it counted as "wait"."""
+        t = time.perf_counter()
+        result = future.result()
+        self._clock("wait", t)
+        return result
 
     def _read_sources(self, planned: list[PlannedSample]) -> dict[str, bytes]:
         """Encoded masks of the source and paste maps the shard needs, by id (masks only, never images)."""
+        t = time.perf_counter()
         if self.sources is None:
             self.sources = SourceMasks(self.dataset)
-        return self.sources.read({p.source_id for p in planned}
-                                 | {e["from"] for p in planned for e in p.edits.get("paste", [])})
+        sources = self.sources.read({p.source_id for p in planned}
+                                    | {e["from"] for p in planned for e in p.edits.get("paste", [])})
+        self._clock("decode", t)
+        return sources
 
     def _prepare(self, batch: list[PlannedSample], sources: dict[str, bytes]) -> _Prepared:
+        start = time.perf_counter()
         s = self.settings
         where = self.dataset.uri
         cache: dict[str, np.ndarray] = {}
@@ -289,12 +351,14 @@ class ShardProcessor:
                 continue
             out.samples.append(sample)
             out.masks.append(mask)
+        out.seconds = time.perf_counter() - start
         return out
 
     @torch.inference_mode()
     def _infer(self, prepared: _Prepared) -> dict[str, Any]:
         """Generate, segment and score one batch; everything returned is on the CPU."""
         s = self.settings
+        t = time.perf_counter()
         samples = prepared.samples
         masks = torch.from_numpy(np.stack(prepared.masks)).to(self.device)
         targets = [p.target_class for p in samples]
@@ -302,24 +366,29 @@ class ShardProcessor:
             self.generator, masks.long(), [p.seed for p in samples], targets, len(s.classes), s.ignore_index,
             noise_mode=s.noise, base_seeds=[p.base_seed for p in samples],
         )
+        t = self._clock("generate", t, device=True)
         x = normalize(images, self.normalize_mode)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = predict_logits(self.segmenter, x.contiguous(memory_format=torch.channels_last)).float()
         else:
             logits = predict_logits(self.segmenter, x)
+        t = self._clock("segment", t, device=True)
         scores = score_batch(logits, masks, targets, len(s.classes), s.ignore_index)
         ok = accept(scores, self.filter)
         written = pixel_ignore_masks(logits, masks, self.filter, s.ignore_index) if self.filter.pixel_ignore else masks
-        return {
+        result = {
             "images": images.permute(0, 2, 3, 1).cpu().numpy(),
             "masks": written.to(torch.uint8).cpu().numpy(),
             "preds": logits.argmax(1).to(torch.uint8).cpu().numpy(),
             "accepted": ok.cpu().tolist(),
             "scores": {k: v.cpu().tolist() for k, v in scores.items()},
         }
+        self._clock("score", t, device=True)
+        return result
 
     def _encode(self, samples: list[PlannedSample], result: dict[str, Any], chosen: list[bool]) -> _Encoded:
+        start = time.perf_counter()
         s = self.settings
         rows, examples = [], []
         for i, sample in enumerate(samples):
@@ -327,7 +396,8 @@ class ShardProcessor:
             if not (ok or s.keep_rejected or chosen[i]):
                 continue
             mask = result["masks"][i]
-            image_png, mask_png = encode_image(result["images"][i]), encode_mask(mask)
+            image_png = encode_image(result["images"][i], compress_level=PNG_COMPRESS_LEVEL)
+            mask_png = encode_mask(mask)
             miou, tiou, pacc = (float(result["scores"][k][i]) for k in ("miou", "target_iou", "pixel_accuracy"))
             if ok or s.keep_rejected:
                 h, w = mask.shape
@@ -342,7 +412,7 @@ class ShardProcessor:
                     "caption": f"{sample.sample_id}  mIoU {miou:.2f}  IoU {tiou:.2f}  acc {pacc:.2f}",
                     "image": image_png, "mask": mask_png, "pred": encode_mask(result["preds"][i]),
                 })
-        return _Encoded(rows, examples)
+        return _Encoded(rows, examples, time.perf_counter() - start)
 
     def _flush(self, writer: pq.ParquetWriter, buffer: list[dict[str, Any]], final: bool) -> None:
         """Write row groups of ROW_GROUP_ROWS rows (or ROW_GROUP_BYTES), so the layout depends only on the rows."""
@@ -371,6 +441,12 @@ def _row(sample: PlannedSample, image_png: bytes, mask_png: bytes, h: int, w: in
         sample.sample_id, image_png, mask_png, h, w, SYNTHETIC_SPLIT, pixels,
         target_class=sample.target_class, source_id=sample.source_id, seed=sample.seed, **scores,
     )
+
+
+def _rows(result: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Samples start..stop of an `_infer` result."""
+    return {k: ({name: v[start:stop] for name, v in value.items()} if isinstance(value, dict) else value[start:stop])
+            for k, value in result.items()}
 
 
 def _ray_node_id() -> str:
@@ -403,4 +479,4 @@ def read_examples(out: OutputFolder, shard: int) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["ShardProcessor", "ShardSettings", "read_examples"]
+__all__ = ["STAGES", "ShardProcessor", "ShardSettings", "read_examples"]
