@@ -1,0 +1,845 @@
+#!/usr/bin/env python3
+"""Throughput of the augmentation path: `augment run` on Ray against a plain single-process PyTorch loop.
+
+Measured side by side in one run, on the built-in example data, with freshly initialised (untrained) models of the
+real architectures: the same FLOPs per image as trained ones, not the same pictures or accept rates.
+
+  plain loop    one process, nothing overlapped: read the source label maps, then per batch decode + edit ->
+                synthesise -> segment -> score -> PNG encode -> Parquet, with the library's own functions
+  pipeline      augment.runner.shard.ShardProcessor in this process, no Ray: the same work with decoding and
+                encoding overlapped on its thread pool; its stage timings give the breakdown
+  augment run   augment.runner.job.run_job on a local Ray instance with 1, 2, 4 workers (as many as the cores
+                allow), each worker given cores / workers CPUs, a fresh output folder every time
+  device        on CUDA: generator images/s at 256x256 and 256x512 in fp32 and bf16 (channels_last, eager and
+                torch.compile), its FLOPs per image (torch.utils.flop_counter), the fraction of the GPU's peak it
+                reaches, the library's whole device step (synthesise + segment + score), its host syncs, and how
+                many threads PNG encoding needs to keep up; skipped with a note without CUDA
+
+Every measurement is warmed up first, then repeated (--repeats, interleaved so load changes hit all alike) and
+the median is quoted. Peak memory is sampled over this process and its descendants (the Ray processes too).
+
+    python benchmarks/throughput.py                     # CPU defaults: a few minutes on 2 cores
+    python benchmarks/throughput.py --gpu-only          # device section only, no Ray
+    python benchmarks/throughput.py --json out.json     # also write the results as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from augment.data import example
+from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask
+from augment.data.dataset import make_row, open_dataset
+from augment.data.schema import arrow_schema
+from augment.device import pick_device
+from augment.errors import BadSample
+from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
+from augment.models.gan import GANConfig, build_generator
+from augment.models.losses import one_hot_labels
+from augment.models.segmenter import build_segmenter, load_segmenter, predict_logits, segmenter_config
+from augment.runner import shard as shard_mod
+from augment.runner.jobfile import JobConfig, job_from_document
+from augment.synthesis.edit import apply_edits
+from augment.synthesis.generate import load_generator, sample_noises, synthesise
+from augment.synthesis.plan import make_plan
+from augment.training.checkpoint import ModelCard, save_checkpoint
+from augment.training.transforms import normalize
+
+STAGES = ("decode", "generate", "segment", "score", "encode", "write")
+ACCEPT_ALL = {"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": 0.0}
+EDITS = {"flip": 0.5, "scale": [1.0, 1.5], "paste": {"prob": 0.3}}
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "default": {},  # GANConfig's widths for the size (OASIS's above 128 px)
+    "tiny": {"z_dim": 8, "g_width": 8, "spade_hidden": 16},  # the tests' generator
+}
+# Dense peak TFLOP/s (no sparsity) by GPU name: bf16 and tf32 tensor cores, fp32 without them. Checked in order.
+PEAK_TFLOPS: list[tuple[tuple[str, ...], str, dict[str, float]]] = [
+    (("H100", "NVL"), "H100 NVL", {"bf16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    (("H100", "PCIE"), "H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    (("H100",), "H100 SXM", {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0}),
+    (("H200", "NVL"), "H200 NVL", {"bf16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    (("H200",), "H200 SXM", {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0}),
+    (("A100",), "A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    (("L40S",), "L40S", {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    (("L4",), "L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------- setup
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    return [parse_size(t) for t in text.split(",") if t.strip()]
+
+
+def parse_peaks(text: str | None) -> dict[str, float]:
+    """'989' (bf16) or 'bf16=989,tf32=494,fp32=67'."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.rpartition("=")
+        key = key.strip().lower() or "bf16"
+        if key not in ("bf16", "tf32", "fp32"):
+            raise SystemExit(f"--peak-tflops: unknown precision {key!r} (bf16, tf32, fp32)")
+        out[key] = float(value)
+    return out
+
+
+def gpu_peaks(name: str, override: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """(what the figures are, {precision: peak TFLOP/s}) for a CUDA device name, overridden by --peak-tflops."""
+    upper = name.upper()
+    for needles, label, peaks in PEAK_TFLOPS:
+        if all(n in upper for n in needles):
+            return (f"{label} datasheet" + (", overridden by --peak-tflops" if override else ""),
+                    {**peaks, **override})
+    return ("--peak-tflops" if override else "unknown GPU: pass --peak-tflops", dict(override))
+
+
+def init_weights(generator: torch.nn.Module) -> None:
+    """Gain-1 Xavier convs: OASIS's gain 0.02 draws flat grey images at init, which PNG compresses unrealistically."""
+    for module in generator.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.xavier_normal_(module.weight, gain=1.0)
+
+
+def make_models(root: Path, data: str, segmenter: str, model: str, seed: int = 0) -> tuple[str, str]:
+    """Untrained GAN and segmenter runs (checkpoints in augment's run layout) that fit the dataset `data`."""
+    info = open_dataset(data).info
+    size = info.image_size
+    torch.manual_seed(seed)
+    gan_cfg = GANConfig(num_classes=info.num_classes, size=size, **MODEL_PRESETS[model])
+    generator = build_generator(gan_cfg).eval()
+    init_weights(generator)
+    common: dict[str, Any] = {"classes": list(info.classes), "palette": info.palette,
+                              "ignore_index": info.ignore_index, "size": list(size)}
+    gan_run, seg_run = str(root / "gan-run"), str(root / "seg-run")
+    save_checkpoint(gan_run, {f"generator.{k}": v for k, v in generator.state_dict().items()},
+                    ModelCard(kind="gan", model_config=gan_cfg.to_dict(), **common))
+    seg = build_segmenter(segmenter, info.num_classes).eval()
+    save_checkpoint(seg_run, seg.state_dict(), ModelCard(kind="segmenter",
+                    model_config=segmenter_config(segmenter, info.num_classes), **common))
+    return gan_run, seg_run
+
+
+def job_config(args: argparse.Namespace, inputs: dict[str, str], output: str, n: int, workers: int,
+               cores: int, gpus: int) -> JobConfig:
+    doc = {
+        "data": inputs["data"], "generator": inputs["gan"], "segmenter": inputs["seg"], "output": output,
+        "balance": {"total": n}, "edits": EDITS, "sheets": 2,
+        "filter": ACCEPT_ALL if args.filter == "none" else {},
+        "resources": {
+            "workers": workers, "cpus_per_worker": cores / workers, "gpus_per_worker": gpus / workers,
+            "batch_size": args.batch, "samples_per_shard": args.samples_per_shard,
+        },
+    }
+    return job_from_document(doc, source="benchmark")
+
+
+# ------------------------------------------------------------------------------------------------ measuring tools
+
+class PeakMemory:
+    """Peak resident memory of this process and all its descendants (Ray's processes included), sampled on a thread.
+
+    With psutil: RSS summed over the process tree; else from /proc (Linux); else resource.getrusage, which only
+    knows the largest single process so far (self + waited-for children) and cannot be reset per measurement.
+    Summed RSS counts shared pages once per process, so it overstates the true footprint.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.baseline = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import psutil  # noqa: F401
+
+            self.method = "psutil: RSS summed over the process tree"
+        except ImportError:
+            self.method = ("/proc: RSS summed over the process tree" if os.path.isdir("/proc/self")
+                           else "resource.getrusage: max RSS of self + children (lifetime, not per measurement)")
+
+    def sample(self) -> int:
+        if self.method.startswith("psutil"):
+            import psutil
+
+            me = psutil.Process()
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += proc.memory_info().rss
+            return total
+        if self.method.startswith("/proc"):
+            return _proc_tree_rss(os.getpid())
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * scale
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.sample())
+
+    def __enter__(self) -> "PeakMemory":
+        self.baseline = self.peak = self.sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+
+
+def _proc_tree_rss(root: int) -> int:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except OSError:
+            pass
+    return total
+
+
+@dataclass
+class Run:
+    """One timed run: wall seconds, images generated/accepted, peak memory and busy seconds per stage."""
+
+    seconds: float
+    generated: int
+    accepted: int
+    peak_bytes: int = 0
+    baseline_bytes: int = 0
+    setup_seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.generated / self.seconds
+
+    @property
+    def accepted_per_s(self) -> float:
+        return self.accepted / self.seconds
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Images per second of the work proper, without the one-off setup (model load, actor start, ...)."""
+        return self.generated / max(self.seconds - self.setup_seconds, 1e-9)
+
+
+def log(message: str) -> None:
+    print(f"[throughput] {message}", file=sys.stderr, flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------- the three contenders
+
+def plain_loop(cfg: JobConfig, out_file: str, device: torch.device) -> Run:
+    """The reference: the same library functions one after another in this process, nothing overlapped."""
+    stages = dict.fromkeys(STAGES, 0.0)
+    start = time.perf_counter()
+    dataset = open_dataset(cfg.data)
+    info = dataset.info
+    generator, _ = load_generator(cfg.generator, device)
+    segmenter, seg_card = load_segmenter(cfg.segmenter, device)
+    if device.type == "cuda":
+        segmenter.to(memory_format=torch.channels_last)
+    mode = seg_card.model_config.get("normalize", "imagenet")
+    plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
+    filt = FilterConfig.from_dict({**cfg.filter, "keep_rejected": cfg.keep_rejected})
+    schema = arrow_schema("synthetic")
+    setup = time.perf_counter() - start
+
+    t = time.perf_counter()
+    table = dataset.arrow.to_table(columns=["id", "mask"])
+    mask_bytes = table.column("mask").combine_chunks().field("bytes").to_pylist()
+    encoded = dict(zip(table.column("id").to_pylist(), mask_bytes))
+    decoded: dict[str, np.ndarray] = {}
+
+    def lookup(sample_id: str) -> np.ndarray:
+        if sample_id not in decoded:
+            decoded[sample_id] = decode_mask(encoded[sample_id], f"{cfg.data} row {sample_id}")
+        return decoded[sample_id]
+
+    stages["decode"] += time.perf_counter() - t
+    generated = accepted = 0
+    num_classes, ignore = info.num_classes, info.ignore_index
+    level = shard_mod.PNG_COMPRESS_LEVEL
+    buffer: list[dict[str, Any]] = []
+    with pq.ParquetWriter(out_file, schema, compression="zstd") as writer, torch.inference_mode():
+        for b in range(0, len(plan.samples), cfg.resources.batch_size):
+            batch = plan.samples[b:b + cfg.resources.batch_size]
+            t = time.perf_counter()
+            masks_np = [apply_edits(lookup(p.source_id), p.edits, lookup, p.target_class, ignore) for p in batch]
+            pixels = [class_pixels(m, num_classes, ignore, p.sample_id) for m, p in zip(masks_np, batch)]
+            t = _lap(stages, "decode", t, device)
+            masks = torch.from_numpy(np.stack(masks_np)).to(device)
+            targets = [p.target_class for p in batch]
+            images = synthesise(generator, masks.long(), [p.seed for p in batch], targets, num_classes, ignore,
+                                noise_mode=cfg.noise, base_seeds=[p.base_seed for p in batch])
+            t = _lap(stages, "generate", t, device)
+            x = normalize(images, mode)
+            if device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = predict_logits(segmenter, x.contiguous(memory_format=torch.channels_last)).float()
+            else:
+                logits = predict_logits(segmenter, x)
+            t = _lap(stages, "segment", t, device)
+            scores = score_batch(logits, masks, targets, num_classes, ignore)
+            ok = accept(scores, filt).cpu().tolist()
+            written = pixel_ignore_masks(logits, masks, filt, ignore) if filt.pixel_ignore else masks
+            images_np = images.permute(0, 2, 3, 1).cpu().numpy()
+            written_np = written.to(torch.uint8).cpu().numpy()
+            score_lists = {k: v.cpu().tolist() for k, v in scores.items()}
+            t = _lap(stages, "score", t, device)
+            for i, p in enumerate(batch):
+                if not (ok[i] or cfg.keep_rejected):
+                    continue
+                mask = written_np[i]
+                h, w = mask.shape
+                px = class_pixels(mask, num_classes, ignore) if filt.pixel_ignore else pixels[i]
+                buffer.append(make_row(
+                    p.sample_id, encode_image(images_np[i], compress_level=level),
+                    encode_mask(mask), h, w, shard_mod.SYNTHETIC_SPLIT, px,
+                    target_class=p.target_class, source_id=p.source_id, seed=p.seed,
+                    miou=score_lists["miou"][i], target_iou=score_lists["target_iou"][i],
+                    pixel_accuracy=score_lists["pixel_accuracy"][i], accepted=bool(ok[i]),
+                ))
+            generated += len(batch)
+            accepted += sum(ok)
+            t = _lap(stages, "encode", t, device)
+            final = b + len(batch) >= len(plan.samples)
+            while len(buffer) >= shard_mod.ROW_GROUP_ROWS or (final and buffer):
+                writer.write_table(pa.Table.from_pylist(buffer[:shard_mod.ROW_GROUP_ROWS], schema=schema))
+                del buffer[:shard_mod.ROW_GROUP_ROWS]
+            _lap(stages, "write", t, device)
+    return Run(time.perf_counter() - start, generated, accepted, setup_seconds=setup, stages=stages)
+
+
+def _lap(stages: dict[str, float], stage: str, since: float, device: torch.device) -> float:
+    sync(device)
+    now = time.perf_counter()
+    stages[stage] += now - since
+    return now
+
+
+def pipeline_in_process(job: Any, output: str, device: torch.device, threads: int) -> Run:
+    """ShardProcessor over every shard of the job in this process (no Ray), with its stage timings."""
+    from augment.runner.job import shard_settings
+
+    start = time.perf_counter()
+    settings = replace(shard_settings(job), output=output, threads=threads)
+    processor = shard_mod.ShardProcessor(settings, str(device))
+    setup = time.perf_counter() - start
+    processor.timings = {}
+    generated = accepted = 0
+    for k, samples in enumerate(job.shards):
+        stats = processor.run(k, [asdict(p) for p in samples])
+        generated += stats["generated"]
+        accepted += sum(stats["accepted"].values())
+    processor.pool.shutdown()
+    return Run(time.perf_counter() - start, generated, accepted, setup_seconds=setup, stages=dict(processor.timings))
+
+
+def ray_job(cfg: JobConfig) -> Run:
+    """run_job (what `augment run` does) on the Ray instance this process is connected to."""
+    from augment.runner.job import run_job
+    from augment.runner.markers import OutputFolder
+
+    log = io.StringIO()
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(log):
+            summary = run_job(cfg)
+    except BaseException:
+        sys.stderr.write(log.getvalue())
+        raise
+    seconds = time.perf_counter() - start
+    done = OutputFolder(cfg.output).completed(summary["fingerprint"])
+    busy: dict[str, float] = {}
+    for stats in done.values():
+        busy[stats.worker] = busy.get(stats.worker, 0.0) + stats.seconds
+    longest = max(busy.values(), default=0.0)
+    return Run(seconds, summary["generated"], summary["accepted"], setup_seconds=max(seconds - longest, 0.0),
+               extra={"shard_seconds_per_worker": sorted(busy.values()), "shards": len(done)})
+
+
+# ------------------------------------------------------------------------------------------ the device section
+
+def count_flops(model: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs of one forward (convolutions and matmuls, 2 per multiply-add; elementwise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*inputs)
+    return int(counter.get_total_flops())
+
+
+def time_per_call(fn: Callable[[], Any], device: torch.device, iters: int, repeats: int, warmup: int = 2) -> float:
+    """Median seconds per call of `fn` over `repeats` timings of `iters` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        times.append((time.perf_counter() - t) / iters)
+    return statistics.median(times)
+
+
+def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> list[str]:
+    """The synchronising CUDA calls `fn` makes (torch.cuda.set_sync_debug_mode): the Python line of each."""
+    sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
+
+
+def device_section(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Generator and device-step throughput per size and precision, FLOPs, fraction of peak, host syncs, PNG cost."""
+    num_classes, ignore = len(example.CLASSES), example.IGNORE_INDEX
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    source, peaks = gpu_peaks(name, parse_peaks(args.peak_tflops)) if device.type == "cuda" else (
+        "no peak for CPUs", parse_peaks(args.peak_tflops))
+    tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    compile_modes = {"auto": [False, True] if device.type == "cuda" else [False], "on": [False, True],
+                     "off": [False]}[args.compile]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the shard processor does
+    result: dict[str, Any] = {"device": name, "peak_tflops": peaks, "peak_source": source, "batch": args.gpu_batch,
+                              "fp32_convs_use_tf32": tf32, "rows": [], "sizes": []}
+    for size in parse_sizes(args.gpu_sizes):
+        torch.manual_seed(0)
+        cfg = GANConfig(num_classes=num_classes, size=size, **MODEL_PRESETS[args.gpu_model])
+        gen = build_generator(cfg)
+        init_weights(gen)
+        gen.requires_grad_(False).eval().to(device, memory_format=torch.channels_last)
+        masks_np = np.stack([m for _, _, m in example.generate(args.gpu_batch, size, 0)])
+        masks = torch.from_numpy(masks_np).to(device).long()
+        seeds, targets = list(range(args.gpu_batch)), [int(np.bincount(m.ravel(), minlength=256)[:num_classes].argmin())
+                                                       for m in masks_np]
+        label = one_hot_labels(masks, num_classes, ignore).contiguous(memory_format=torch.channels_last)
+        z = sample_noises(masks, seeds, targets, cfg.z_dim, "target", seeds)
+        z = z.contiguous(memory_format=torch.channels_last)
+        flops = count_flops(gen, label[:1], z[:1])
+        info = {"size": list(size), "generator": {"g_width": cfg.g_width, "spade_hidden": cfg.spade_hidden,
+                "z_dim": cfg.z_dim}, "generator_gflops_per_image": round(flops / 1e9, 3)}
+        for precision in ("fp32", "bf16"):
+            for compiled in compile_modes:
+                row = {"size": f"{size[0]}x{size[1]}", "precision": precision, "compiled": compiled}
+                try:
+                    model: Any = gen
+                    compile_s = 0.0
+                    if compiled:
+                        model = torch.compile(gen)
+                    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else (
+                        contextlib.nullcontext)
+
+                    def forward(model: Any = model, ctx: Callable[[], Any] = ctx) -> torch.Tensor:
+                        with torch.no_grad(), ctx():
+                            return model(label, z)
+
+                    if compiled:
+                        t = time.perf_counter()
+                        forward()
+                        sync(device)
+                        compile_s = time.perf_counter() - t
+                    per_batch = time_per_call(forward, device, args.gpu_iters, args.repeats)
+                    log(f"device: {row['size']} {precision}{' compiled' if compiled else ''}: "
+                        f"{args.gpu_batch / per_batch:.1f} images/s")
+                except Exception as exc:  # a compile failure must not lose the other figures
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+                    result["rows"].append(row)
+                    continue
+                ips = args.gpu_batch / per_batch
+                achieved = flops * ips / 1e12
+                key = "tf32" if precision == "fp32" and tf32 else precision
+                row.update({"images_per_s": round(ips, 2), "ms_per_batch": round(per_batch * 1e3, 3),
+                            "achieved_tflops": round(achieved, 3),
+                            "peak_tflops": peaks.get(key), "peak_kind": key,
+                            "fraction_of_peak": round(achieved / peaks[key], 4) if peaks.get(key) else None})
+                if compiled:
+                    row["compile_seconds"] = round(compile_s, 1)
+                result["rows"].append(row)
+        info.update(_device_step(args, device, gen, masks, seeds, targets, num_classes, ignore))
+        info["png_ms_per_image"] = _png_cost(masks_np)
+        level_ms = info["png_ms_per_image"][f"level_{shard_mod.PNG_COMPRESS_LEVEL}"]
+        info["png_threads_to_keep_up"] = round(info["device_step_images_per_s"] * level_ms / 1e3, 1)
+        result["sizes"].append(info)
+        del gen, label, z
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def _device_step(args: argparse.Namespace, device: torch.device, gen: torch.nn.Module, masks: torch.Tensor,
+                 seeds: list[int], targets: list[int], num_classes: int, ignore: int) -> dict[str, Any]:
+    """The library's device step as the shard processor runs it: synthesise, segment, score (results stay put)."""
+    seg = build_segmenter(args.segmenter, num_classes).eval().to(device)
+    if device.type == "cuda":
+        seg.to(memory_format=torch.channels_last)
+    flops = count_flops(seg, torch.zeros(1, 3, *masks.shape[-2:], device=device))
+
+    @torch.inference_mode()
+    def step() -> torch.Tensor:
+        images = synthesise(gen, masks, seeds, targets, num_classes, ignore, base_seeds=seeds)
+        x = normalize(images, "imagenet")
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = predict_logits(seg, x.contiguous(memory_format=torch.channels_last)).float()
+        else:
+            logits = predict_logits(seg, x)
+        return accept(score_batch(logits, masks, targets, num_classes, ignore), FilterConfig())
+
+    per_batch = time_per_call(step, device, args.gpu_iters, args.repeats)
+    out: dict[str, Any] = {"segmenter_gflops_per_image": round(flops / 1e9, 3),
+                           "device_step_images_per_s": round(masks.shape[0] / per_batch, 2),
+                           "device_step_precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
+    if device.type == "cuda":
+        syncs = count_host_syncs(step, device)
+        out["device_step_host_syncs"] = len(syncs)
+        out["device_step_sync_lines"] = {line: syncs.count(line) for line in sorted(set(syncs))}
+    return out
+
+
+def _png_cost(masks: np.ndarray) -> dict[str, float]:
+    """CPU milliseconds per sample to PNG-encode its example image (at the pipeline's level, and at 6) and mask."""
+    images = [im for _, im, _ in example.generate(min(len(masks), 4), masks.shape[-2:], 1)]
+    out = {}
+    for level in sorted({shard_mod.PNG_COMPRESS_LEVEL, 6}):
+        t = time.thread_time()
+        for im, m in zip(images, masks):
+            encode_image(im, compress_level=level)
+            encode_mask(m)
+        out[f"level_{level}"] = round((time.thread_time() - t) / len(images) * 1e3, 2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+def median_run(runs: list[Run]) -> dict[str, Any]:
+    """Medians over the repeats (each figure on its own) plus the raw per-run figures."""
+    med = statistics.median
+    stages = {s: med([r.stages.get(s, 0.0) for r in runs]) for s in runs[0].stages} if runs[0].stages else {}
+    return {
+        "seconds": med([r.seconds for r in runs]),
+        "images_per_s": med([r.images_per_s for r in runs]),
+        "accepted_per_s": med([r.accepted_per_s for r in runs]),
+        "steady_images_per_s": med([r.steady_images_per_s for r in runs]),
+        "setup_seconds": med([r.setup_seconds for r in runs]),
+        "generated": runs[0].generated,
+        "accepted": runs[0].accepted,
+        "peak_rss_mib": round(max(r.peak_bytes for r in runs) / 2**20, 1),
+        "baseline_rss_mib": round(min(r.baseline_bytes for r in runs) / 2**20, 1),
+        "stages_seconds": stages,
+        "runs": [{"seconds": round(r.seconds, 3), "images_per_s": round(r.images_per_s, 3),
+                  "setup_seconds": round(r.setup_seconds, 3), **r.extra} for r in runs],
+    }
+
+
+def measure(fn: Callable[[], Run], memory: PeakMemory) -> Run:
+    with PeakMemory(memory.interval) as mem:
+        run = fn()
+    run.peak_bytes, run.baseline_bytes = mem.peak, mem.baseline
+    return run
+
+
+def cpu_section(args: argparse.Namespace, work: Path, device: torch.device) -> dict[str, Any]:
+    import ray
+
+    from augment.data.ingest import write_example_data
+    from augment.runner.job import prepare_job
+
+    cores = args.threads or cpu_cores()
+    gpus = 1 if device.type == "cuda" else 0
+    worker_counts = [w for w in args.workers if w <= cores]
+    skipped = [w for w in args.workers if w > cores]
+    t = time.perf_counter()
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(num_cpus=cores, num_gpus=gpus, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
+    ray_start = time.perf_counter() - t
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        write_example_data(str(work / "data"), args.source_maps, parse_size(args.size), seed=0, workers=1)
+    gan, seg = make_models(work, str(work / "data"), args.segmenter, args.model)
+    inputs = {"data": str(work / "data"), "gan": gan, "seg": seg}
+    counter = iter(range(10**6))
+
+    def fresh(kind: str) -> str:
+        return str(work / "out" / f"{kind}-{next(counter)}")
+
+    def contenders(n: int) -> dict[str, Callable[[], Run]]:
+        base = job_config(args, inputs, fresh("x"), n, 1, cores, gpus)
+        job = prepare_job(base)
+        out: dict[str, Callable[[], Run]] = {
+            "plain loop": lambda: plain_loop(base, fresh("plain") + ".parquet", device),
+            "pipeline, no Ray": lambda: pipeline_in_process(job, fresh("inproc"), device, cores),
+        }
+        for w in worker_counts:
+            out[f"augment run, {w} worker{'s' * (w > 1)}"] = (
+                lambda w=w: ray_job(job_config(args, inputs, fresh(f"ray{w}"), n, w, cores, gpus)))
+        return out
+
+    (work / "out").mkdir()
+    memory = PeakMemory()
+    with torch_threads(cores):
+        t = time.perf_counter()
+        prepare_job(job_config(args, inputs, fresh("x"), args.n, 1, cores, gpus))
+        validation = time.perf_counter() - t
+        if args.warmup:  # torch's kernels in this process, the page cache, Ray's worker pool
+            for name, fn in list(contenders(min(args.n, 2 * args.batch)).items())[:3]:
+                log(f"warm-up: {name}: {fn().seconds:.1f} s")
+        chosen = contenders(args.n)
+        runs: dict[str, list[Run]] = {k: [] for k in chosen}
+        for i in range(args.repeats):
+            for name, fn in chosen.items():
+                runs[name].append(measure(fn, memory))
+                log(f"run {i + 1}/{args.repeats}: {name}: {runs[name][-1].seconds:.1f} s, "
+                    f"{runs[name][-1].images_per_s:.2f} images/s")
+                shutil.rmtree(work / "out", ignore_errors=True)
+                (work / "out").mkdir()
+    results = {name: median_run(r) for name, r in runs.items()}
+    if own_ray:
+        ray.shutdown()
+    return {"cores": cores, "workers": worker_counts, "workers_skipped": skipped, "ray_init_seconds": ray_start,
+            "validation_seconds": validation, "memory_method": memory.method,
+            "results": results}
+
+
+def summarise(args: argparse.Namespace, cpu: dict[str, Any] | None, dev: dict[str, Any] | None,
+              device: torch.device, load: tuple[list[float], list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "note": "untrained models (random weights of the real architectures): the FLOPs of trained ones, not their "
+                "images or accept rates",
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+                    "cpu_cores": cpu_cores(), "load_average_before": load[0], "load_average_after": load[1],
+                    "png_compress_level": shard_mod.PNG_COMPRESS_LEVEL},
+    }
+    if cpu is not None:
+        res = cpu["results"]
+        plain = res["plain loop"]
+        ray_rows = {k: v for k, v in res.items() if k.startswith("augment run")}
+        best_name = max(ray_rows, key=lambda k: ray_rows[k]["images_per_s"])
+        best = ray_rows[best_name]
+        out.update({
+            "pipeline_images_per_s": round(best["images_per_s"], 3),
+            "pipeline_accepted_per_s": round(best["accepted_per_s"], 3),
+            "pipeline_workers": int(best_name.split(", ")[1].split()[0]),
+            "plain_loop_images_per_s": round(plain["images_per_s"], 3),
+            "plain_loop_accepted_per_s": round(plain["accepted_per_s"], 3),
+            "ratio_vs_plain_loop": round(best["images_per_s"] / plain["images_per_s"], 3),
+            "steady_ratio_vs_plain_loop": round(best["steady_images_per_s"] / plain["steady_images_per_s"], 3),
+            "in_process_images_per_s": round(res["pipeline, no Ray"]["images_per_s"], 3),
+            "scaling": [{"workers": int(k.split(", ")[1].split()[0]), "images_per_s": round(v["images_per_s"], 3),
+                         "ratio_vs_plain_loop": round(v["images_per_s"] / plain["images_per_s"], 3)}
+                        for k, v in ray_rows.items()],
+            "cpu": cpu,
+        })
+    out["device_section"] = dev if dev is not None else {"skipped": "no CUDA device (pass --device-section cpu to "
+                                                                     "run it on the CPU anyway)"}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- output
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"augment throughput benchmark ({report['note']})",
+             f"machine: {report['machine']['cpu_cores']} cores, {report['machine']['device']}, torch "
+             f"{report['machine']['torch']}, load average {report['machine']['load_average_before']} before, "
+             f"{report['machine']['load_average_after']} after; PNG level {report['machine']['png_compress_level']}"]
+    cfg = report["config"]
+    cpu = report.get("cpu")
+    if cpu:
+        lines += [
+            "",
+            f"end to end: {cfg['n']} samples at {cfg['size']}, batch {cfg['batch']}, {cfg['samples_per_shard']} per "
+            f"shard, model {cfg['model']} + {cfg['segmenter']}, filter {cfg['filter']}; median of {cfg['repeats']} "
+            f"(Ray start {cpu['ray_init_seconds']:.1f} s and validation {cpu['validation_seconds']:.1f} s are "
+            f"outside the runs / inside run_job)",
+            f"{'':<26}{'images/s':>10}{'accepted/s':>11}{'vs plain':>9}{'wall s':>8}{'setup s':>8}{'steady/s':>9}"
+            f"{'peak MiB':>10}",
+        ]
+        plain = cpu["results"]["plain loop"]["images_per_s"]
+        for name, r in cpu["results"].items():
+            lines.append(f"{name:<26}{r['images_per_s']:>10.2f}{r['accepted_per_s']:>11.2f}"
+                         f"{r['images_per_s'] / plain:>8.2f}x{r['seconds']:>8.1f}{r['setup_seconds']:>8.1f}"
+                         f"{r['steady_images_per_s']:>9.2f}{r['peak_rss_mib']:>10.0f}")
+        lines.append(f"  setup = model load etc. before the first batch (plain, no Ray); for run_job: wall - the "
+                     f"busiest worker's shard seconds (validation, actor start, model load, verify, sheets)")
+        lines.append(f"  memory: {cpu['memory_method']}; peak over the runs, baseline before them "
+                     f"{min(r['baseline_rss_mib'] for r in cpu['results'].values()):.0f} MiB")
+        if cpu["workers_skipped"]:
+            lines.append(f"  skipped {cpu['workers_skipped']} workers: more than the {cpu['cores']} cores")
+        lines += ["", "busy seconds per stage (median run; pipeline stages overlap, so they sum past the wall time)",
+                  f"{'':<26}" + "".join(f"{s:>9}" for s in (*STAGES, "wait"))]
+        for name in ("plain loop", "pipeline, no Ray"):
+            st = cpu["results"][name]["stages_seconds"]
+            lines.append(f"{name:<26}" + "".join(f"{st.get(s, 0.0):>9.2f}" if s in st else f"{'-':>9}"
+                                                 for s in (*STAGES, "wait")))
+        lines += ["", f"pipeline (augment run) {report['pipeline_images_per_s']:.2f} images/s with "
+                      f"{report['pipeline_workers']} worker(s) = {report['ratio_vs_plain_loop']:.2f}x the plain loop "
+                      f"end to end, {report['steady_ratio_vs_plain_loop']:.2f}x without one-off setup"]
+    dev = report["device_section"]
+    lines.append("")
+    if "skipped" in dev:
+        lines.append(f"device section skipped: {dev['skipped']}")
+        return "\n".join(lines)
+    lines += [f"device: {dev['device']}, batch {dev['batch']}, peak TFLOP/s {dev['peak_tflops'] or '?'} "
+              f"({dev['peak_source']})" + ("; fp32 convs run on TF32 tensor cores (PyTorch default)"
+                                           if dev["fp32_convs_use_tf32"] else ""),
+              f"{'size':<10}{'precision':<10}{'compiled':<9}{'images/s':>10}{'ms/batch':>10}{'TFLOP/s':>9}"
+              f"{'of peak':>9}"]
+    for r in dev["rows"]:
+        if "error" in r:
+            lines.append(f"{r['size']:<10}{r['precision']:<10}{str(r['compiled']):<9}  failed: {r['error']}")
+            continue
+        frac = f"{100 * r['fraction_of_peak']:.1f}%" if r["fraction_of_peak"] is not None else "?"
+        lines.append(f"{r['size']:<10}{r['precision']:<10}{str(r['compiled']):<9}{r['images_per_s']:>10.1f}"
+                     f"{r['ms_per_batch']:>10.2f}{r['achieved_tflops']:>9.2f}{frac:>9}")
+    for s in dev["sizes"]:
+        size = f"{s['size'][0]}x{s['size'][1]}"
+        png = ", ".join(f"{k.replace('_', ' ')} {v:.1f} ms" for k, v in s["png_ms_per_image"].items())
+        where = ", ".join(f"{k} x{v}" for k, v in s.get("device_step_sync_lines", {}).items())
+        syncs = (f"; {s['device_step_host_syncs']} host syncs per batch ({where})"
+                 if "device_step_host_syncs" in s else "")
+        lines.append(f"{size}: generator {s['generator_gflops_per_image']:.1f} GFLOP/image, segmenter "
+                     f"{s['segmenter_gflops_per_image']:.1f}; device step (synthesise + segment + score, "
+                     f"{s['device_step_precision']}) {s['device_step_images_per_s']:.1f} images/s{syncs}; PNG image + "
+                     f"mask per sample on one thread: {png}, so {s['png_threads_to_keep_up']:.1f} threads keep "
+                     f"up at level {report['machine']['png_compress_level']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
+    p.add_argument("--n", type=int, default=128, help="synthetic samples per run (default 128)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (default 16, the job default)")
+    p.add_argument("--samples-per-shard", type=int, default=64)
+    p.add_argument("--source-maps", type=int, default=24, help="example label maps to draw from (default 24)")
+    p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2, 4],
+                   help="Ray worker counts to try, comma-separated; those above the core count are skipped")
+    p.add_argument("--threads", type=int, default=None, help="cores to use (default: all this process may use)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is quoted")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up runs")
+    p.add_argument("--model", choices=sorted(MODEL_PRESETS), default="default",
+                   help="generator widths: default = GANConfig's for the size, tiny = the tests'")
+    p.add_argument("--segmenter", default="lraspp_mobilenet_v3_large")
+    p.add_argument("--filter", choices=("none", "default"), default="none",
+                   help="none: accept every image so all are encoded and written (default); default: the job "
+                        "defaults, which reject nearly everything an untrained segmenter sees")
+    p.add_argument("--gpu-only", action="store_true", help="only the device section (no Ray, no example data)")
+    p.add_argument("--device-section", choices=("auto", "cuda", "cpu", "off"), default="auto",
+                   help="auto: on CUDA when present, else skipped; cpu: run it on the CPU (slow; to try it out)")
+    p.add_argument("--gpu-sizes", default="256x256,256x512")
+    p.add_argument("--gpu-batch", type=int, default=16)
+    p.add_argument("--gpu-iters", type=int, default=10, help="batches per timing in the device section")
+    p.add_argument("--gpu-model", choices=sorted(MODEL_PRESETS), default="default")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile variants in the device section (auto: on CUDA only)")
+    p.add_argument("--peak-tflops", default=None,
+                   help="the GPU's dense peak: '989' (bf16) or 'bf16=989,tf32=494,fp32=67' (default: by GPU name)")
+    p.add_argument("--workdir", default=None, help="folder for data and outputs (default: a temporary one, removed)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = pick_device()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    cpu = None
+    if not args.gpu_only:
+        with tempfile.TemporaryDirectory(prefix="augment-bench-", dir=args.workdir) as tmp:
+            cpu = cpu_section(args, Path(tmp), device)
+    dev = None
+    section = args.device_section
+    if section == "auto":
+        section = "cuda" if torch.cuda.is_available() else "off"
+    if section != "off":
+        with torch_threads(args.threads or cpu_cores()):
+            dev = device_section(args, torch.device(section))
+    report = summarise(args, cpu, dev, device, (load_before, [round(x, 2) for x in os.getloadavg()]))
+    print(format_report(report), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+if __name__ == "__main__":
+    main()

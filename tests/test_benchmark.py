@@ -1,0 +1,48 @@
+"""Smoke test of benchmarks/throughput.py at a tiny size: it runs every contender and writes the JSON it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from conftest import PROJECT_ROOT
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("throughput", PROJECT_ROOT / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_benchmark_runs_tiny_and_writes_json(tmp_path, ray_session, capsys):
+    bench = load_benchmark()
+    out = tmp_path / "bench.json"
+    bench.main([
+        "--size", "32x32", "--n", "8", "--batch", "4", "--samples-per-shard", "4", "--source-maps", "8",
+        "--workers", "1,2", "--threads", "1", "--repeats", "1", "--no-warmup", "--model", "tiny",
+        "--device-section", "cpu", "--gpu-sizes", "32x32", "--gpu-batch", "2", "--gpu-iters", "1",
+        "--gpu-model", "tiny", "--workdir", str(tmp_path), "--json", str(out),
+    ])
+    report = json.loads(out.read_text())
+    for key in ("pipeline_images_per_s", "plain_loop_images_per_s", "in_process_images_per_s"):
+        assert report[key] > 0, key
+    ratio = report["pipeline_images_per_s"] / report["plain_loop_images_per_s"]
+    assert abs(report["ratio_vs_plain_loop"] - ratio) < 0.01
+    cpu = report["cpu"]
+    assert cpu["workers"] == [1] and cpu["workers_skipped"] == [2]  # one core allowed: 2 workers skipped
+    assert [s["workers"] for s in report["scaling"]] == [1]
+    results = cpu["results"]
+    assert set(results) == {"plain loop", "pipeline, no Ray", "augment run, 1 worker"}
+    assert all(r["generated"] == 8 and r["accepted"] == 8 and r["peak_rss_mib"] > 0 for r in results.values())
+    for name in ("plain loop", "pipeline, no Ray"):
+        stages = results[name]["stages_seconds"]
+        assert set(bench.STAGES) <= set(stages) and stages["generate"] > 0 and stages["encode"] > 0
+    dev = report["device_section"]
+    assert {(r["precision"], r["compiled"]) for r in dev["rows"]} == {("fp32", False), ("bf16", False)}
+    assert all(r["images_per_s"] > 0 for r in dev["rows"])
+    assert dev["sizes"][0]["generator_gflops_per_image"] > 0
+    assert not list(tmp_path.glob("augment-bench-*")), "the work folder is removed"
+    assert "images/s" in capsys.readouterr().out
