@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l1", action="store_true", help="add the L1 reconstruction term (L = L_GAN + L_L1)")
     p.add_argument("--feature-matching", action="store_true", help="add discriminator feature matching")
     p.add_argument("--sample-every", type=_positive, default=None, help="sample sheet every N steps")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="EMA decay of the inference generator (default: 0.999, lower for runs under 10,000 steps)")
+    p.add_argument("--seed", type=int, default=0)
     _add_training_resources(p)
     p.set_defaults(handler="augment.training.gan:train_gan_command")
 

@@ -112,6 +112,14 @@ class GANTrainConfig:
         return int(self.checkpoint_every or self.sample_interval)
 
 
+def default_ema_decay(steps: int) -> float:
+    """EMA decay for a run of `steps` steps: 0.999 (OASIS) for long runs, less for short ones.
+
+    The EMA keeps decay**steps of its random start; 1 - 10/steps leaves about e**-10 of it at the end.
+    """
+    return min(0.999, max(0.9, 1.0 - 10.0 / steps))
+
+
 def train_gan(config: GANTrainConfig) -> ModelCard:
     """Train (or, with `resume`, continue) the GAN into the run folder `config.out`; returns its card."""
     ds = open_dataset(config.data)
@@ -127,7 +135,8 @@ def train_gan(config: GANTrainConfig) -> ModelCard:
     try:
         gan_cfg = GANConfig(
             num_classes=info.num_classes, size=size, ignore_index=info.ignore_index,
-            use_l1=config.l1, use_feature_matching=config.feature_matching, **config.model,
+            use_l1=config.l1, use_feature_matching=config.feature_matching,
+            **{"ema_decay": default_ema_decay(config.steps), **config.model},
         )
     except (TypeError, ValueError) as exc:
         raise AugmentError(f"GAN model settings: {exc}") from None
@@ -188,6 +197,8 @@ def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | N
     if existing.kind != GAN_KIND:
         raise CheckpointError(f"{what} is a {existing.kind!r} run, not a GAN")
     check_compatible(existing, ds.info, what, tuple(card.size))
+    if "ema_decay" not in config.model and "ema_decay" in existing.model_config:
+        card.model_config["ema_decay"] = existing.model_config["ema_decay"]  # a longer --steps keeps the run's EMA
     changed = sorted(k for k, v in card.model_config.items() if existing.model_config.get(k) != v)
     if changed:
         detail = ", ".join(f"{k} {existing.model_config.get(k)!r} -> {card.model_config[k]!r}" for k in changed)
@@ -460,7 +471,8 @@ def train_gan_command(args: argparse.Namespace) -> int:
         gpus_per_worker=args.gpus_per_worker,
         resume=args.resume,
         address=args.address,
-        seed=getattr(args, "seed", 0),
+        seed=args.seed,
+        model={"ema_decay": args.ema_decay} if args.ema_decay is not None else {},
     )
     card = train_gan(config)
     losses = ", ".join(f"{k} {card.metrics[k]:.4f}" for k in ("d_total", "g_total") if k in card.metrics)
