@@ -156,7 +156,8 @@ def _check_same_classes(name: str, ds: Dataset, real: Dataset) -> None:
     if ds.info.classes != real.info.classes:
         raise MixError(_class_difference(f"{name} {ds.uri}", ds.info.classes, real) + "; a mix needs one class list")
     if ds.info.ignore_index != real.info.ignore_index:
-        raise MixError(f"{name} {ds.uri} uses ignore index {ds.info.ignore_index}, --real uses {real.info.ignore_index}")
+        raise MixError(f"{name} {ds.uri} uses ignore index {ds.info.ignore_index}, --real uses "
+                       f"{real.info.ignore_index}")
 
 
 def _synthetic_source(ds: Dataset, real: Dataset, real_sha: str) -> SyntheticSource:
@@ -247,7 +248,9 @@ def baseline_recipe(cfg: RetrainConfig, card: ModelCard, mix: Mix) -> Recipe:
     if card.model_config.get("aux_loss"):
         raise MixError(f"{what} was trained with the auxiliary loss, which retrain does not use")
     epochs_done, epochs = (card.metrics or {}).get("epoch"), train.get("epochs")
-    if not card.step or epochs is None or epochs_done is None or epochs_done < epochs:
+    max_steps = train.get("max_steps")
+    done = epochs is not None and epochs_done is not None and epochs_done >= epochs
+    if not card.step or not (done or (max_steps and card.step >= max_steps)):
         raise MixError(f"{what} is unfinished (epoch {epochs_done} of {epochs}); finish it with "
                        f"`augment train-seg --resume` first")
     recipe = Recipe(
@@ -399,26 +402,29 @@ def build_report(
          "synthetic_accepted": accepted[c], "val_pixels": before["target_pixels"][c]}
         for c in mix.real.info.classes
     ]
-    targeted_rows = [r for r in per_class if r["targeted"] and r["delta"] is not None]
+    targeted_deltas = [r["delta"] for r in per_class if r["targeted"] and r["delta"] is not None]
+    val = {"uri": mix.val.uri, "rows": mix.val.info.num_rows, "dataset_json_sha256": _dataset_json_sha256(mix.val)}
     return {
         "version": REPORT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "augment_version": __version__,
-        "val": {"uri": mix.val.uri, "rows": mix.val.info.num_rows, "dataset_json_sha256": _dataset_json_sha256(mix.val)},
+        "val": val,
         "per_class": per_class,
-        "miou": {"baseline": before["miou"], "augmented": after["miou"], "delta": _delta(before["miou"], after["miou"])},
+        "miou": {"baseline": before["miou"], "augmented": after["miou"],
+                 "delta": _delta(before["miou"], after["miou"])},
         "pixel_accuracy": {"baseline": before["pixel_accuracy"], "augmented": after["pixel_accuracy"],
                            "delta": _delta(before["pixel_accuracy"], after["pixel_accuracy"])},
         "targeted": {"classes": targeted,
-                     "mean_delta": (sum(r["delta"] for r in targeted_rows) / len(targeted_rows)) if targeted_rows else None},
+                     "mean_delta": sum(targeted_deltas) / len(targeted_deltas) if targeted_deltas else None},
         "mix": mix_record,
-        "recipe": {"model": recipe.model, "optimizer": recipe.optimizer, "lr": recipe.lr or DEFAULT_LR[recipe.optimizer],
-                   "weight_decay": recipe.weight_decay, "batch_per_worker": recipe.batch, "workers": recipe.workers,
+        "recipe": {"model": recipe.model, "optimizer": recipe.optimizer,
+                   "lr": recipe.lr or DEFAULT_LR[recipe.optimizer], "weight_decay": recipe.weight_decay,
+                   "batch_per_worker": recipe.batch, "workers": recipe.workers,
                    "scale_range": list(recipe.scale_range), "seed": recipe.seed, "baseline_epochs": recipe.epochs,
                    "augmented_epochs": _card_training(augmented_card).get("epochs"), "steps": baseline_card.step},
         "runs": {
-            "baseline": {"run": baseline_run, "weights_sha256": baseline_card.weights_sha256, "step": baseline_card.step,
-                         "trained_here": trained_here, "metrics": before},
+            "baseline": {"run": baseline_run, "weights_sha256": baseline_card.weights_sha256,
+                         "step": baseline_card.step, "trained_here": trained_here, "metrics": before},
             "augmented": {"run": augmented_run, "weights_sha256": augmented_card.weights_sha256,
                           "step": augmented_card.step, "metrics": after},
         },
