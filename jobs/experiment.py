@@ -1,0 +1,470 @@
+"""The augmentation experiment on CamVid: does filtered synthetic data help the rare classes when labels are scarce?
+
+    python jobs/experiment.py --camvid ../shared/data/camvid --out runs/experiment [options]
+    ray job submit --working-dir . -- python jobs/experiment.py --camvid ... --out s3://...   (on a cluster)
+
+For each training fraction F (--fractions, default 0.25 and 1.0; F < 1 is a fixed subset of CamVid's train split,
+drawn once with --subset-seed) and each seed (--seeds, at least two for a spread), four settings are compared on
+CamVid's val split with one segmenter recipe and one step budget (--seg-steps):
+  (a) real only: the segmenter trained on the F subset alone (the baseline of the others)
+  (b) real + synthetic, no filter: every generated sample is kept
+  (c) real + synthetic, filter: only samples the baseline segmenter agrees with (--min-miou, --min-target-iou)
+  (d) as (c), with pixel-level ignore: pixels where the segmenter confidently disagrees become ignore pixels
+The GAN is trained once per fraction on the same subset (--gan-steps). (b)-(d) come from augmentation jobs with the
+same seed, plan and generator, so they share the generated images and differ only in the filter; each is trained by
+`augment retrain` against (a): same recipe, step budget and seed, --ratio of every batch synthetic. The synthetic
+samples target the rare classes (--targets, default pedestrian, bicyclist, pole, sign_symbol, fence; --per-class
+each). The results table gives mIoU and the targeted classes' IoU as mean ± s.d. over the seeds, and the paired
+change against (a).
+
+Stages (--stages, default all): data, gan, baseline, synth, retrain, report. Each stage skips work whose output is
+complete (datasets with their dataset.json, finished training runs, finished jobs, written reports) and resumes
+interrupted training runs, so the experiment can be split over several invocations that each fit a time limit.
+
+Layout under OUT: data/{train,val,train-fNN}, fNN/gan, fNN/seedS/{real, syn-nofilter, syn-filter, syn-ignore,
+b-nofilter, c-filter, d-ignore}, results.json, results.md (NN = the fraction in percent).
+
+Needs Ray (a local instance is started unless --address or $RAY_ADDRESS names a cluster); a GPU is used when
+present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import augment  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from augment.data import fs as afs
+from augment.data.codec import parse_size
+from augment.data.dataset import INFO_FILE, DatasetInfo, PartWriter, StagedOutput, open_dataset
+from augment.errors import AugmentError
+from augment.report.page import Page, mean_spread, pct
+
+STAGES = ("data", "gan", "baseline", "synth", "retrain", "report")
+TARGETS = ("pedestrian", "bicyclist", "pole", "sign_symbol", "fence")
+SETTINGS = {
+    "a": ("real only", None),
+    "b": ("real + synthetic, no filter", "nofilter"),
+    "c": ("real + synthetic, filter", "filter"),
+    "d": ("real + synthetic, filter + pixel ignore", "ignore"),
+}
+RUN_NAMES = {"b": "b-nofilter", "c": "c-filter", "d": "d-ignore"}
+
+
+@dataclass
+class Experiment:
+    camvid: str
+    out: str
+    size: tuple[int, int] = (180, 240)
+    fractions: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    subset_seed: int = 0
+    model: str = "lraspp_mobilenet_v3_large"
+    seg_steps: int = 3000
+    batch: int = 8
+    lr: float | None = None
+    gan_steps: int = 20000
+    gan_batch: int = 8
+    per_class: int = 300
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    ratio: float = 0.3
+    min_miou: float = 0.5
+    min_target_iou: float = 0.3
+    ignore_confidence: float = 0.9
+    job_batch: int = 16
+    workers: int = 1
+    gpus_per_worker: float | None = None
+    address: str | None = None
+
+    def path(self, *parts: str) -> str:
+        return afs.join(self.out, *parts)
+
+    def train_data(self, fraction: float) -> str:
+        return self.path("data", "train" if fraction >= 1.0 else f"train-{tag(fraction)}")
+
+    @property
+    def val_data(self) -> str:
+        return self.path("data", "val")
+
+
+def tag(fraction: float) -> str:
+    return f"f{round(fraction * 100):g}"
+
+
+def say(line: str) -> None:
+    print(f"[experiment] {line}", flush=True)
+
+
+def complete(uri: str, name: str = INFO_FILE) -> bool:
+    filesystem, path = afs.resolve(uri)
+    return afs.exists(filesystem, afs.join(path, name))
+
+
+def subset_dataset(src: str, out: str, fraction: float, seed: int) -> str:
+    """A fixed subset of `src`: round(fraction * rows) rows drawn with `seed`, written in `src`'s row order."""
+    ds = open_dataset(src)
+    ids = ds.arrow.to_table(columns=["id"]).column("id").to_pylist()
+    k = max(1, round(fraction * len(ids)))
+    chosen = set(np.asarray(sorted(ids))[np.random.default_rng(seed).permutation(len(ids))[:k]].tolist())
+    with StagedOutput(out) as staged:
+        writer = PartWriter(staged.fs, staged.staging, "part-00000", ds.schema_name, ds.info.num_classes)
+        for batch in ds.iter_batches(batch_size=64):
+            for row in batch.to_pylist():
+                if row["id"] in chosen:
+                    writer.write(row)
+        stats = writer.close()
+        info = DatasetInfo(classes=list(ds.info.classes), palette=ds.info.palette, ignore_index=ds.info.ignore_index,
+                           lineage={"source": src, "subset_fraction": fraction, "subset_seed": seed,
+                                    "subset_of_rows": len(ids)})
+        info.apply_stats(stats)
+        staged.commit(info, [])
+    return out
+
+
+def stage_data(x: Experiment) -> None:
+    from augment.data.ingest import ingest
+
+    for split, uri in (("train", x.path("data", "train")), ("val", x.val_data)):
+        if complete(uri):
+            say(f"data: {uri} complete")
+            continue
+        result = ingest(x.camvid, "camvid", uri, split=split, size=x.size,
+                        command=f"jobs/experiment.py data {split} {x.size[0]}x{x.size[1]}")
+        say(f"data: {result.summary('ingested')}")
+    for f in x.fractions:
+        uri = x.train_data(f)
+        if f < 1.0 and not complete(uri):
+            subset_dataset(x.path("data", "train"), uri, f, x.subset_seed)
+            say(f"data: {uri}: {open_dataset(uri).info.num_rows} rows ({f:.0%} of train, subset seed {x.subset_seed})")
+
+
+def stage_gan(x: Experiment, f: float) -> None:
+    from augment.training.gan import GANTrainConfig, train_gan
+
+    out = x.path(tag(f), "gan")
+    say(f"gan {tag(f)}: {x.gan_steps} steps on {x.train_data(f)} -> {out}")
+    train_gan(GANTrainConfig(data=x.train_data(f), out=out, size=x.size, steps=x.gan_steps, batch=x.gan_batch,
+                             workers=x.workers, gpus_per_worker=x.gpus_per_worker, resume=True, address=x.address))
+
+
+def seg_epochs(x: Experiment, f: float) -> int:
+    rows = open_dataset(x.train_data(f)).info.num_rows
+    return max(1, math.ceil(x.seg_steps / max(rows // (x.batch * x.workers), 1)))
+
+
+def stage_baseline(x: Experiment, f: float, seed: int) -> None:
+    from augment.training.segmenter import SegTrainConfig, train_segmenter
+
+    out = x.path(tag(f), f"seed{seed}", "real")
+    say(f"(a) {tag(f)} seed {seed}: {x.model}, {x.seg_steps} steps on {x.train_data(f)} -> {out}")
+    train_segmenter(SegTrainConfig(
+        data=[x.train_data(f)], val=x.val_data, out=out, model=x.model, size=x.size, epochs=seg_epochs(x, f),
+        batch=x.batch, lr=x.lr, workers=x.workers, gpus_per_worker=x.gpus_per_worker, resume=True, seed=seed,
+        address=x.address, max_steps=x.seg_steps,
+    ))
+
+
+def job_filters(x: Experiment) -> dict[str, dict[str, Any]]:
+    thresholds = {"min_miou": x.min_miou, "min_target_iou": x.min_target_iou}
+    return {
+        "nofilter": {"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": 0.0},
+        "filter": thresholds,
+        "ignore": {**thresholds, "pixel_ignore": True, "ignore_confidence": x.ignore_confidence},
+    }
+
+
+def stage_synth(x: Experiment, f: float, seed: int) -> None:
+    from augment.runner.job import format_summary, run_job
+    from augment.runner.jobfile import job_from_document
+
+    folder = x.path(tag(f), f"seed{seed}")
+    for name, filt in job_filters(x).items():
+        out = afs.join(folder, f"syn-{name}")
+        doc = {"data": x.train_data(f), "generator": x.path(tag(f), "gan"), "segmenter": afs.join(folder, "real"),
+               "output": out, "seed": seed, "classes": {c: x.per_class for c in x.targets}, "filter": filt,
+               "resources": {"batch_size": x.job_batch, "samples_per_shard": 4 * x.job_batch}}
+        if complete(out) and open_dataset(out).info.extra.get("job") == doc:
+            say(f"synth {tag(f)} seed {seed} {name}: {out} complete")
+            continue
+        say(f"synth {tag(f)} seed {seed} {name}: {x.per_class} samples x {len(x.targets)} classes, filter {filt}")
+        summary = run_job(job_from_document(doc, source=f"experiment {tag(f)} seed {seed} {name}"),
+                          address=x.address)
+        print(format_summary(summary), flush=True)
+
+
+def stage_retrain(x: Experiment, f: float, seed: int) -> None:
+    from augment.report.retrain import MixError, RetrainConfig, retrain
+
+    folder = x.path(tag(f), f"seed{seed}")
+    for key, run in RUN_NAMES.items():
+        out = afs.join(folder, run)
+        synthetic = afs.join(folder, f"syn-{SETTINGS[key][1]}")
+        skipped = afs.join(folder, f"{run}.skipped.json")
+        fingerprint = open_dataset(synthetic).info.lineage.get("job_fingerprint")
+        report = _read_json(afs.join(out, "report.json"))
+        if report is not None:
+            if report["lineage"]["synthetic"][0]["lineage"].get("job_fingerprint") != fingerprint:
+                raise AugmentError(f"{out} was trained on an earlier {synthetic}; remove {out} to retrain it")
+            say(f"({key}) {tag(f)} seed {seed}: {out} complete")
+            continue
+        say(f"({key}) {tag(f)} seed {seed}: {SETTINGS[key][0]} -> {out}")
+        filesystem, path = afs.resolve(skipped)
+        try:
+            retrain(RetrainConfig(real=x.train_data(f), synthetic=[synthetic], val=x.val_data, out=out, ratio=x.ratio,
+                                  baseline=afs.join(folder, "real"), gpus_per_worker=x.gpus_per_worker, resume=True,
+                                  address=x.address))
+            if afs.exists(filesystem, path):
+                filesystem.delete_file(path)
+        except MixError as exc:
+            if "no accepted rows" not in str(exc):
+                raise
+            say(f"({key}) {tag(f)} seed {seed}: skipped, {exc}")
+            afs.write_bytes_atomic(filesystem, path, json.dumps(
+                {"reason": str(exc), "synthetic": synthetic, "job_fingerprint": fingerprint}).encode())
+
+
+def _read_json(uri: str) -> dict[str, Any] | None:
+    filesystem, path = afs.resolve(uri)
+    return json.loads(afs.read_bytes(filesystem, path)) if afs.exists(filesystem, path) else None
+
+
+def collect(x: Experiment) -> list[dict[str, Any]]:
+    """One cell per (fraction, seed, setting) with its val metrics; (a) is evaluated directly."""
+    from augment.training.evaluate import evaluate_segmenter
+
+    cells = []
+    for f in x.fractions:
+        for seed in x.seeds:
+            folder = x.path(tag(f), f"seed{seed}")
+            real = afs.join(folder, "real")
+            if not complete(real, "card.json"):
+                continue
+            metrics = evaluate_segmenter(real, x.val_data)
+            cells.append(_cell(f, seed, "a", metrics, None, real))
+            for key, run in RUN_NAMES.items():
+                report = _read_json(afs.join(folder, run, "report.json"))
+                if report is None:
+                    skipped = _read_json(afs.join(folder, f"{run}.skipped.json"))
+                    if skipped is not None:
+                        cells.append({**_cell(f, seed, key, {"miou": None, "pixel_accuracy": None, "iou": {}}, 0,
+                                              afs.join(folder, run)), "skipped": skipped["reason"]})
+                    continue
+                rows = sum(d.get("accepted_rows", 0) for d in report["mix"]["datasets"] if d["role"] == "synthetic")
+                cells.append(_cell(f, seed, key, report["runs"]["augmented"]["metrics"], rows,
+                                   afs.join(folder, run), baseline_miou=report["miou"]["baseline"]))
+    return cells
+
+
+def _cell(f: float, seed: int, key: str, metrics: dict[str, Any], rows: int | None, run: str,
+          baseline_miou: float | None = None) -> dict[str, Any]:
+    return {"fraction": f, "seed": seed, "setting": key, "name": SETTINGS[key][0], "run": run,
+            "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "iou": metrics["iou"],
+            "synthetic_rows": rows, "baseline_miou": baseline_miou}
+
+
+def _targeted_mean(cell: dict[str, Any], targets: list[str]) -> float | None:
+    values = [cell["iou"].get(c) for c in targets]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (fraction, setting): mean and s.d. over seeds, and the paired change against (a) of the same seed."""
+    by = {(c["fraction"], c["seed"], c["setting"]): c for c in cells}
+    rows = []
+    for f in x.fractions:
+        for key in SETTINGS:
+            mine = [c for c in cells if c["fraction"] == f and c["setting"] == key]
+            if not mine:
+                continue
+            base = [by.get((f, c["seed"], "a")) for c in mine]
+
+            def stats(values: list[float | None]) -> dict[str, Any]:
+                vals = [v for v in values if v is not None]
+                mean = sum(vals) / len(vals) if vals else None
+                sd = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None)
+                return {"mean": mean, "sd": sd, "values": values}
+
+            def paired(fn) -> list[float | None]:
+                return [None if b is None or fn(c) is None or fn(b) is None else fn(c) - fn(b)
+                        for c, b in zip(mine, base)]
+
+            rows.append({
+                "fraction": f, "setting": key, "name": SETTINGS[key][0], "seeds": [c["seed"] for c in mine],
+                "miou": stats([c["miou"] for c in mine]),
+                "targeted": stats([_targeted_mean(c, x.targets) for c in mine]),
+                "iou": {t: stats([c["iou"].get(t) for c in mine]) for t in x.targets},
+                "delta_miou": stats(paired(lambda c: c["miou"])),
+                "delta_targeted": stats(paired(lambda c: _targeted_mean(c, x.targets))),
+                "synthetic_rows": stats([c["synthetic_rows"] for c in mine]) if key != "a" else None,
+            })
+    return rows
+
+
+def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> Page:
+    page = Page("Synthetic augmentation on CamVid: per setting, mean ± s.d. over seeds (IoU in %)")
+    page.paragraph(
+        f"CamVid at {x.size[0]}x{x.size[1]}, {x.model}, {x.seg_steps} steps of batch {x.batch} x {x.workers} "
+        f"worker(s) for every run; GAN {x.gan_steps} steps; {x.per_class} synthetic samples per targeted class, "
+        f"{x.ratio:.0%} of every batch synthetic; filter min mIoU {x.min_miou}, min target IoU {x.min_target_iou}, "
+        f"pixel ignore at confidence {x.ignore_confidence}. Seeds {', '.join(map(str, x.seeds))}. "
+        f"Change columns: paired difference to (a) of the same fraction and seed."
+    )
+    header = ["train data", "setting", "mIoU", "change mIoU", "targeted mean", "change targeted",
+              *x.targets, "synthetic rows"]
+    rows = []
+    for r in summary:
+        def cell(s: dict[str, Any]) -> str:
+            return mean_spread(s["values"])
+
+        rows.append([
+            f"{r['fraction']:.0%} of train", f"({r['setting']}) {r['name']}", cell(r["miou"]),
+            "" if r["setting"] == "a" else _signed(r["delta_miou"]), cell(r["targeted"]),
+            "" if r["setting"] == "a" else _signed(r["delta_targeted"]), *[cell(r["iou"][t]) for t in x.targets],
+            "" if r["synthetic_rows"] is None else f"{r['synthetic_rows']['mean']:.0f}",
+        ])
+    page.table(header, rows)
+    if skipped:
+        page.paragraph("Not trained (counted as missing above):")
+        page.bullets([f"{c['fraction']:.0%} of train, seed {c['seed']}, ({c['setting']}): {c['skipped']}"
+                      for c in skipped])
+    return page
+
+
+def _signed(s: dict[str, Any]) -> str:
+    vals = [v for v in s["values"] if v is not None]
+    if not vals:
+        return "-"
+    text = pct(s["mean"], signed=True)
+    return text + (f" ± {s['sd'] * 100:.2f}" if s["sd"] is not None else "")
+
+
+def stage_report(x: Experiment) -> str:
+    cells = collect(x)
+    if not cells:
+        raise AugmentError(f"{x.out}: no finished runs to report yet (run the earlier stages)")
+    summary = summarize(x, cells)
+    page = results_page(x, summary, [c for c in cells if c.get("skipped")])
+    record = {"experiment": {**asdict(x), "size": list(x.size)}, "cells": cells, "summary": summary,
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    filesystem, path = afs.resolve(x.out)
+    afs.write_bytes_atomic(filesystem, afs.join(path, "results.json"), json.dumps(record, indent=2).encode())
+    markdown = page.to_markdown()
+    afs.write_bytes_atomic(filesystem, afs.join(path, "results.md"), markdown.encode())
+    return markdown
+
+
+def run(x: Experiment, stages: list[str]) -> None:
+    from augment.runner.cluster import init_ray
+
+    if any(s != "report" for s in stages):
+        init_ray(x.address)
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        t = time.monotonic()
+        say(f"== stage {stage}")
+        if stage == "data":
+            stage_data(x)
+        elif stage == "gan":
+            for f in x.fractions:
+                stage_gan(x, f)
+        elif stage == "report":
+            print(stage_report(x), flush=True)
+            say(f"results in {x.path('results.md')} and {x.path('results.json')}")
+        else:
+            fn = {"baseline": stage_baseline, "synth": stage_synth, "retrain": stage_retrain}[stage]
+            for f in x.fractions:
+                for seed in x.seeds:
+                    fn(x, f, seed)
+        say(f"== stage {stage} done in {time.monotonic() - t:.1f} s")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
+    d = Experiment(camvid="", out="")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--camvid", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"),
+                   help="CamVid root (SegNet layout; default ../shared/data/camvid next to the repository)")
+    p.add_argument("--out", required=True, help="experiment folder (local or URI)")
+    p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}", help="HxW all data is resized to at ingest")
+    p.add_argument("--fractions", default="0.25,1.0", help="training fractions, comma-separated")
+    p.add_argument("--seeds", default="0,1", help="segmenter and job seeds, comma-separated")
+    p.add_argument("--subset-seed", type=int, default=d.subset_seed, help="seed of the fixed training subsets")
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--seg-steps", type=int, default=d.seg_steps, help="optimizer steps of every segmenter run")
+    p.add_argument("--batch", type=int, default=d.batch, help="segmenter batch per worker")
+    p.add_argument("--lr", type=float, default=None, help="segmenter peak lr (default: train-seg's)")
+    p.add_argument("--gan-steps", type=int, default=d.gan_steps)
+    p.add_argument("--gan-batch", type=int, default=d.gan_batch)
+    p.add_argument("--per-class", type=int, default=d.per_class, help="synthetic samples per targeted class")
+    p.add_argument("--targets", default=",".join(TARGETS), help="targeted (rare) classes, comma-separated")
+    p.add_argument("--ratio", type=float, default=d.ratio, help="synthetic fraction of every batch")
+    p.add_argument("--min-miou", type=float, default=d.min_miou, help="filter: per-image mIoU threshold")
+    p.add_argument("--min-target-iou", type=float, default=d.min_target_iou, help="filter: target-class IoU threshold")
+    p.add_argument("--ignore-confidence", type=float, default=d.ignore_confidence, help="(d): pixel-ignore confidence")
+    p.add_argument("--job-batch", type=int, default=d.job_batch, help="augmentation job batch size")
+    p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers per training run")
+    p.add_argument("--gpus-per-worker", type=float, default=None)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+    p.add_argument("--stages", default="all", help=f"comma-separated subset of {', '.join(STAGES)} (default: all)")
+    a = p.parse_args(argv)
+    stages = list(STAGES) if a.stages == "all" else [s.strip() for s in a.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    fractions = _floats(a.fractions)
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        p.error(f"--fractions must lie in (0, 1], got {a.fractions}")
+    targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    try:
+        size = parse_size(a.size)
+    except ValueError as exc:
+        p.error(str(exc))
+    x = Experiment(
+        camvid=a.camvid, out=a.out, size=size, fractions=fractions, seeds=[int(s) for s in a.seeds.split(",")],
+        subset_seed=a.subset_seed, model=a.model, seg_steps=a.seg_steps, batch=a.batch, lr=a.lr,
+        gan_steps=a.gan_steps, gan_batch=a.gan_batch, per_class=a.per_class, targets=targets, ratio=a.ratio,
+        min_miou=a.min_miou, min_target_iou=a.min_target_iou, ignore_confidence=a.ignore_confidence,
+        job_batch=a.job_batch, workers=a.workers, gpus_per_worker=a.gpus_per_worker, address=a.address,
+    )
+    return x, stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    x, stages = parse_args(argv)
+    if importlib.util.find_spec("ray") is None and stages != ["report"]:
+        print("experiment: error: Ray is not installed: ingest, training and augmentation jobs run on Ray "
+              "(pip install 'ray[data,train]'); only --stages report works without it", file=sys.stderr)
+        return 2
+    if "data" in stages and not os.path.isdir(x.camvid) and "://" not in x.camvid:
+        print(f"experiment: error: CamVid not found at {x.camvid} (pass --camvid)", file=sys.stderr)
+        return 2
+    try:
+        run(x, stages)
+    except AugmentError as exc:
+        print(f"experiment: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
