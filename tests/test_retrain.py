@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pyarrow.compute as pc
 import pytest
@@ -183,3 +184,44 @@ def test_unfitting_baseline_is_refused(env, first, tmp_path):
         retrain(_cfg(env, tmp_path, baseline=str(first["out"] / "augmented")))
     assert not (tmp_path / "out").exists()
     assert SEGMENTER == load_card(baseline).model_config["name"]
+
+
+def _experiment_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "experiment.py"
+    spec = importlib.util.spec_from_file_location("experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["experiment"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_experiment_subset_and_summary(tmp_path):
+    exp = _experiment_module()
+    src = make_example_dataset(tmp_path / "train", n=20, size=(32, 32))
+    a = exp.subset_dataset(src, str(tmp_path / "a"), 0.25, seed=3)
+    b = exp.subset_dataset(src, str(tmp_path / "b"), 0.25, seed=3)
+    ids = [open_dataset(p).arrow.to_table(columns=["id"]).column("id").to_pylist() for p in (a, b)]
+    assert ids[0] == ids[1] and len(ids[0]) == 5
+    info = open_dataset(a).info
+    assert info.num_rows == 5 and info.lineage["subset_fraction"] == 0.25 and sum(info.class_pixels) > 0
+
+    x = exp.Experiment(camvid="", out=str(tmp_path), fractions=[0.25], seeds=[0, 1], targets=["pole", "fence"])
+
+    def iou(pole, fence):
+        return {"pole": pole, "fence": fence, "sky": 0.9}
+
+    cells = [exp._cell(0.25, 0, "a", {"miou": 0.40, "pixel_accuracy": 0.8, "iou": iou(0.1, 0.2)}, None, "r"),
+             exp._cell(0.25, 1, "a", {"miou": 0.44, "pixel_accuracy": 0.8, "iou": iou(0.1, None)}, None, "r"),
+             exp._cell(0.25, 0, "c", {"miou": 0.45, "pixel_accuracy": 0.8, "iou": iou(0.3, 0.2)}, 10, "r"),
+             exp._cell(0.25, 1, "c", {"miou": 0.47, "pixel_accuracy": 0.8, "iou": iou(0.2, None)}, 12, "r")]
+    summary = {r["setting"]: r for r in exp.summarize(x, cells)}
+    c = summary["c"]
+    assert c["miou"]["mean"] == pytest.approx(0.46) and c["miou"]["sd"] == pytest.approx(0.0141421, rel=1e-4)
+    assert c["delta_miou"]["values"] == pytest.approx([0.05, 0.03])
+    assert c["delta_targeted"]["values"] == pytest.approx([0.1, 0.1])
+    assert c["synthetic_rows"]["mean"] == 11 and summary["a"]["synthetic_rows"] is None
+    page = exp.results_page(x, list(summary.values()), []).to_markdown()
+    assert "| 25% of train | (c) real + synthetic, filter | 46.00 ± 1.41 | +4.00 ± 1.41 |" in page
