@@ -369,9 +369,9 @@ def stage_report(x: Experiment) -> str:
 
 
 def run(x: Experiment, stages: list[str]) -> None:
-    from augment.runner.cluster import init_ray
-
     if any(s != "report" for s in stages):
+        from augment.runner.cluster import init_ray
+
         init_ray(x.address)
     for stage in STAGES:
         if stage not in stages:
