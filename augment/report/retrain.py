@@ -67,7 +67,7 @@ class MixError(AugmentError):
 @dataclass
 class RetrainConfig:
     """`augment retrain`'s options. Recipe fields left None come from --baseline's card when one is given, else
-    from train-seg's defaults (model lraspp_mobilenet_v3_large, 30 epochs, batch 8, lr 1e-3, seed 0)."""
+    from train-seg's defaults (model lraspp_mobilenet_v3_large, 30 epochs, batch 8, its optimizer and lr, seed 0)."""
 
     real: str
     synthetic: list[str]
@@ -271,8 +271,12 @@ def baseline_recipe(cfg: RetrainConfig, card: ModelCard, mix: Mix) -> Recipe:
 
 
 def _own_recipe(cfg: RetrainConfig) -> Recipe:
+    """The given options, train-seg's defaults for the rest (optimizer, weight decay, scale range)."""
+    defaults = SegTrainConfig(data=[], out="")
     return Recipe(model=cfg.model or DEFAULT_MODEL, epochs=cfg.epochs or 30, batch=cfg.batch or 8, lr=cfg.lr,
-                  seed=cfg.seed if cfg.seed is not None else 0, workers=cfg.workers or 1)
+                  seed=cfg.seed if cfg.seed is not None else 0, workers=cfg.workers or 1,
+                  optimizer=defaults.optimizer, weight_decay=defaults.weight_decay,
+                  scale_range=tuple(defaults.scale_range))
 
 
 def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], out: str, **kw: Any) -> SegTrainConfig:
