@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, metavar="HxW")
     p.add_argument("--epochs", type=_positive, default=30)
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3, AdamW)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.02, SGD)")
     p.add_argument("--seed", type=int, default=0)
     _add_training_resources(p)
     p.set_defaults(handler="augment.training.segmenter:train_seg_command")

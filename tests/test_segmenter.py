@@ -149,16 +149,16 @@ def test_loss_falls_on_learnable_data(tmp_path):
     samples = [(s["image"], s["mask"]) for s in ds.iter_samples()]
     torch.manual_seed(0)
     model = build_segmenter(MODEL, 4).train()
-    optimizer = make_optimizer(model.parameters(), "adamw", None, 1e-4)
+    optimizer = make_optimizer(model.parameters(), "sgd", None, 1e-4)
     scheduler = poly_schedule(optimizer, 40)
     transform = train_transform((32, 32))
     losses = []
     for step in range(40):
-        pairs = [apply_joint(transform, *samples[(step * 8 + k) % 32]) for k in range(8)]
+        pairs = [apply_joint(transform, *samples[(step * 4 + k) % 32]) for k in range(4)]
         images = normalize(torch.stack([p[0] for p in pairs]))
         masks = torch.stack([p[1] for p in pairs]).long()
         losses.append(train_step(model, images, masks, optimizer, scheduler, 255, torch.device("cpu")))
-    assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8])
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])  # 0.35-0.49 over seeds 0-2; ~1 if not learning
     assert scheduler.get_last_lr()[0] == 0.0
 
 
@@ -261,3 +261,20 @@ def test_train_ddp_resume_and_evaluate(tmp_path, ray_session, capsys):
     metrics = evaluate_segmenter(run, val, batch=3)
     assert metrics["miou"] == pytest.approx(card.metrics["val_miou"], abs=1e-9)  # same protocol, single process
     print(f"timings: 2-worker run {t1 - t0:.0f}s, resume {t2 - t1:.0f}s")
+
+
+def test_worker_errors_reach_the_cli_as_one_line():
+    import ray.exceptions
+
+    from augment.errors import BadSample
+
+    class WorkerGroupError(Exception):  # the shape of Ray Train's error: worker rank -> exception
+        def __init__(self, message, worker_failures):
+            super().__init__(message)
+            self.worker_failures = worker_failures
+
+    inner = BadSample("corrupt or unreadable image", "ds row train/3")
+    wrapped = ray.exceptions.RayTaskError("_read_and_decode", "Traceback ...", inner).as_instanceof_cause()
+    assert dist_utils._worker_error(WorkerGroupError("w", {1: RuntimeError("x"), 0: wrapped})) is inner
+    err = dist_utils._worker_error(WorkerGroupError("w", {1: RuntimeError("a\nboom")}))
+    assert isinstance(err, dist_utils.TrainingError) and str(err) == "training failed on worker 1: RuntimeError: boom"

@@ -284,13 +284,15 @@ class BatchMixer:
         """One pass over the first stream; the last incomplete batch is dropped."""
         self._streams[0].start_epoch()
         while True:
-            counts = batch_shares(self.batch_size, self.weights, self.step)
-            primary = self._streams[0].take(counts[0])
-            if primary is None:
-                return
-            parts = [primary] + [s.take(c) for s, c in zip(self._streams[1:], counts[1:]) if c > 0]
-            images = torch.cat([p[0] for p in parts]) if len(parts) > 1 else primary[0]
-            masks = torch.cat([p[1] for p in parts]) if len(parts) > 1 else primary[1]
+            parts = []
+            for stream, count in zip(self._streams, batch_shares(self.batch_size, self.weights, self.step)):
+                got = stream.take(count) if count > 0 else None
+                if got is None and count > 0:
+                    return  # only the first stream runs out; the others cycle
+                if got is not None:
+                    parts.append(got)
+            images = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+            masks = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
             self.step += 1
             yield normalize(images, self.norm), masks.long()
 

@@ -79,6 +79,7 @@ def run_training(
     gpus = resolve_gpus(gpus_per_worker)
     cpus = cpus_per_worker if cpus_per_worker is not None else worker_cpus(workers, gpus)
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+    _warn_if_unplaceable(workers, resources)
     storage = _storage_path(run_dir)
     trainer = TorchTrainer(
         train_loop,
@@ -93,6 +94,18 @@ def run_training(
         raise _worker_error(exc) from exc
 
 
+def _warn_if_unplaceable(workers: int, resources: dict[str, float]) -> None:
+    """Ray Train waits for resources the cluster lacks (an autoscaler may add them); say so instead of hanging mutely."""
+    import ray
+
+    have = ray.cluster_resources()
+    short = [f"{workers * v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in resources.items()
+             if workers * v > have.get(k, 0) + 1e-9]
+    if short:
+        say(f"[train] waiting for resources: {workers} worker(s) need {', '.join(short)}; lower --workers or "
+            "--gpus-per-worker unless an autoscaler will add nodes", sys.stderr)
+
+
 def _storage_path(run_dir: str) -> str:
     """`<run_dir>/ray`, keeping a URI's query (e.g. s3://b/run?endpoint_override=...) at the end."""
     if "://" not in run_dir:
@@ -102,27 +115,39 @@ def _storage_path(run_dir: str) -> str:
 
 
 def _worker_error(exc: BaseException) -> AugmentError:
-    """The first AugmentError inside a Ray Train failure, else a TrainingError describing it."""
+    """The innermost AugmentError inside a Ray Train failure (Ray wraps the worker's exception, and a Ray Data
+    task's, in its own types), else a TrainingError naming the failure."""
     seen: set[int] = set()
     queue: list[BaseException] = [exc]
+    found: AugmentError | None = None
     while queue:
         e = queue.pop(0)
         if id(e) in seen:
             continue
         seen.add(id(e))
         if isinstance(e, AugmentError):
-            return e
-        for attr in ("worker_failures",):
-            failures = getattr(e, attr, None)
-            if isinstance(failures, dict):
-                queue.extend(v for _, v in sorted(failures.items()) if isinstance(v, BaseException))
+            found = e
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            queue.extend(v for _, v in sorted(failures.items()) if isinstance(v, BaseException))
         for attr in ("cause", "controller_failure", "__cause__", "__context__"):
             inner = getattr(e, attr, None)
             if isinstance(inner, BaseException):
                 queue.append(inner)
-    summary = str(exc).strip().splitlines()
-    detail = next((line for line in reversed(summary) if line.strip()), type(exc).__name__)
-    return TrainingError(f"training failed on a worker: {detail.strip()}")
+    if found is not None:
+        return found
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, first = min(failures.items())
+        return TrainingError(f"training failed on worker {rank}: {_last_line(first)}")
+    return TrainingError(f"training failed: {_last_line(exc)}")
+
+
+def _last_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    exc = cause if isinstance(cause, BaseException) else exc
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
 
 
 def world_rank() -> int:
@@ -184,6 +209,14 @@ def all_mean(value: float, device: torch.device) -> float:
     return t.item() / torch.distributed.get_world_size()
 
 
+def say(line: str, stream: Any = None) -> None:
+    """Print one line from a train worker. Written to the stream directly: Ray Train patches `print` in workers
+    and would echo each line twice."""
+    stream = stream or sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
@@ -224,7 +257,7 @@ class Progress:
             return None
         line = self.line(step, epoch, now, **scalars)
         self._last_time, self._last_step, self._images = now, step, 0
-        print(line, file=self.stream, flush=True)
+        say(line, self.stream)
         return line
 
     def line(self, step: int, epoch: str, now: float, **scalars: float) -> str:

@@ -96,6 +96,8 @@ def apply_joint(transform: JointTransform | None, image: np.ndarray, mask: np.nd
 
 def normalize(images: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
     """uint8 B×3×H×W (or 3×H×W) -> float32 model input: 'imagenet' mean/std, or 'tanh' for [-1, 1]."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize takes uint8 images, got {images.dtype}")
     x = images.float().div_(255.0)
     if mode == "tanh":
         return x.mul_(2.0).sub_(1.0)
