@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="training size (default: the data's)")
     p.add_argument("--epochs", type=_positive, default=None, help="baseline epochs (default: the baseline's, else 30)")
     p.add_argument("--batch", type=_positive, default=None, help="batch per worker (default: the baseline's, else 8)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the baseline's, else train-seg's)")
+    p.add_argument("--lr", type=float, default=None, help="peak lr (default: the baseline's, else train-seg's)")
     p.add_argument("--seed", type=int, default=None, help="(default: the baseline's, else 0)")
     _add_training_resources(p)
     p.set_defaults(workers=None)
