@@ -10,7 +10,7 @@ from augment.data.dataset import open_dataset
 from augment.errors import AugmentError, DatasetError
 from augment.models.segmenter import SEGMENTERS, build_segmenter, load_segmenter, predict_logits, segmenter_config
 from augment.training import distributed as dist_utils
-from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_weights, save_checkpoint
+from augment.training.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from augment.training.data import (
     BatchMixer,
     batch_shares,

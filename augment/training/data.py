@@ -143,10 +143,8 @@ def _read_and_decode(
     return _decode_batch(pa.concat_tables(tables), transform, source)
 
 
-def training_dataset(
-    ds: Dataset | str, transform: JointTransform | None, rows_per_unit: int = 16
-) -> "ray.data.Dataset":  # noqa: F821
-    """A lazily read Ray Data dataset of {'image': uint8 3×h×w, 'mask': uint8 h×w}, transformed per sample.
+def training_dataset(ds: Dataset | str, transform: JointTransform | None, rows_per_unit: int = 16) -> Any:
+    """A lazily read `ray.data.Dataset` of {'image': uint8 3×h×w, 'mask': uint8 h×w}, transformed per sample.
 
     The dataset is cut into read units of at most `rows_per_unit` rows (slices of Parquet row groups); each
     epoch visits the units in a new random order, and each Ray Data task reads and decodes one unit, so memory

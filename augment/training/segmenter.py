@@ -30,6 +30,7 @@ from augment.training.checkpoint import (
     ModelCard,
     append_metrics,
     check_compatible,
+    existing_run,
     load_card,
     load_train_state,
     load_weights,
@@ -85,9 +86,9 @@ class SegTrainConfig:
 
 def train_segmenter(config: SegTrainConfig) -> ModelCard:
     """Train (or, with `resume`, continue) a segmenter into the run folder `config.out`; returns its card."""
-    sources = [Source(uri, w) for uri, w in zip(config.data, config.weights or [1.0] * len(config.data))]
     if config.weights is not None and len(config.weights) != len(config.data):
         raise AugmentError(f"{len(config.weights)} batch shares for {len(config.data)} training datasets")
+    sources = [Source(uri, w) for uri, w in zip(config.data, config.weights or [1.0] * len(config.data))]
     if config.optimizer not in DEFAULT_LR:
         raise AugmentError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(DEFAULT_LR)}")
     build_segmenter(config.model, 2, config.aux_loss)  # refuses an unknown model name before any work
@@ -170,19 +171,10 @@ def _training_record(config: SegTrainConfig) -> dict[str, Any]:
 
 def _start_state(config: SegTrainConfig, card: ModelCard, datasets: list[Dataset], val: Dataset | None) -> int | None:
     """The epoch to start from (0 for a new run), or None when a resumed run is already complete."""
-    try:
-        existing = load_card(config.out)
-    except CheckpointError:
-        existing = None
+    existing = existing_run(config.out, config.resume, SEGMENTER_KIND, "train-seg")
     if existing is None:
-        if config.resume:
-            print(f"train-seg: nothing to resume in {config.out}; starting a new run")
         return 0
-    if not config.resume:
-        raise AugmentError(f"{config.out} already holds a training run; pass --resume to continue it or choose another --out")
     what = f"run {config.out}"
-    if existing.kind != SEGMENTER_KIND:
-        raise CheckpointError(f"{what} is a {existing.kind!r} run, not a segmenter")
     for ds in datasets + ([val] if val else []):
         check_compatible(existing, ds.info, what)
     if tuple(existing.size) != tuple(card.size):
