@@ -136,3 +136,24 @@ def append_metrics(run: str, record: dict[str, Any]) -> None:
     filesystem.create_dir(path, recursive=True)
     with open(afs.join(path, METRICS_FILE), "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def existing_run(run: str, resume: bool, kind: str, command: str) -> ModelCard | None:
+    """The card of the run already in `run` when resuming it, or None for a new run.
+
+    Refuses to start over an existing run without `resume`, and a run of another kind.
+    """
+    try:
+        existing = load_card(run)
+    except CheckpointError:
+        existing = None
+    if existing is None:
+        if resume:
+            print(f"{command}: nothing to resume in {run}; starting a new run")
+        return None
+    if not resume:
+        raise AugmentError(f"{run} already holds a training run; pass --resume to continue it or choose another --out")
+    if existing.kind != kind:
+        raise CheckpointError(f"run {run} is a {existing.kind!r} run, not a {kind!r} run")
+    return existing
+

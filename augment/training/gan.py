@@ -49,12 +49,13 @@ from augment.training.checkpoint import (
     ModelCard,
     append_metrics,
     check_compatible,
+    existing_run,
     load_card,
     load_train_state,
     save_checkpoint,
 )
 from augment.training.data import BatchMixer, common_size, stream_names, training_dataset
-from augment.training.transforms import CoverCrop, apply_joint, normalize
+from augment.training.transforms import CoverCrop, apply_joint
 
 GAN_KIND = "gan"
 WEIGHTS_PREFIX = "generator."
@@ -181,21 +182,10 @@ def _training_record(config: GANTrainConfig) -> dict[str, Any]:
 
 def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | None:
     """The step to start from (0 for a new run), or None when a resumed run is already complete."""
-    try:
-        existing = load_card(config.out)
-    except CheckpointError:
-        existing = None
+    existing = existing_run(config.out, config.resume, GAN_KIND, "train-gan")
     if existing is None:
-        if config.resume:
-            print(f"train-gan: nothing to resume in {config.out}; starting a new run")
         return 0
-    if not config.resume:
-        raise AugmentError(
-            f"{config.out} already holds a training run; pass --resume to continue it or choose another --out"
-        )
     what = f"run {config.out}"
-    if existing.kind != GAN_KIND:
-        raise CheckpointError(f"{what} is a {existing.kind!r} run, not a GAN")
     check_compatible(existing, ds.info, what, tuple(card.size))
     if "ema_decay" not in config.model and "ema_decay" in existing.model_config:
         card.model_config["ema_decay"] = existing.model_config["ema_decay"]  # a longer --steps keeps the run's EMA
