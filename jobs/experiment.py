@@ -368,10 +368,43 @@ def stage_report(x: Experiment) -> str:
     return markdown
 
 
+SETTINGS_FILE = "experiment.json"
+_RUN_ONLY = ("camvid", "out", "fractions", "seeds", "workers", "gpus_per_worker", "address", "job_batch")
+
+
+def recorded_settings(x: Experiment) -> Experiment:
+    """The experiment as its training stages ran it (`experiment.json`), so a later `--stages report` that was
+    started with other options still describes the runs it reports; fractions and seeds stay this invocation's."""
+    filesystem, path = afs.resolve(x.out)
+    settings_path = afs.join(path, SETTINGS_FILE)
+    if not afs.exists(filesystem, settings_path):
+        return x
+    recorded = json.loads(afs.read_bytes(filesystem, settings_path))
+    recorded["size"] = tuple(recorded["size"])
+    return Experiment(**{**recorded, **{k: getattr(x, k) for k in _RUN_ONLY}})
+
+
+def record_settings(x: Experiment) -> None:
+    """Write `experiment.json`, refusing settings that differ from those earlier stages ran with."""
+    current = {k: v for k, v in {**asdict(x), "size": list(x.size)}.items() if k not in _RUN_ONLY}
+    filesystem, path = afs.resolve(x.out)
+    settings_path = afs.join(path, SETTINGS_FILE)
+    if afs.exists(filesystem, settings_path):
+        recorded = {k: v for k, v in json.loads(afs.read_bytes(filesystem, settings_path)).items()
+                    if k not in _RUN_ONLY}
+        changed = sorted(k for k in current if recorded.get(k) != current[k])
+        if changed:
+            detail = ", ".join(f"{k} {recorded.get(k)!r} -> {current[k]!r}" for k in changed)
+            raise AugmentError(f"{x.out} holds runs made with other settings ({detail}); use another --out")
+    filesystem.create_dir(path, recursive=True)
+    afs.write_bytes_atomic(filesystem, settings_path, json.dumps({**asdict(x), "size": list(x.size)}, indent=2).encode())
+
+
 def run(x: Experiment, stages: list[str]) -> None:
     if any(s != "report" for s in stages):
         from augment.runner.cluster import init_ray
 
+        record_settings(x)
         init_ray(x.address)
     for stage in STAGES:
         if stage not in stages:
@@ -384,7 +417,7 @@ def run(x: Experiment, stages: list[str]) -> None:
             for f in x.fractions:
                 stage_gan(x, f)
         elif stage == "report":
-            print(stage_report(x), flush=True)
+            print(stage_report(recorded_settings(x)), flush=True)
             say(f"results in {x.path('results.md')} and {x.path('results.json')}")
         else:
             fn = {"baseline": stage_baseline, "synth": stage_synth, "retrain": stage_retrain}[stage]

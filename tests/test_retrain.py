@@ -225,3 +225,15 @@ def test_experiment_subset_and_summary(tmp_path):
     assert c["synthetic_rows"]["mean"] == 11 and summary["a"]["synthetic_rows"] is None
     page = exp.results_page(x, list(summary.values()), []).to_markdown()
     assert "| 25% of train | (c) real + synthetic, filter | 46.00 ± 1.41 | +4.00 ± 1.41 |" in page
+
+
+def test_experiment_report_describes_the_settings_the_runs_used(tmp_path):
+    exp = _experiment_module()
+    ran = exp.Experiment(camvid="c", out=str(tmp_path), size=(64, 96), seg_steps=60, gan_steps=40, per_class=8)
+    exp.record_settings(ran)
+    report_only = exp.Experiment(camvid="c", out=str(tmp_path), seeds=[0])
+    described = exp.recorded_settings(report_only)
+    assert (described.seg_steps, described.gan_steps, described.per_class, described.size) == (60, 40, 8, (64, 96))
+    assert described.seeds == [0]
+    with pytest.raises(exp.AugmentError, match="seg_steps 60 -> 3000"):
+        exp.record_settings(exp.Experiment(camvid="c", out=str(tmp_path)))
