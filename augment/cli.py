@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.02, SGD)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-weights", choices=("none", "median-frequency"), default="none",
+                   help="cross-entropy class weights; median-frequency (from the first dataset's pixel counts) "
+                        "lets rare, thin classes be learned (default: none)")
     _add_training_resources(p)
     p.set_defaults(handler="augment.training.segmenter:train_seg_command")
 
@@ -121,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=None, help="batch per worker (default: the baseline's, else 8)")
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: the baseline's, else train-seg's)")
     p.add_argument("--seed", type=int, default=None, help="(default: the baseline's, else 0)")
+    p.add_argument("--class-weights", choices=("none", "median-frequency"), default=None,
+                   help="loss class weights (default: the baseline's, else none); from --real's pixel counts")
     _add_training_resources(p)
     p.set_defaults(workers=None)
     p.set_defaults(handler="augment.report.retrain:retrain_command")

@@ -79,6 +79,10 @@ class Experiment:
     lr: float | None = None
     gan_steps: int = 20000
     gan_batch: int = 8
+    gan_widths: list[int] | None = None
+    """Generator width, discriminator width and SPADE hidden width (None: OASIS's)."""
+    gan_l1: bool = False
+    class_weights: str = "none"
     per_class: int = 300
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
     ratio: float = 0.3
@@ -157,8 +161,10 @@ def stage_gan(x: Experiment, f: float) -> None:
 
     out = x.path(tag(f), "gan")
     say(f"gan {tag(f)}: {x.gan_steps} steps on {x.train_data(f)} -> {out}")
+    model = dict(zip(("g_width", "d_width", "spade_hidden"), x.gan_widths)) if x.gan_widths else {}
     train_gan(GANTrainConfig(data=x.train_data(f), out=out, size=x.size, steps=x.gan_steps, batch=x.gan_batch,
-                             workers=x.workers, gpus_per_worker=x.gpus_per_worker, resume=True, address=x.address))
+                             l1=x.gan_l1, model=model, workers=x.workers, gpus_per_worker=x.gpus_per_worker,
+                             resume=True, address=x.address))
 
 
 def seg_epochs(x: Experiment, f: float) -> int:
@@ -174,7 +180,7 @@ def stage_baseline(x: Experiment, f: float, seed: int) -> None:
     train_segmenter(SegTrainConfig(
         data=[x.train_data(f)], val=x.val_data, out=out, model=x.model, size=x.size, epochs=seg_epochs(x, f),
         batch=x.batch, lr=x.lr, workers=x.workers, gpus_per_worker=x.gpus_per_worker, resume=True, seed=seed,
-        address=x.address, max_steps=x.seg_steps,
+        address=x.address, max_steps=x.seg_steps, class_weights=x.class_weights,
     ))
 
 
@@ -319,7 +325,9 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
     page = Page("Synthetic augmentation on CamVid: per setting, mean ± s.d. over seeds (IoU in %)")
     page.paragraph(
         f"CamVid at {x.size[0]}x{x.size[1]}, {x.model}, {x.seg_steps} steps of batch {x.batch} x {x.workers} "
-        f"worker(s) for every run; GAN {x.gan_steps} steps; {x.per_class} synthetic samples per targeted class, "
+        f"worker(s) for every run, class weights {x.class_weights}; GAN {x.gan_steps} steps of batch {x.gan_batch}"
+        f"{', widths ' + ','.join(map(str, x.gan_widths)) if x.gan_widths else ''}{', L1' if x.gan_l1 else ''}; "
+        f"{x.per_class} synthetic samples per targeted class, "
         f"{x.ratio:.0%} of every batch synthetic; filter min mIoU {x.min_miou}, min target IoU {x.min_target_iou}, "
         f"pixel ignore at confidence {x.ignore_confidence}. Seeds {', '.join(map(str, x.seeds))}. "
         f"Change columns: paired difference to (a) of the same fraction and seed."
@@ -448,6 +456,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
     p.add_argument("--lr", type=float, default=None, help="segmenter peak lr (default: train-seg's)")
     p.add_argument("--gan-steps", type=int, default=d.gan_steps)
     p.add_argument("--gan-batch", type=int, default=d.gan_batch)
+    p.add_argument("--gan-widths", default=None, metavar="G,D,HIDDEN",
+                   help="GAN generator, discriminator and SPADE hidden widths (default: OASIS's; e.g. 8,16,32 on CPU)")
+    p.add_argument("--gan-l1", action="store_true", help="GAN: add the L1 reconstruction term (helps short runs)")
+    p.add_argument("--class-weights", default=d.class_weights, choices=("none", "median-frequency"),
+                   help="segmenter loss class weights, from the real training data's pixel counts")
     p.add_argument("--per-class", type=int, default=d.per_class, help="synthetic samples per targeted class")
     p.add_argument("--targets", default=",".join(TARGETS), help="targeted (rare) classes, comma-separated")
     p.add_argument("--ratio", type=float, default=d.ratio, help="synthetic fraction of every batch")
@@ -472,10 +485,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
         size = parse_size(a.size)
     except ValueError as exc:
         p.error(str(exc))
+    gan_widths = None
+    if a.gan_widths:
+        try:
+            gan_widths = [int(w) for w in a.gan_widths.split(",")]
+        except ValueError:
+            gan_widths = []
+        if len(gan_widths) != 3 or min(gan_widths) < 1:
+            p.error(f"--gan-widths takes three positive integers G,D,HIDDEN, got {a.gan_widths!r}")
     x = Experiment(
         camvid=a.camvid, out=a.out, size=size, fractions=fractions, seeds=[int(s) for s in a.seeds.split(",")],
         subset_seed=a.subset_seed, model=a.model, seg_steps=a.seg_steps, batch=a.batch, lr=a.lr,
-        gan_steps=a.gan_steps, gan_batch=a.gan_batch, per_class=a.per_class, targets=targets, ratio=a.ratio,
+        gan_steps=a.gan_steps, gan_batch=a.gan_batch, gan_l1=a.gan_l1, class_weights=a.class_weights,
+        gan_widths=gan_widths, per_class=a.per_class, targets=targets, ratio=a.ratio,
         min_miou=a.min_miou, min_target_iou=a.min_target_iou, ignore_confidence=a.ignore_confidence,
         job_batch=a.job_batch, workers=a.workers, gpus_per_worker=a.gpus_per_worker, address=a.address,
     )

@@ -11,7 +11,7 @@ import pytest
 
 from augment.cli import main
 from augment.data.dataset import open_dataset
-from augment.report.retrain import MixError, RetrainConfig, check_mix, retrain
+from augment.report.retrain import MixError, RetrainConfig, baseline_recipe, check_mix, retrain
 from augment.runner.job import load_job, run_job
 from augment.training.checkpoint import load_card
 from augment.training.data import read_units
@@ -180,6 +180,15 @@ def test_unfitting_baseline_is_refused(env, first, tmp_path):
         retrain(_cfg(env, tmp_path, baseline=str(unfinished)))
     with pytest.raises(MixError, match="--batch 8 does not fit .* trained with --batch 4"):
         retrain(_cfg(env, tmp_path, baseline=baseline, batch=8))
+    with pytest.raises(MixError, match="--class-weights median-frequency does not fit .* --class-weights none"):
+        retrain(_cfg(env, tmp_path, baseline=baseline, class_weights="median-frequency"))
+    weighted = tmp_path / "weighted"
+    shutil.copytree(baseline, weighted)
+    card = json.loads((weighted / "card.json").read_text())
+    card["model_config"]["training"]["class_weights"] = "median-frequency"
+    (weighted / "card.json").write_text(json.dumps(card))
+    cfg = _cfg(env, tmp_path, baseline=str(weighted))
+    assert baseline_recipe(cfg, load_card(str(weighted)), check_mix(cfg, 4)).class_weights == "median-frequency"
     with pytest.raises(MixError, match="not trained on --real alone"):
         retrain(_cfg(env, tmp_path, baseline=str(first["out"] / "augmented")))
     assert not (tmp_path / "out").exists()

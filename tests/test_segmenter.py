@@ -21,7 +21,13 @@ from augment.training.data import (
     training_dataset,
 )
 from augment.training.evaluate import evaluate_segmenter
-from augment.training.segmenter import SegTrainConfig, make_optimizer, poly_schedule, train_segmenter, train_step
+from augment.training.segmenter import (
+    SegTrainConfig,
+    class_weights,
+    make_optimizer, poly_schedule,
+    train_segmenter,
+    train_step,
+)
 from augment.training.transforms import CoverCrop, apply_joint, normalize, train_transform
 from helpers import PALETTE, make_dataset
 
@@ -144,6 +150,38 @@ def test_resume_refuses_mismatched_run(tmp_path):
         train_segmenter(SegTrainConfig(data=[other], out=str(run), batch=2, resume=True))
 
 
+def test_median_frequency_class_weights():
+    from augment.data.dataset import DatasetInfo
+
+    info = DatasetInfo(classes=["a", "b", "c", "d"], palette=PALETTE[:4], class_pixels=[600, 300, 100, 0])
+    assert class_weights(info, "none") is None
+    assert class_weights(info, "median-frequency") == pytest.approx([0.5, 1.0, 3.0, 1.0])  # median share 0.3
+    with pytest.raises(AugmentError, match="unknown class weighting 'inverse'"):
+        class_weights(info, "inverse")
+    with pytest.raises(AugmentError, match="class_pixels"):
+        class_weights(DatasetInfo(classes=["a", "b"], palette=PALETTE[:2]), "median-frequency")
+
+
+def test_weighted_loss_counts_rare_class_errors_more():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 1)
+    images = torch.randn(2, 3, 8, 8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    masks[:, :2] = 1
+
+    def loss(weight):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        sched = poly_schedule(opt, 1)
+        return train_step(lambda x: {"out": model(x)}, images, masks, opt, sched, 255, torch.device("cpu"), weight)
+
+    plain, weighted = loss(None), loss(torch.tensor([1.0, 3.0]))
+    logp = torch.log_softmax(model(images), 1)
+    nll0 = -logp[:, 0][masks == 0].sum()
+    nll1 = -logp[:, 1][masks == 1].sum()
+    assert plain == pytest.approx(((nll0 + nll1) / masks.numel()).item(), rel=1e-5)
+    assert weighted == pytest.approx(((nll0 + 3 * nll1) / (masks.eq(0).sum() + 3 * masks.eq(1).sum())).item(), rel=1e-5)
+
+
 def test_loss_falls_on_learnable_data(tmp_path):
     ds = open_dataset(make_dataset(tmp_path / "d", 32, (32, 32), num_classes=4))
     samples = [(s["image"], s["mask"]) for s in ds.iter_samples()]
@@ -239,15 +277,24 @@ def test_train_ddp_resume_and_evaluate(tmp_path, ray_session, capsys):
     val = make_dataset(tmp_path / "val", 8, (32, 32), num_classes=4, seed=5)
     run = str(tmp_path / "run")
     t0 = time.monotonic()
-    card = train_segmenter(SegTrainConfig(data=[data], val=val, out=run, epochs=2, batch=4, workers=2, log_every=2))
+    weighted = {"class_weights": "median-frequency"}
+    card = train_segmenter(SegTrainConfig(data=[data], val=val, out=run, epochs=2, batch=4, workers=2, log_every=2,
+                                          **weighted))
     t1 = time.monotonic()
+    training = card.model_config["training"]
+    expected = class_weights(open_dataset(data).info, "median-frequency")
+    assert training["class_weights"] == "median-frequency"
+    assert training["class_weight_values"] == pytest.approx(expected, abs=1e-6)
     assert card.step == 2 * 4 and card.metrics["epoch"] == 2  # 16 rows per worker, batch 4
     assert card.dataset["train"][0]["num_rows"] == 32 and card.dataset["val"]["uri"] == val
     assert card.model_config["name"] == MODEL and card.size == [32, 32]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2] and all(0 <= x["val_miou"] <= 1 for x in lines)
 
-    card = train_segmenter(SegTrainConfig(data=[data], val=val, out=run, epochs=3, batch=4, workers=1, resume=True))
+    with pytest.raises(CheckpointError, match="class weights 'median-frequency', not 'none'"):
+        train_segmenter(SegTrainConfig(data=[data], val=val, out=run, epochs=3, batch=4, resume=True))
+    card = train_segmenter(SegTrainConfig(data=[data], val=val, out=run, epochs=3, batch=4, workers=1, resume=True,
+                                          **weighted))
     t2 = time.monotonic()
     assert card.step == 8 + 8 and card.metrics["epoch"] == 3  # one worker: 32 rows / 4
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -255,7 +302,7 @@ def test_train_ddp_resume_and_evaluate(tmp_path, ray_session, capsys):
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert "resuming" in capsys.readouterr().out
 
-    card = train_segmenter(SegTrainConfig(data=[data], out=run, epochs=3, batch=4, resume=True))
+    card = train_segmenter(SegTrainConfig(data=[data], out=run, epochs=3, batch=4, resume=True, **weighted))
     assert "already finished 3 of 3 epochs" in capsys.readouterr().out and card.step == 16
 
     metrics = evaluate_segmenter(run, val, batch=3)

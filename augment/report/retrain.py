@@ -7,7 +7,7 @@ In order (RUN is --out):
     is an augmentation job's output with accepted rows; 0 < ratio < 1 and every batch keeps a real sample.
  2. the baseline: --baseline, whose card must fit (a finished segmenter run on the real data alone, with the same
     classes, size and model; the augmented run then takes its recipe: optimizer, lr, weight decay, batch, workers,
-    scale range, seed), else a run trained here into RUN/baseline on --real alone with the given recipe.
+    scale range, seed, class weights), else a run trained here into RUN/baseline on --real alone with the given recipe.
  3. the augmented run RUN/augmented: the baseline's recipe and budget, i.e. exactly its number of optimizer steps
     with batches of the same size, so the two runs differ only in what fills the batches: a fraction `ratio` of
     every batch comes from the synthetic datasets (accepted rows only; their masks' ignore pixels are left out of
@@ -80,6 +80,7 @@ class RetrainConfig:
     batch: int | None = None
     lr: float | None = None
     seed: int | None = None
+    class_weights: str | None = None
     baseline: str | None = None
     workers: int | None = None
     gpus_per_worker: float | None = None
@@ -132,6 +133,7 @@ class Recipe:
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     scale_range: tuple[float, float] = (0.5, 2.0)
+    class_weights: str = "none"
 
 
 def _dataset_json_sha256(ds: Dataset) -> str:
@@ -258,11 +260,12 @@ def baseline_recipe(cfg: RetrainConfig, card: ModelCard, mix: Mix) -> Recipe:
         seed=int(train.get("seed", 0)), workers=int(train.get("workers", 1)),
         optimizer=train.get("optimizer", "adamw"), weight_decay=float(train.get("weight_decay", 1e-4)),
         scale_range=tuple(train.get("scale_range", (0.5, 2.0))),
+        class_weights=str(train.get("class_weights", "none")),
     )
     asked = {"--model": cfg.model, "--epochs": cfg.epochs, "--batch": cfg.batch, "--lr": cfg.lr, "--seed": cfg.seed,
-             "--workers": cfg.workers}
+             "--workers": cfg.workers, "--class-weights": cfg.class_weights}
     have = {"--model": recipe.model, "--epochs": recipe.epochs, "--batch": recipe.batch, "--lr": recipe.lr,
-            "--seed": recipe.seed, "--workers": recipe.workers}
+            "--seed": recipe.seed, "--workers": recipe.workers, "--class-weights": recipe.class_weights}
     for flag, value in asked.items():
         if value is not None and value != have[flag]:
             raise MixError(f"{flag} {value} does not fit {what}, trained with {flag} {have[flag]}; the augmented run "
@@ -276,7 +279,7 @@ def _own_recipe(cfg: RetrainConfig) -> Recipe:
     return Recipe(model=cfg.model or DEFAULT_MODEL, epochs=cfg.epochs or 30, batch=cfg.batch or 8, lr=cfg.lr,
                   seed=cfg.seed if cfg.seed is not None else 0, workers=cfg.workers or 1,
                   optimizer=defaults.optimizer, weight_decay=defaults.weight_decay,
-                  scale_range=tuple(defaults.scale_range))
+                  scale_range=tuple(defaults.scale_range), class_weights=cfg.class_weights or defaults.class_weights)
 
 
 def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], out: str, **kw: Any) -> SegTrainConfig:
@@ -284,7 +287,8 @@ def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], o
         data=data, out=out, val=mix.val.uri, model=recipe.model, size=mix.size, epochs=recipe.epochs,
         batch=recipe.batch, lr=recipe.lr, optimizer=recipe.optimizer, weight_decay=recipe.weight_decay,
         scale_range=recipe.scale_range, workers=recipe.workers, gpus_per_worker=cfg.gpus_per_worker,
-        resume=cfg.resume, seed=recipe.seed, address=cfg.address, log_every=cfg.log_every, **kw,
+        resume=cfg.resume, seed=recipe.seed, address=cfg.address, log_every=cfg.log_every,
+        class_weights=recipe.class_weights, **kw,
     )
 
 
@@ -295,6 +299,7 @@ def _mix_record(mix: Mix, recipe: Recipe, steps: int) -> dict[str, Any]:
         "size": list(mix.size),
         "batch_per_worker": recipe.batch,
         "workers": recipe.workers,
+        "class_weights": recipe.class_weights,
         "steps": steps,
         "datasets": [
             {"role": "real", "uri": mix.real.uri, "rows": mix.real.info.num_rows, "share": weights[0]},
@@ -604,7 +609,8 @@ def retrain_command(args: argparse.Namespace) -> int:
         real=args.real,
         synthetic=[s.strip() for s in args.synthetic.split(",") if s.strip()],
         out=args.out, val=args.val, ratio=args.ratio, model=args.model, size=args.size, epochs=args.epochs,
-        batch=args.batch, lr=args.lr, seed=args.seed, baseline=args.baseline, workers=args.workers,
+        batch=args.batch, lr=args.lr, seed=args.seed, class_weights=args.class_weights, baseline=args.baseline,
+        workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, resume=args.resume, address=args.address,
     )
     report = retrain(cfg)

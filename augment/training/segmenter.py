@@ -8,12 +8,18 @@ CamVid at 48x64, batch 8, 600 steps, one seed, val mIoU in eval mode: SGD lr 0.0
 `SegTrainConfig.optimizer`. Every epoch rank 0 appends a line to metrics.jsonl and writes a checkpoint (weights +
 card + training state); with a validation set the epoch's mIoU goes into the card. Data augmentation runs in Ray
 Data tasks with unseeded randomness, so runs are not bit-reproducible.
+
+`class_weights="median-frequency"` weights the cross-entropy per class by median frequency balancing (Eigen &
+Fergus 2015, as SegNet trains on CamVid): w_c = median(f) / f_c with f_c class c's share of the labelled pixels of
+the first training dataset (its dataset.json `class_pixels`). Trained from scratch on CamVid without it, the thin
+and rare classes (pole, sign, pedestrian, bicyclist, fence) stay at 0 IoU: the segmenter never predicts them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from augment.data.dataset import Dataset, open_dataset
+from augment.data.dataset import Dataset, DatasetInfo, open_dataset
 from augment.errors import AugmentError
 from augment.models.segmenter import SEGMENTER_KIND, build_segmenter, segmenter_config
 from augment.training import distributed as dist_utils
@@ -51,6 +57,24 @@ from augment.training.transforms import train_transform
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.02}
 NORMALIZATION = "imagenet"
+CLASS_WEIGHTS = ("none", "median-frequency")
+
+
+def class_weights(info: DatasetInfo, method: str) -> list[float] | None:
+    """Per-class loss weights for `method` (see the module docstring) from a dataset's pixel counts; None for
+    "none". A class with no labelled pixels gets weight 1."""
+    if method not in CLASS_WEIGHTS:
+        raise AugmentError(f"unknown class weighting {method!r}; choose one of {', '.join(CLASS_WEIGHTS)}")
+    if method == "none":
+        return None
+    pixels = [int(p) for p in info.class_pixels]
+    total = sum(pixels)
+    if len(pixels) != info.num_classes or total == 0:
+        raise AugmentError("median-frequency class weights need the dataset's class pixel counts (dataset.json "
+                           "class_pixels), which are missing or all zero")
+    freq = [p / total for p in pixels]
+    median = statistics.median(f for f in freq if f > 0)
+    return [median / f if f > 0 else 1.0 for f in freq]
 
 
 @dataclass
@@ -77,6 +101,8 @@ class SegTrainConfig:
     seed: int = 0
     address: str | None = None
     log_every: int = 50
+    class_weights: str = "none"
+    """Cross-entropy class weighting: "none" or "median-frequency" (see the module docstring)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (the poly schedule ends there too): a budget shared with another
     run, e.g. `augment retrain`'s augmented run, which gets exactly its baseline's number of steps."""
@@ -95,6 +121,7 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
     opened = open_sources(sources)
     datasets = [ds for ds, _ in opened]
     info = common_classes(datasets)
+    weights = class_weights(datasets[0].info, config.class_weights)
     size = tuple(config.size) if config.size else common_size(datasets)
     val = open_dataset(config.val) if config.val else None
     if val is not None:
@@ -109,7 +136,7 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
         size=list(size),
         model_config={
             **segmenter_config(config.model, info.num_classes, config.aux_loss, NORMALIZATION),
-            "training": _training_record(config),
+            "training": _training_record(config, weights),
         },
         dataset={"train": [_dataset_record(ds, w) for ds, w in opened], "val": _dataset_record(val) if val else None},
     )
@@ -127,6 +154,7 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
         "streams": [(name, w) for name, (_, w) in zip(names, opened)],
         "steps_per_epoch": steps_per_epoch(rows_per_worker, config.batch, [w for _, w in opened]),
         "start_epoch": start,
+        "class_weights": weights,
     }
     dist_utils.run_training(
         _train_loop, loop_config, config.workers, config.gpus_per_worker, ray_datasets, config.out,
@@ -154,7 +182,7 @@ def _dataset_record(ds: Dataset, weight: float | None = None) -> dict[str, Any]:
     return record
 
 
-def _training_record(config: SegTrainConfig) -> dict[str, Any]:
+def _training_record(config: SegTrainConfig, weights: list[float] | None) -> dict[str, Any]:
     return {
         "optimizer": config.optimizer,
         "lr": config.lr or DEFAULT_LR[config.optimizer],
@@ -164,6 +192,8 @@ def _training_record(config: SegTrainConfig) -> dict[str, Any]:
         "workers": config.workers,
         "scale_range": list(config.scale_range),
         "seed": config.seed,
+        "class_weights": config.class_weights,
+        **({"class_weight_values": [round(w, 6) for w in weights]} if weights else {}),
         **({"max_steps": config.max_steps} if config.max_steps else {}),
         **({"extra": config.extra} if config.extra else {}),
     }
@@ -184,6 +214,9 @@ def _start_state(config: SegTrainConfig, card: ModelCard, datasets: list[Dataset
             raise CheckpointError(
                 f"{what} has model {key} {existing.model_config.get(key)!r}, but {card.model_config[key]!r} was asked for"
             )
+    had = (existing.model_config.get("training") or {}).get("class_weights", "none")
+    if had != config.class_weights:
+        raise CheckpointError(f"{what} was trained with class weights {had!r}, not {config.class_weights!r}")
     state = load_train_state(config.out)
     if state is None:
         raise CheckpointError(f"{what} has no train_state.pt to resume from")
@@ -207,13 +240,15 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     ignore_index: int,
     device: torch.device,
+    class_weight: torch.Tensor | None = None,
 ) -> float:
     """One optimisation step on a batch; returns the loss (FloatingPointError when it is not finite)."""
     with autocast(device):
         out = model(images)
-        loss = F.cross_entropy(out["out"].float(), masks, ignore_index=ignore_index)
+        loss = F.cross_entropy(out["out"].float(), masks, weight=class_weight, ignore_index=ignore_index)
         if "aux" in out:
-            loss = loss + 0.5 * F.cross_entropy(out["aux"].float(), masks, ignore_index=ignore_index)
+            loss = loss + 0.5 * F.cross_entropy(out["aux"].float(), masks, weight=class_weight,
+                                                ignore_index=ignore_index)
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(f"loss became {value}")
@@ -272,6 +307,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     streams = [(ray.train.get_dataset_shard(name), w) for name, w in loop_config["streams"]]
     mixer = BatchMixer(streams, cfg.batch, device, NORMALIZATION)
+    weights = loop_config.get("class_weights")
+    class_weight = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
     val = open_dataset(cfg.val) if cfg.val else None
     size = (int(card.size[0]), int(card.size[1]))
     progress = dist_utils.Progress(total_steps, start_step=step, every_steps=cfg.log_every, prefix="[train-seg]")
@@ -283,7 +320,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             if on_gpu:
                 images = images.contiguous(memory_format=torch.channels_last)
             try:
-                loss = train_step(model, images, masks, optimizer, scheduler, card.ignore_index, device)
+                loss = train_step(model, images, masks, optimizer, scheduler, card.ignore_index, device, class_weight)
             except FloatingPointError as exc:
                 raise dist_utils.TrainingError(f"{exc} at step {step + 1} (epoch {epoch + 1}); try a lower --lr") from None
             step += 1
@@ -354,6 +391,7 @@ def train_seg_command(args: argparse.Namespace) -> int:
         resume=args.resume,
         address=args.address,
         seed=getattr(args, "seed", 0),
+        class_weights=args.class_weights,
     )
     card = train_segmenter(config)
     miou = card.metrics.get("val_miou")
