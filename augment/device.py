@@ -1,4 +1,4 @@
-"""Where tensors go: CUDA when present, else CPU."""
+"""Where tensors go (CUDA when present, else CPU) and in which precision the generator runs there."""
 
 from __future__ import annotations
 
@@ -10,3 +10,26 @@ def pick_device(prefer: str | None = None) -> torch.device:
     if prefer:
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (oneDNN)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        try:
+            return bool(check()) if check is not None else False
+        except RuntimeError:
+            return False
+    return False
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether the generator runs under bf16 autocast: "bf16" always, "fp32" never, "auto" where `native_bf16`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))

@@ -51,7 +51,7 @@ from augment.data import example
 from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask
 from augment.data.dataset import make_row, open_dataset
 from augment.data.schema import arrow_schema
-from augment.device import pick_device
+from augment.device import PRECISIONS, pick_device, use_bf16
 from augment.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GANConfig, build_generator
@@ -157,7 +157,7 @@ def job_config(args: argparse.Namespace, inputs: dict[str, str], output: str, n:
                cores: int, gpus: int) -> JobConfig:
     doc = {
         "data": inputs["data"], "generator": inputs["gan"], "segmenter": inputs["seg"], "output": output,
-        "balance": {"total": n}, "edits": EDITS, "sheets": 2,
+        "balance": {"total": n}, "edits": EDITS, "sheets": 2, "precision": args.precision,
         "filter": ACCEPT_ALL if args.filter == "none" else {},
         "resources": {
             "workers": workers, "cpus_per_worker": cores / workers, "gpus_per_worker": gpus / workers,
@@ -341,7 +341,7 @@ def plain_loop(cfg: JobConfig, out_file: str, device: torch.device) -> Run:
             masks = torch.from_numpy(np.stack(masks_np)).to(device)
             targets = [p.target_class for p in batch]
             images = synthesise(generator, masks.long(), [p.seed for p in batch], targets, num_classes, ignore,
-                                noise_mode=cfg.noise, base_seeds=[p.base_seed for p in batch])
+                                noise_mode=cfg.noise, base_seeds=[p.base_seed for p in batch], precision=cfg.precision)
             t = _lap(stages, "generate", t, device)
             x = normalize(images, mode)
             if device.type == "cuda":
@@ -654,6 +654,11 @@ def cpu_section(args: argparse.Namespace, work: Path, device: torch.device) -> d
         job = prepare_job(base)
         out: dict[str, Callable[[], Run]] = {
             "plain loop": lambda: plain_loop(base, fresh("plain") + ".parquet", device),
+        }
+        if use_bf16(device, args.precision):  # the same loop with the generator in fp32: what bf16 buys
+            fp32 = replace(base, precision="fp32")
+            out["plain loop, fp32"] = lambda: plain_loop(fp32, fresh("plain32") + ".parquet", device)
+        out |= {
             "pipeline, no Ray": lambda: pipeline_in_process(job, fresh("inproc"), device, cores),
         }
         for w in worker_counts:
@@ -668,7 +673,10 @@ def cpu_section(args: argparse.Namespace, work: Path, device: torch.device) -> d
         prepare_job(job_config(args, inputs, fresh("x"), args.n, 1, cores, gpus))
         validation = time.perf_counter() - t
         if args.warmup:  # torch's kernels in this process, the page cache, Ray's worker pool
-            for name, fn in list(contenders(min(args.n, 2 * args.batch)).items())[:3]:
+            warm = contenders(min(args.n, 2 * args.batch))
+            first_ray = [k for k in warm if k.startswith("augment run")][:1]
+            for name in ("plain loop", "pipeline, no Ray", *first_ray):
+                fn = warm[name]
                 log(f"warm-up: {name}: {fn().seconds:.1f} s")
         chosen = contenders(args.n)
         runs: dict[str, list[Run]] = {k: [] for k in chosen}
@@ -701,7 +709,8 @@ def summarise(args: argparse.Namespace, cpu: dict[str, Any] | None, dev: dict[st
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
                     "cpu_cores": cpu_cores(), "load_average_before": load[0], "load_average_after": load[1],
-                    "png_compress_level": shard_mod.PNG_COMPRESS_LEVEL},
+                    "png_compress_level": shard_mod.PNG_COMPRESS_LEVEL,
+                    "generator_precision": "bf16" if use_bf16(device, args.precision) else "fp32"},
     }
     if cpu is not None:
         res = cpu["results"]
@@ -734,7 +743,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"augment throughput benchmark ({report['note']})",
              f"machine: {report['machine']['cpu_cores']} cores, {report['machine']['device']}, torch "
              f"{report['machine']['torch']}, load average {report['machine']['load_average_before']} before, "
-             f"{report['machine']['load_average_after']} after; PNG level {report['machine']['png_compress_level']}"]
+             f"{report['machine']['load_average_after']} after; PNG level {report['machine']['png_compress_level']}; "
+             f"generator in {report['machine']['generator_precision']} (--precision {report['config']['precision']})"]
     cfg = report["config"]
     cpu = report.get("cpu")
     if cpu:
@@ -802,6 +812,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
     p.add_argument("--n", type=int, default=128, help="synthetic samples per run (default 128)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the job's generator precision (default auto: bf16 where the device computes it natively; "
+                        "then a 'plain loop, fp32' row shows what that buys)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16, the job default)")
     p.add_argument("--samples-per-shard", type=int, default=64)
     p.add_argument("--source-maps", type=int, default=24, help="example label maps to draw from (default 24)")

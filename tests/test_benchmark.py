@@ -35,7 +35,10 @@ def test_throughput_benchmark_runs_tiny_and_writes_json(tmp_path, ray_session, c
     assert cpu["workers"] == [1] and cpu["workers_skipped"] == [2]  # one core allowed: 2 workers skipped
     assert [s["workers"] for s in report["scaling"]] == [1]
     results = cpu["results"]
-    assert set(results) == {"plain loop", "pipeline, no Ray", "augment run, 1 worker"}
+    bf16 = bench.use_bf16(bench.torch.device("cpu"), "auto")
+    assert set(results) == {"plain loop", "pipeline, no Ray", "augment run, 1 worker"} | (
+        {"plain loop, fp32"} if bf16 else set())
+    assert report["machine"]["generator_precision"] == ("bf16" if bf16 else "fp32")
     assert all(r["generated"] == 8 and r["accepted"] == 8 and r["peak_rss_mib"] > 0 for r in results.values())
     for name in ("plain loop", "pipeline, no Ray"):
         stages = results[name]["stages_seconds"]

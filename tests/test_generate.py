@@ -4,6 +4,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.optim.swa_utils import AveragedModel
 
+from augment.device import use_bf16
 from augment.models.gan import GANConfig, build_generator
 from augment.training.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from augment.synthesis.generate import load_generator, sample_noises, synthesise
@@ -61,16 +62,29 @@ def test_output_dtype_shape_range(generator):
         synthesise(generator, masks(2), [1], [2, 2], NUM_CLASSES, IGNORE)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("mode", ["target", "global", "both"])
-def test_same_seed_same_image_whatever_the_batch(generator, mode):
+def test_same_seed_same_image_whatever_the_batch(generator, mode, precision):
     m = masks(4)
     m[1, :, :16] = 3
     m[3] = 0
-    alone = synthesise(generator, m[2:3], [42], [2], NUM_CLASSES, IGNORE, mode, base_seeds=[9])
-    batch = synthesise(generator, m, [5, 6, 42, 8], [3, 1, 2, 0], NUM_CLASSES, IGNORE, mode, base_seeds=[1, 2, 9, 3])
-    first = synthesise(generator, m[[2, 0]], [42, 5], [2, 2], NUM_CLASSES, IGNORE, mode, base_seeds=[9, 1])
+    kw = {"noise_mode": mode, "precision": precision}
+    alone = synthesise(generator, m[2:3], [42], [2], NUM_CLASSES, IGNORE, base_seeds=[9], **kw)
+    batch = synthesise(generator, m, [5, 6, 42, 8], [3, 1, 2, 0], NUM_CLASSES, IGNORE, base_seeds=[1, 2, 9, 3], **kw)
+    first = synthesise(generator, m[[2, 0]], [42, 5], [2, 2], NUM_CLASSES, IGNORE, base_seeds=[9, 1], **kw)
     assert torch.equal(alone[0], batch[2]) and torch.equal(alone[0], first[0])
-    assert torch.equal(alone, synthesise(generator, m[2:3], [42], [2], NUM_CLASSES, IGNORE, mode, base_seeds=[9]))
+    assert torch.equal(alone, synthesise(generator, m[2:3], [42], [2], NUM_CLASSES, IGNORE, base_seeds=[9], **kw))
+
+
+def test_bf16_stays_close_to_fp32(generator):
+    args = (masks(3), [1, 2, 3], [2, 2, 1], NUM_CLASSES, IGNORE)
+    fp32 = synthesise(generator, *args, precision="fp32").float()
+    bf16 = synthesise(generator, *args, precision="bf16").float()
+    assert 0 < (bf16 - fp32).abs().mean() < 2  # grey levels; not the same computation, nearly the same image
+    auto = synthesise(generator, *args).float()
+    assert torch.equal(auto, bf16 if use_bf16(torch.device("cpu")) else fp32)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        synthesise(generator, *args, precision="fp16")
 
 
 def test_target_noise_changes_the_target_region_most(generator):

@@ -17,7 +17,7 @@ import pytest
 from augment.data.codec import decode_mask
 from augment.data.dataset import open_dataset
 from augment.errors import AugmentError
-from augment.runner.job import load_job, run_job
+from augment.runner.job import load_job, prepare_job, run_job
 from augment.runner.markers import OutputFolder, read_marker
 from augment.synthesis.plan import Plan
 from augment.training.checkpoint import load_card
@@ -122,6 +122,13 @@ def test_same_job_gives_the_same_rows_with_other_resources(env, first_run, tmp_p
     assert a.equals(b)
 
 
+def test_precision_is_part_of_the_job(env, tmp_path):
+    auto = prepare_job(load_job(str(job_file(env, tmp_path / "a.yaml", tmp_path / "out"))))
+    fp32 = prepare_job(load_job(str(job_file(env, tmp_path / "b.yaml", tmp_path / "out", precision="fp32"))))
+    assert (auto.cfg.precision, fp32.cfg.precision) == ("auto", "fp32")
+    assert auto.fingerprint != fp32.fingerprint  # its images differ slightly: resuming across it would mix them
+
+
 def test_filter_rejects_and_only_accepted_rows_are_written(env, first_run, tmp_path, ray_session):
     scores = sorted_table(first_run["out"]).select(["id", "pixel_accuracy"]).to_pylist()
     values = sorted({r["pixel_accuracy"] for r in scores})
@@ -148,6 +155,7 @@ BAD_JOBS = {
     "unknown key": ({"filtr": {}}, "unknown key 'filtr'"),
     "wrong type": ({"resources": {"workers": "two"}}, "resources.workers"),
     "wrong noise": ({"noise": "everywhere"}, "noise"),
+    "wrong precision": ({"precision": "fp16"}, "precision"),
     "classes and balance": ({"balance": {"total": 5}}, "give exactly one of 'classes'"),
     "unknown class": ({"classes": {"unicorn": 3}}, "unknown class 'unicorn'"),
     "class index out of range": ({"classes": {"42": 3}}, "out of range"),

@@ -99,6 +99,7 @@ def _fingerprint_content(
         "filter": filt,
         "keep_rejected": cfg.keep_rejected,
         "noise": cfg.noise,
+        "precision": cfg.precision,
         "samples_per_shard": cfg.resources.samples_per_shard,
     }
 
@@ -241,6 +242,7 @@ def shard_settings(job: PreparedJob) -> ShardSettings:
         fingerprint=job.fingerprint, classes=list(info.classes), ignore_index=info.ignore_index,
         generator_sha256=job.generator_card.weights_sha256, segmenter_sha256=job.segmenter_card.weights_sha256,
         filter=dict(cfg.filter), keep_rejected=cfg.keep_rejected, noise=cfg.noise,
+        precision=cfg.precision,
         batch_size=cfg.resources.batch_size, sheets=cfg.sheets,
     )
 

@@ -63,6 +63,7 @@ class JobConfig:
     filter: dict[str, Any] = field(default_factory=lambda: _defaults("filter"))
     keep_rejected: bool = False
     noise: str = "target"
+    precision: str = "auto"
     edits: dict[str, Any] = field(default_factory=dict)
     sheets: int = 6
     resources: Resources = field(default_factory=Resources)
@@ -134,6 +135,7 @@ def job_from_document(doc: dict[str, Any], source: str = "<job>", base_dir: str 
         filter={**_defaults("filter"), **doc.get("filter", {})},
         keep_rejected=bool(doc.get("keep_rejected", False)),
         noise=doc.get("noise", "target"),
+        precision=doc.get("precision", "auto"),
         edits=dict(doc.get("edits", {})),
         sheets=int(doc.get("sheets", 6)),
         resources=Resources(**{**_defaults("resources"), **doc.get("resources", {})}),

@@ -82,6 +82,7 @@ class ShardSettings:
     filter: dict[str, Any] = field(default_factory=dict)
     keep_rejected: bool = False
     noise: str = "target"
+    precision: str = "auto"
     batch_size: int = 16
     sheets: int = 6
     threads: int = 1
@@ -364,7 +365,7 @@ class ShardProcessor:
         targets = [p.target_class for p in samples]
         images = synthesise(
             self.generator, masks.long(), [p.seed for p in samples], targets, len(s.classes), s.ignore_index,
-            noise_mode=s.noise, base_seeds=[p.base_seed for p in samples],
+            noise_mode=s.noise, base_seeds=[p.base_seed for p in samples], precision=s.precision,
         )
         t = self._clock("generate", t, device=True)
         x = normalize(images, self.normalize_mode)
