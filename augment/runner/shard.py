@@ -36,7 +36,7 @@ from augment.data.schema import arrow_schema
 from augment.device import pick_device
 from augment.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
-from augment.models.segmenter import load_segmenter, predict_logits
+from augment.models.segmenter import load_segmenter, segment
 from augment.runner.markers import (
     DATA_DIR, OutputFolder, ShardStats, examples_file, marker_done, shard_file, shard_name, write_marker,
 )
@@ -184,8 +184,8 @@ class ShardProcessor:
         torch.set_num_threads(max(1, s.threads))
         self.generator, gen_card = load_generator(s.generator, self.device)
         self.segmenter, seg_card = load_segmenter(s.segmenter, self.device)
+        self.segmenter.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
-            self.segmenter.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
         for what, card, expected in (("generator", gen_card, s.generator_sha256),
                                      ("segmenter", seg_card, s.segmenter_sha256)):
@@ -369,11 +369,7 @@ class ShardProcessor:
         )
         t = self._clock("generate", t, device=True)
         x = normalize(images, self.normalize_mode)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = predict_logits(self.segmenter, x.contiguous(memory_format=torch.channels_last)).float()
-        else:
-            logits = predict_logits(self.segmenter, x)
+        logits = segment(self.segmenter, x)
         t = self._clock("segment", t, device=True)
         scores = score_batch(logits, masks, targets, len(s.classes), s.ignore_index)
         ok = accept(scores, self.filter)
