@@ -10,7 +10,9 @@ CamVid's val split with one segmenter recipe and one step budget (--seg-steps):
   (b) real + synthetic, no filter: every generated sample is kept
   (c) real + synthetic, filter: only samples the baseline segmenter agrees with (--min-miou, --min-target-iou)
   (d) as (c), with pixel-level ignore: pixels where the segmenter confidently disagrees become ignore pixels
-The GAN is trained once per fraction on the same subset (--gan-steps). (b)-(d) come from augmentation jobs with the
+The GAN is trained once per fraction on the same subset (--gan-steps; --gan-widths and --gan-l1 size it down for a
+CPU). Every segmenter uses --class-weights (default median-frequency: without it the rare classes stay at 0 IoU and
+there is nothing to compare on them). (b)-(d) come from augmentation jobs with the
 same seed, plan and generator, so they share the generated images and differ only in the filter; each is trained by
 `augment retrain` against (a): same recipe, step budget and seed, --ratio of every batch synthetic. The synthetic
 samples target the rare classes (--targets, default pedestrian, bicyclist, pole, sign_symbol, fence; --per-class
@@ -82,7 +84,8 @@ class Experiment:
     gan_widths: list[int] | None = None
     """Generator width, discriminator width and SPADE hidden width (None: OASIS's)."""
     gan_l1: bool = False
-    class_weights: str = "none"
+    class_weights: str = "median-frequency"
+    """Segmenter loss weighting (train-seg --class-weights); without it the rare classes stay at 0 IoU on CamVid."""
     per_class: int = 300
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
     ratio: float = 0.3
