@@ -149,8 +149,10 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
                f"(another seed) for validation", data)
 
     seg_cfg = SegTrainConfig(data=[train], val=val, out=baseline, size=s.size, epochs=s.seg_epochs, batch=s.batch,
-                             seed=s.seed, resume=resume, address=address, log_every=10)
-    card = stages.run("baseline", f"segmenter ({seg_cfg.model}) on real data only, {s.seg_epochs} epochs",
+                             seed=s.seed, resume=resume, address=address, log_every=10,
+                             class_weights="median-frequency")
+    card = stages.run("baseline", f"segmenter ({seg_cfg.model}) on real data only, {s.seg_epochs} epochs, "
+                                  f"median-frequency class weights",
                       lambda: train_segmenter(seg_cfg))
     val_miou = float(card.metrics.get("val_miou") or 0.0)
 
