@@ -340,3 +340,29 @@ def test_example_job_file_is_valid():
     assert cfg.classes == {"pedestrian": 200, "bicyclist": 200, "sign_symbol": 100}
     assert cfg.resources.gpus_per_worker == 1 and cfg.edits["paste"] == {"prob": 0.3, "max": 2}
     assert cfg.data == str(PROJECT_ROOT / "demo-out" / "data")
+
+
+def test_gpu_workers_get_their_node_share_of_cpus(monkeypatch):
+    import ray
+
+    from augment.runner.job import _worker_resources, gpu_worker_cpus
+    from augment.runner.jobfile import Resources
+
+    def node(cpus, gpus=0.0, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+    nodes = [node(4), node(16, 1), node(48, 4), node(64, 1, alive=False)]
+    assert gpu_worker_cpus(nodes, 1.0) == 12.0  # the 4-GPU node has the fewest CPUs per GPU
+    assert gpu_worker_cpus(nodes, 0.5) == 6.0
+    assert gpu_worker_cpus([node(4)], 1.0) == 1.0  # no GPU node up yet
+    assert gpu_worker_cpus([node(2, 8)], 1.0) == 1.0
+
+    monkeypatch.setattr(ray, "nodes", lambda: [node(16, 1)])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert _worker_resources(Resources(), pending=10, local=True) == (1, 1.0, 16.0)
+    assert _worker_resources(Resources(gpus_per_worker=0.5), pending=10, local=True) == (2, 0.5, 8.0)
+    assert _worker_resources(Resources(cpus_per_worker=2), pending=10, local=True) == (1, 1.0, 2.0)
+    monkeypatch.setattr(ray, "nodes", lambda: [node(4)])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    assert _worker_resources(Resources(), pending=10, local=True) == (4, 0.0, 1.0)
+    assert _worker_resources(Resources(), pending=3, local=True) == (3, 0.0, 1.0)

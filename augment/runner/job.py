@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -247,6 +248,18 @@ def shard_settings(job: PreparedJob) -> ShardSettings:
     )
 
 
+def gpu_worker_cpus(nodes: list[dict[str, Any]], gpus_per_worker: float) -> float:
+    """CPUs for a worker holding `gpus_per_worker` GPUs: its share of the CPUs of the GPU node with the fewest CPUs
+    per GPU (so it fits on every GPU node), at least 1; 1 when no GPU node is up yet (an autoscaling cluster).
+
+    A GPU worker encodes its images and masks to PNG on a thread pool sized by its CPUs: at 256x512 one thread
+    encodes well under the ~hundreds of images/s a GPU generates, so one CPU per worker would starve the GPU.
+    """
+    ratios = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
+              if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+    return max(1.0, float(math.floor(min(ratios) * gpus_per_worker))) if ratios else 1.0
+
+
 def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, float, float]:
     """(workers, gpus_per_worker, cpus_per_worker) for the cluster Ray is connected to."""
     import ray
@@ -264,6 +277,8 @@ def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, f
         else:
             print("augment run: the cluster has no GPU yet; waiting for the autoscaler to add GPU workers", flush=True)
     cpus = res.cpus_per_worker
+    if cpus is None:
+        cpus = gpu_worker_cpus(ray.nodes(), gpus) if gpus > 0 else 1.0
     workers = res.workers
     if workers is None:
         by_gpu = int(cluster_gpus // gpus) if gpus > 0 else 0

@@ -42,7 +42,7 @@ class Resources:
 
     workers: int | None = None
     gpus_per_worker: float | None = None
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None
     batch_size: int = 16
     samples_per_shard: int = 64
     max_shard_attempts: int = 3
