@@ -129,3 +129,17 @@ def test_contact_sheet_grid(tmp_path, h, w, panel):
         (ph // h, pw // w), np.uint8)), PALETTE))
     with pytest.raises(ValueError, match="at least one row"):
         render_sheet([], PALETTE)
+
+
+def test_confusion_matrices_match_a_plain_count():
+    from augment.filtering.quality import confusion_matrices
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 5, (3, 6, 7), generator=g)  # labels 3, 4 are out of range for C = 3
+    masks[0, 0] = IGNORE
+    pred = torch.randint(0, 3, (3, 6, 7), generator=g)
+    expected = torch.zeros(3, C, C, dtype=torch.long)
+    for b, t, p in zip(*[x.reshape(-1).tolist() for x in (torch.arange(3).view(3, 1, 1).expand_as(masks), masks, pred)]):
+        if t < C:
+            expected[b, t, p] += 1
+    assert torch.equal(confusion_matrices(pred, masks.to(torch.uint8), C, IGNORE), expected)

@@ -48,14 +48,20 @@ class FilterConfig:
 
 
 def confusion_matrices(pred: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """B x C x C counts, [b, true, predicted], over pixels whose mask label is a class (not ignore)."""
+    """B x C x C counts, [b, true, predicted], over pixels whose mask label is a class (not ignore).
+
+    Counted with scatter_add into a spare last bin for the other pixels: no boolean indexing or bincount, which
+    would each wait for the GPU to learn an output size.
+    """
     b = masks.shape[0]
     masks = masks.long()
+    size = b * num_classes * num_classes
     valid = (masks >= 0) & (masks < num_classes) & (masks != ignore_index)
     batch_idx = torch.arange(b, device=masks.device).view(b, 1, 1).expand_as(masks)
     flat = (batch_idx * num_classes + masks) * num_classes + pred.long().clamp(0, num_classes - 1)
-    counts = torch.bincount(flat[valid], minlength=b * num_classes * num_classes)
-    return counts.view(b, num_classes, num_classes)
+    flat = torch.where(valid, flat, size).reshape(-1)
+    counts = torch.zeros(size + 1, dtype=torch.long, device=masks.device).scatter_add_(0, flat, torch.ones_like(flat))
+    return counts[:size].view(b, num_classes, num_classes)
 
 
 def score_batch(
