@@ -645,7 +645,7 @@ def cpu_section(args: argparse.Namespace, work: Path, device: torch.device) -> d
         out: dict[str, Callable[[], Run]] = {
             "plain loop": lambda: plain_loop(base, fresh("plain") + ".parquet", device),
         }
-        if use_bf16(device, args.precision):  # the same loop with the generator in fp32: what bf16 buys
+        if args.compare_precision and use_bf16(device, args.precision):  # what bf16 buys, side by side
             fp32 = replace(base, precision="fp32")
             out["plain loop, fp32"] = lambda: plain_loop(fp32, fresh("plain32") + ".parquet", device)
         out |= {
@@ -803,8 +803,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
     p.add_argument("--n", type=int, default=128, help="synthetic samples per run (default 128)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="the job's generator precision (default auto: bf16 where the device computes it natively; "
-                        "then a 'plain loop, fp32' row shows what that buys)")
+                   help="the job's generator precision (default auto: bf16 where the device computes it natively)")
+    p.add_argument("--compare-precision", action="store_true",
+                   help="add a 'plain loop, fp32' row: the plain loop with the generator in fp32, to show what bf16 "
+                        "buys (when the chosen precision is bf16)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16, the job default)")
     p.add_argument("--samples-per-shard", type=int, default=64)
     p.add_argument("--source-maps", type=int, default=24, help="example label maps to draw from (default 24)")

@@ -24,7 +24,7 @@ def test_throughput_benchmark_runs_tiny_and_writes_json(tmp_path, ray_session, c
         "--size", "32x32", "--n", "8", "--batch", "4", "--samples-per-shard", "4", "--source-maps", "8",
         "--workers", "1,2", "--threads", "1", "--repeats", "1", "--no-warmup", "--model", "tiny",
         "--device-section", "cpu", "--gpu-sizes", "32x32", "--gpu-batch", "2", "--gpu-iters", "1",
-        "--gpu-model", "tiny", "--workdir", str(tmp_path), "--json", str(out),
+        "--gpu-model", "tiny", "--workdir", str(tmp_path), "--json", str(out), "--compare-precision",
     ])
     report = json.loads(out.read_text())
     for key in ("pipeline_images_per_s", "plain_loop_images_per_s", "in_process_images_per_s"):
