@@ -58,6 +58,14 @@ def test_job_writes_to_s3_and_reads_back(tmp_path, s3_base):
     summary = run_job(load_job(str(path)))
     assert summary["shards"] == 3 and summary["rows"] == 8
 
+    from augment.training.checkpoint import METRICS_FILE, append_metrics
+
+    run = s3_base("runs/seg")
+    append_metrics(run, {"epoch": 1})
+    append_metrics(run, {"epoch": 2})
+    filesystem, folder = afs.resolve(run)
+    assert afs.read_bytes(filesystem, afs.join(folder, METRICS_FILE)) == b'{"epoch": 1}\n{"epoch": 2}\n'
+
     filesystem, root = afs.resolve(out_uri)
     names = {p[len(root) + 1:] for p in afs.list_files(filesystem, root, recursive=True)}
     assert {"dataset.json", "plan.json", "job.json", "summary.json", "sheets/car.png", "sheets/pedestrian.png"} <= names

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -131,11 +132,18 @@ def check_compatible(card: ModelCard, info: DatasetInfo, what: str, size: tuple[
 
 
 def append_metrics(run: str, record: dict[str, Any]) -> None:
-    """Append one JSON line to the run's metrics log (local run folders)."""
+    """Append one JSON line to the run's metrics log, local or on an object store (which cannot append: the small
+    log is rewritten whole, atomically, so a reader never sees half a line)."""
     filesystem, path = afs.resolve(run)
     filesystem.create_dir(path, recursive=True)
-    with open(afs.join(path, METRICS_FILE), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    target = afs.join(path, METRICS_FILE)
+    line = (json.dumps(record) + "\n").encode()
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        with open(target, "ab") as f:
+            f.write(line)
+        return
+    old = afs.read_bytes(filesystem, target) if afs.exists(filesystem, target) else b""
+    afs.write_bytes_atomic(filesystem, target, old + line)
 
 
 def existing_run(run: str, resume: bool, kind: str, command: str) -> ModelCard | None:
