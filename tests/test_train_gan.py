@@ -100,7 +100,7 @@ def test_checkpoint_roundtrip_and_load_generator(trained) -> None:
     with torch.no_grad():
         expected = ema.module.eval()(label, z)
         got = generator(label, z)
-    assert torch.equal(got, expected)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)  # load_generator's channels_last rounds differently
     assert got.std() > 0.01
     with torch.no_grad():
         other = generator(label, sample_noise(2, cfg.z_dim, SIZE, torch.Generator().manual_seed(1)))
