@@ -801,8 +801,8 @@ def format_report(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
-    p.add_argument("--n", type=int, default=1536,
-                   help="synthetic samples per run (default 1536: ~25 s of work on 2 cores, a small job; `augment run` "
+    p.add_argument("--n", type=int, default=2560,
+                   help="synthetic samples per run (default 2560: ~30 s of work on 2 cores, a small job; `augment run` "
                         "pays a one-off ~3-4 s to start its workers (a fresh process importing torch), which a much "
                         "shorter run would mostly measure)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
