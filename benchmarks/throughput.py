@@ -18,7 +18,7 @@ real architectures: the same FLOPs per image as trained ones, not the same pictu
 Every measurement is warmed up first, then repeated (--repeats, interleaved so load changes hit all alike) and
 the median is quoted. Peak memory is sampled over this process and its descendants (the Ray processes too).
 
-    python benchmarks/throughput.py                     # CPU defaults: a few minutes on 2 cores
+    python benchmarks/throughput.py                     # CPU defaults: 6-9 minutes on 2 cores
     python benchmarks/throughput.py --gpu-only          # device section only, no Ray
     python benchmarks/throughput.py --json out.json     # also write the results as JSON
 """
