@@ -115,6 +115,7 @@ def test_report_records_mix_budget_and_lineage(env, first):
     assert (out / "figures/iou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.md").read_text()
     assert "**pedestrian (targeted)**" in page and baseline.weights_sha256 in page and "figures/iou.png" in page
+    assert "class weights none" in page and report["mix"]["class_weights"] == "none"
     assert info.lineage["job_fingerprint"] in (out / "report.html").read_text()
 
 

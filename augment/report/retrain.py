@@ -530,7 +530,8 @@ def report_page(report: dict[str, Any]) -> Page:
     )
     page.paragraph(
         f"Both runs: {report['recipe']['model']}, {mix['steps']} optimizer steps of {mix['batch_per_worker']} images "
-        f"x {mix['workers']} worker(s) at {mix['size'][0]}x{mix['size'][1]}, seed {report['recipe']['seed']}; the "
+        f"x {mix['workers']} worker(s) at {mix['size'][0]}x{mix['size'][1]}, seed {report['recipe']['seed']}, class "
+        f"weights {mix.get('class_weights', 'none')}; the "
         f"augmented run took {mix['ratio']:.0%} of every batch from the synthetic data. Numbers are "
         f"`augment evaluate`'s (IoU in %, '-': class in neither masks nor predictions)."
     )
