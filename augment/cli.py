@@ -9,6 +9,7 @@ from typing import Sequence
 
 from augment.data.codec import parse_size
 from augment.errors import AugmentError
+from augment.training import CLASS_WEIGHTS
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.02, SGD)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--class-weights", choices=("none", "median-frequency"), default="none",
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none",
                    help="cross-entropy class weights; median-frequency (from the first dataset's pixel counts) "
                         "lets rare, thin classes be learned (default: none)")
     _add_training_resources(p)
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=None, help="batch per worker (default: the baseline's, else 8)")
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: the baseline's, else train-seg's)")
     p.add_argument("--seed", type=int, default=None, help="(default: the baseline's, else 0)")
-    p.add_argument("--class-weights", choices=("none", "median-frequency"), default=None,
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=None,
                    help="loss class weights (default: the baseline's, else none); from --real's pixel counts")
     _add_training_resources(p)
     p.set_defaults(workers=None)

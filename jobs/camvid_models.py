@@ -37,6 +37,7 @@ from augment.data.codec import parse_size
 from augment.data.dataset import read_info
 from augment.data.ingest import ingest
 from augment.errors import AugmentError
+from augment.models.gan import WIDTH_KEYS, parse_widths
 from augment.runner.cluster import init_ray
 from augment.training.evaluate import evaluate_segmenter, format_table
 from augment.training.gan import GANTrainConfig, train_gan
@@ -77,8 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if isinstance(args.gan_widths, str):
-        args.gan_widths = None if args.gan_widths == "auto" else tuple(int(w) for w in args.gan_widths.split(","))
+    if args.gan_widths == "auto":
+        args.gan_widths = None
+    elif isinstance(args.gan_widths, str):
+        try:
+            args.gan_widths = tuple(parse_widths(args.gan_widths).values())
+        except ValueError as exc:
+            p.error(f"--gan-widths: {exc}")
     return args
 
 
@@ -98,7 +104,7 @@ def ingest_split(args: argparse.Namespace, split: str) -> str:
 def gan_model(args: argparse.Namespace) -> dict[str, Any]:
     model: dict[str, Any] = {"z_dim": args.z_dim, "ema_decay": args.ema_decay}
     if args.gan_widths:
-        model.update(zip(("g_width", "d_width", "spade_hidden"), args.gan_widths))
+        model.update(zip(WIDTH_KEYS, args.gan_widths))
     return model
 
 

@@ -54,6 +54,8 @@ from augment.data import fs as afs
 from augment.data.codec import parse_size
 from augment.data.dataset import INFO_FILE, DatasetInfo, PartWriter, StagedOutput, open_dataset
 from augment.errors import AugmentError
+from augment.models.gan import WIDTH_KEYS, parse_widths
+from augment.training import CLASS_WEIGHTS
 from augment.report.page import Page, mean_spread, pct
 
 STAGES = ("data", "gan", "baseline", "synth", "retrain", "report")
@@ -164,7 +166,7 @@ def stage_gan(x: Experiment, f: float) -> None:
 
     out = x.path(tag(f), "gan")
     say(f"gan {tag(f)}: {x.gan_steps} steps on {x.train_data(f)} -> {out}")
-    model = dict(zip(("g_width", "d_width", "spade_hidden"), x.gan_widths)) if x.gan_widths else {}
+    model = dict(zip(WIDTH_KEYS, x.gan_widths)) if x.gan_widths else {}
     train_gan(GANTrainConfig(data=x.train_data(f), out=out, size=x.size, steps=x.gan_steps, batch=x.gan_batch,
                              l1=x.gan_l1, model=model, workers=x.workers, gpus_per_worker=x.gpus_per_worker,
                              resume=True, address=x.address))
@@ -462,7 +464,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
     p.add_argument("--gan-widths", default=None, metavar="G,D,HIDDEN",
                    help="GAN generator, discriminator and SPADE hidden widths (default: OASIS's; e.g. 8,16,32 on CPU)")
     p.add_argument("--gan-l1", action="store_true", help="GAN: add the L1 reconstruction term (helps short runs)")
-    p.add_argument("--class-weights", default=d.class_weights, choices=("none", "median-frequency"),
+    p.add_argument("--class-weights", default=d.class_weights, choices=CLASS_WEIGHTS,
                    help="segmenter loss class weights, from the real training data's pixel counts")
     p.add_argument("--per-class", type=int, default=d.per_class, help="synthetic samples per targeted class")
     p.add_argument("--targets", default=",".join(TARGETS), help="targeted (rare) classes, comma-separated")
@@ -491,11 +493,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
     gan_widths = None
     if a.gan_widths:
         try:
-            gan_widths = [int(w) for w in a.gan_widths.split(",")]
-        except ValueError:
-            gan_widths = []
-        if len(gan_widths) != 3 or min(gan_widths) < 1:
-            p.error(f"--gan-widths takes three positive integers G,D,HIDDEN, got {a.gan_widths!r}")
+            gan_widths = list(parse_widths(a.gan_widths).values())
+        except ValueError as exc:
+            p.error(f"--gan-widths: {exc}")
     x = Experiment(
         camvid=a.camvid, out=a.out, size=size, fractions=fractions, seeds=[int(s) for s in a.seeds.split(",")],
         subset_seed=a.subset_seed, model=a.model, seg_steps=a.seg_steps, batch=a.batch, lr=a.lr,

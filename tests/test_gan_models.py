@@ -17,6 +17,7 @@ from augment.models.gan import (
     build_generator,
     build_optimizers,
     default_widths,
+    parse_widths,
     gan_train_step,
     refresh_ema_batchnorm,
 )
@@ -98,6 +99,10 @@ def test_depth_and_widths_follow_size() -> None:
     assert default_widths((64, 64)) == {"g_width": 16, "d_width": 32, "spade_hidden": 64}
     assert default_widths((128, 256)) == {"g_width": 32, "d_width": 64, "spade_hidden": 128}
     assert default_widths((256, 512)) == {"g_width": 64, "d_width": 128, "spade_hidden": 128}
+    assert parse_widths("8,16,32") == {"g_width": 8, "d_width": 16, "spade_hidden": 32}
+    for bad in ("8,16", "8,x,32", "8,0,32"):
+        with pytest.raises(ValueError, match="three positive integers"):
+            parse_widths(bad)
 
 
 def test_spade_blocks() -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "refresh_ema_batchnorm",
 ]
 
+WIDTH_KEYS = ("g_width", "d_width", "spade_hidden")
 # short side up to -> (g_width, d_width, spade_hidden); larger sizes use OASIS's own widths
 _WIDTH_RULE = ((64, (16, 32, 64)), (128, (32, 64, 128)))
 _OASIS_WIDTHS = (64, 128, 128)
@@ -57,8 +58,19 @@ def default_widths(size: tuple[int, int]) -> dict[str, int]:
     =====================  =======  =======  ============
     """
     short = min(size)
-    g_width, d_width, hidden = next((w for limit, w in _WIDTH_RULE if short <= limit), _OASIS_WIDTHS)
-    return {"g_width": g_width, "d_width": d_width, "spade_hidden": hidden}
+    return dict(zip(WIDTH_KEYS, next((w for limit, w in _WIDTH_RULE if short <= limit), _OASIS_WIDTHS)))
+
+
+def parse_widths(text: str) -> dict[str, int]:
+    """'G,D,HIDDEN' (e.g. '8,16,32', small enough for a CPU) as GANConfig fields; ValueError names the problem."""
+    try:
+        values = [int(w) for w in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != len(WIDTH_KEYS) or min(values) < 1:
+        raise ValueError(f"GAN widths are three positive integers G,D,HIDDEN "
+                         f"({', '.join(WIDTH_KEYS)}), got {text!r}")
+    return dict(zip(WIDTH_KEYS, values))
 
 
 @dataclass

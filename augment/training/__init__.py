@@ -1,1 +1,4 @@
 """Training loops (GAN, segmenter) on Ray Train, checkpoints, metrics and evaluation."""
+
+CLASS_WEIGHTS = ("none", "median-frequency")
+"""Segmenter loss class weightings (`augment.training.segmenter.class_weights`); here so the CLI needs no torch."""

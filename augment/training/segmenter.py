@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from augment.data.dataset import Dataset, DatasetInfo, open_dataset
 from augment.errors import AugmentError
 from augment.models.segmenter import SEGMENTER_KIND, build_segmenter, segmenter_config
+from augment.training import CLASS_WEIGHTS
 from augment.training import distributed as dist_utils
 from augment.training.checkpoint import (
     CheckpointError,
@@ -57,7 +58,6 @@ from augment.training.transforms import train_transform
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.02}
 NORMALIZATION = "imagenet"
-CLASS_WEIGHTS = ("none", "median-frequency")
 
 
 def class_weights(info: DatasetInfo, method: str) -> list[float] | None:
