@@ -117,8 +117,8 @@ def synthesise(
 
     `base_seeds` (default 0 for all) only matter in noise_mode "target"; pass `PlannedSample.base_seed`.
     Inputs are channels_last; `precision` (see `augment.device.use_bf16`) picks bf16 autocast, by default where the
-    device computes bf16 natively. On a 2-core AVX512-BF16 CPU that is 2.6x faster than fp32 at 64x64 for a mean
-    difference of 0.2 grey levels (max 3) on a trained CamVid generator; "fp32" gives the same bytes on any machine.
+    device computes bf16 natively: on a 2-core AVX512-BF16 CPU 2x the fp32 generator at 64x64 (docs/results.md),
+    for images within a couple of grey levels of fp32's on average; "fp32" gives the same bytes on any machine.
     An image never depends on the other samples of its batch in either precision.
     """
     device = next(generator.parameters()).device
