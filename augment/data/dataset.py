@@ -7,14 +7,20 @@ per-part statistics into `dataset.json`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import posixpath
+import re
+import socket
+import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jsonschema
 import numpy as np
@@ -217,42 +223,189 @@ class PartWriter:
         return self.stats
 
 
-class StagedOutput:
-    """A dataset folder being written: a temporary sibling until `commit` moves it into place.
+STAGING_FILE = re.compile(r"[\w-]+\.parquet|dataset\.json|quarantine\.jsonl")
+_SHOWN = 5
 
-    Refuses an output that already holds a dataset (or other files) unless `overwrite`. Leaving the `with` block
-    without committing removes the staging folder.
+
+def _host_tag() -> str:
+    """8 hex digits naming this machine in staging folder names (process ids mean something only on their host)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_suffix() -> str:
+    """`<host>-<pid>-<random>`: the writer of a staging or set-aside folder, so a later run can tell it is gone."""
+    return f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _describe(names: list[str], limit: int = _SHOWN) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _top_level(relative: list[str], dirs: set[str]) -> list[str]:
+    """The first path component of each entry, `name/` for folders, sorted and unique."""
+    tops = set()
+    for rel in relative:
+        head = rel.split("/", 1)[0]
+        tops.add(head + "/" if head in dirs or "/" in rel else head)
+    return sorted(tops)
+
+
+def dataset_files(fs: pafs.FileSystem, path: str) -> set[str]:
+    """The files (relative to `path`) an augment dataset folder owns: dataset.json, quarantine.jsonl and the Parquet
+    files its dataset.json lists. Raises DatasetError saying why `path` is not such a dataset."""
+    info_path = afs.join(path, INFO_FILE)
+    if not afs.exists(fs, info_path):
+        raise DatasetError(f"no {INFO_FILE}")
+    try:
+        info = DatasetInfo.from_dict(json.loads(afs.read_bytes(fs, info_path)), source=INFO_FILE)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{INFO_FILE} is not valid JSON ({exc})") from None
+    for name in info.files:
+        if posixpath.normpath(name) != name or name.startswith(("/", "../")) or name in (".", ".."):
+            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a file inside the folder")
+    return {INFO_FILE, QUARANTINE_FILE, *info.files}
+
+
+def replaceable_files(fs: pafs.FileSystem, path: str, uri: str, overwrite: bool) -> list[str]:
+    """What writing a dataset at `path` replaces: [] when it is absent or empty, else (with `overwrite`) the files of
+    the dataset there, relative to `path`.
+
+    Raises DatasetError, naming what is there, for a file, for a folder that is not an augment dataset, for a dataset
+    folder that holds other files too, and for any dataset without `overwrite`.
+    """
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        return []
+    if kind != pafs.FileType.Directory:
+        raise DatasetError(f"{uri} is a file, not a folder; refusing to replace it")
+    entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    if not entries:
+        return []
+    rel = {e.path[len(path.rstrip("/")) + 1:]: e.type for e in entries}
+    files = sorted(r for r, t in rel.items() if t == pafs.FileType.File)
+    dirs = {r for r, t in rel.items() if t == pafs.FileType.Directory}
+    try:
+        owned = dataset_files(fs, path)
+    except DatasetError as exc:
+        what = _describe(_top_level(sorted(rel), dirs))
+        if overwrite:
+            raise DatasetError(f"{uri}: not an augment dataset ({exc}; holds {what}); refusing to overwrite") from None
+        raise DatasetError(f"{uri} exists and is not empty (holds {what}); choose another output") from None
+    parents = {d for f in owned for d in _ancestors(f)}
+    extra = [f for f in files if f not in owned] + sorted(d + "/" for d in dirs - parents)
+    if extra:
+        raise DatasetError(
+            f"{uri} holds a dataset and files its {INFO_FILE} does not list ({_describe(extra)}); refusing to "
+            f"{'overwrite' if overwrite else 'write'} it, choose another output"
+        )
+    if not overwrite:
+        raise DatasetError(f"{uri} already holds a dataset; pass --overwrite to replace it")
+    return [f for f in files if f in owned]
+
+
+def _ancestors(relative: str) -> list[str]:
+    parts = relative.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def remove_stale_staging(fs: pafs.FileSystem, path: str) -> list[str]:
+    """Remove the staging folders `<path>.tmp-<host>-<pid>-<hex>` whose writer was on this host and is gone.
+
+    Only folders of exactly that name holding only what a staging folder holds (Parquet parts, dataset.json,
+    quarantine.jsonl, their temporary files) are removed; a live writer's, another host's and anything else are
+    kept. Returns the folders removed.
+    """
+    parent, base = posixpath.split(path)
+    pattern = re.compile(re.escape(base) + r"\.tmp-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}")
+    removed = []
+    for entry in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+        match = pattern.fullmatch(entry.base_name)
+        if not match or entry.type != pafs.FileType.Directory:
+            continue
+        if match[1] != _host_tag() or _pid_alive(int(match[2])):
+            continue
+        inside = fs.get_file_info(pafs.FileSelector(entry.path, recursive=True))
+        if not all(i.type == pafs.FileType.File and STAGING_FILE.fullmatch(_strip_tmp(i.base_name)) for i in inside):
+            continue
+        fs.delete_dir(entry.path)
+        print(f"removed {entry.path}: staging folder of an earlier run (pid {match[2]}) that is gone", file=sys.stderr)
+        removed.append(entry.path)
+    return removed
+
+
+def _strip_tmp(name: str) -> str:
+    """A name without the `.tmp-<pid>-<hex>` suffix afs.write_bytes_atomic adds while writing."""
+    return re.sub(r"\.tmp-\d+-[0-9a-f]+$", "", name)
+
+
+class StagedOutput:
+    """A dataset folder being written: a temporary sibling `<out>.tmp-<host>-<pid>-<hex>` until `commit` moves it
+    into place.
+
+    Refuses, with or without `overwrite`: an empty path, the current folder or one above it, an output that is one of
+    `inputs`, inside one or holds one, a folder that is not an augment dataset, and a dataset folder holding files
+    its dataset.json does not list. An existing dataset is replaced only with `overwrite`, and only its own files are
+    deleted. Entering also removes staging folders of the same output left by writers that are gone. Leaving the
+    `with` block without committing removes the staging folder.
     """
 
-    def __init__(self, uri: str, overwrite: bool = False) -> None:
+    def __init__(self, uri: str, overwrite: bool = False, inputs: Sequence[str] = ()) -> None:
+        afs.check_not_working_folder(uri)
         self.uri = uri
         self.fs, self.path = afs.resolve(uri)
         self.overwrite = overwrite
-        self.staging = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+        self.inputs = tuple(inputs)
+        self.staging = f"{self.path}.tmp-{_owner_suffix()}"
         self.committed = False
 
     def __enter__(self) -> "StagedOutput":
-        if afs.exists(self.fs, self.path) and not self.overwrite:
-            if afs.exists(self.fs, afs.join(self.path, INFO_FILE)):
-                raise DatasetError(f"{self.uri} already holds a dataset; pass --overwrite to replace it")
-            if afs.list_files(self.fs, self.path, recursive=True):
-                raise DatasetError(f"{self.uri} exists and is not empty; choose another output or pass --overwrite")
+        for source in self.inputs:
+            afs.check_apart(self.uri, source)
+        replaceable_files(self.fs, self.path, self.uri, self.overwrite)
+        remove_stale_staging(self.fs, self.path)
         self.fs.create_dir(self.staging, recursive=True)
         return self
 
     def commit(self, info: DatasetInfo, quarantine: list[dict[str, str]]) -> None:
-        """Write quarantine.jsonl and dataset.json (last), then move the folder into place."""
+        """Write quarantine.jsonl and dataset.json (last), then move the folder into place.
+
+        A dataset already there (checked again now) is moved aside first, then only its own files are deleted.
+        """
         info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         lines = "".join(json.dumps(q) + "\n" for q in quarantine)
         afs.write_bytes_atomic(self.fs, afs.join(self.staging, QUARANTINE_FILE), lines.encode())
         afs.write_bytes_atomic(self.fs, afs.join(self.staging, INFO_FILE), info.to_json().encode())
+        owned = replaceable_files(self.fs, self.path, self.uri, self.overwrite)
         old = None
         if afs.exists(self.fs, self.path):
-            old = f"{self.path}.old-{uuid.uuid4().hex[:8]}"
+            old = f"{self.path}.old-{_owner_suffix()}"
             self.fs.move(self.path, old)
         self.fs.move(self.staging, self.path)
         self.committed = True
         if old is not None:
+            self._remove_replaced(old, owned)
+
+    def _remove_replaced(self, old: str, owned: list[str]) -> None:
+        """Delete the replaced dataset's files from the set-aside folder, then the folder if nothing else is left."""
+        for rel in owned:
+            if afs.exists(self.fs, afs.join(old, rel)):
+                self.fs.delete_file(afs.join(old, rel))
+        left = afs.list_files(self.fs, old, recursive=True)
+        if left:
+            print(f"kept {old}: it holds files that appeared in {self.uri} while it was replaced "
+                  f"({_describe([f[len(old) + 1:] for f in left])})", file=sys.stderr)
+        else:
             self.fs.delete_dir(old)
 
     def __exit__(self, *exc: object) -> None:
@@ -328,13 +481,17 @@ class Dataset:
 
 
 def decode_row(row: dict[str, Any], source: str = "") -> dict[str, Any]:
-    """Replace encoded image/mask structs in a row by arrays."""
+    """Replace encoded image/mask structs in a row by arrays.
+
+    A dataset's rows passed ingest's pixel cap (which `--max-pixels` may have raised), so only PIL's own
+    decompression-bomb limit applies here.
+    """
     out = dict(row)
     where = f"{source} row {row.get('id', '?')}"
     if "image" in row:
-        out["image"] = decode_image(row["image"]["bytes"], where)
+        out["image"] = decode_image(row["image"]["bytes"], where, max_pixels=None)
     if "mask" in row:
-        out["mask"] = decode_mask(row["mask"]["bytes"], where)
+        out["mask"] = decode_mask(row["mask"]["bytes"], where, max_pixels=None)
     return out
 
 

@@ -7,6 +7,8 @@ import posixpath
 
 import pyarrow.fs as pafs
 
+from augment.errors import AugmentError
+
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or a URI such as s3://bucket/prefix?endpoint_override=..."""
@@ -47,3 +49,41 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     with fs.open_output_stream(tmp) as f:
         f.write(data)
     fs.move(tmp, path)
+
+
+def is_within(path: str, base: str) -> bool:
+    """Whether `path` is `base` or lies below it, comparing normalised paths (`..` resolved by name, no I/O)."""
+    path, base = posixpath.normpath(path), posixpath.normpath(base)
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def _comparable(uri: str) -> tuple[str, str]:
+    """(filesystem kind, path) of a URI; local paths with symlinks resolved."""
+    filesystem, path = resolve(uri)
+    if filesystem.type_name == "local":
+        return "local", os.path.realpath(path)
+    return filesystem.type_name, path
+
+
+def same_or_nested(a: str, b: str) -> bool:
+    """Whether paths/URIs `a` and `b` name the same folder or one lies inside the other (on one filesystem)."""
+    (kind_a, path_a), (kind_b, path_b) = _comparable(a), _comparable(b)
+    return kind_a == kind_b and (is_within(path_a, path_b) or is_within(path_b, path_a))
+
+
+def check_apart(output: str, source: str, what: str = "the input") -> None:
+    """Raise AugmentError when `output` is `source`, inside it or holds it: writing there could destroy the input."""
+    if same_or_nested(output, source):
+        raise AugmentError(
+            f"output {output} and {what} {source} are the same folder or one holds the other; choose an output "
+            f"outside the input"
+        )
+
+
+def check_not_working_folder(uri: str) -> None:
+    """Raise AugmentError for an empty output path, or a local one that is the current folder or a folder above it."""
+    if not uri.strip():
+        raise AugmentError("the output path is empty; name a folder to write")
+    kind, path = _comparable(uri)
+    if kind == "local" and is_within(os.path.realpath(os.getcwd()), path):
+        raise AugmentError(f"{uri} is the current folder or a folder above it; choose an output folder below it")

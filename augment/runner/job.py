@@ -118,6 +118,7 @@ def _check_size(card: ModelCard, info: DatasetInfo, what: str) -> None:
 
 def prepare_job(cfg: JobConfig) -> PreparedJob:
     """Validate everything the job needs and make its plan; raises AugmentError, writes nothing."""
+    afs.check_apart(cfg.output, cfg.data, "the job's data")  # --overwrite there would delete the input
     dataset = open_dataset(cfg.data)
     info = dataset.info
     if not info.num_rows:
