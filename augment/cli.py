@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from augment.data.codec import parse_size
+from augment.data.codec import MAX_PIXELS, parse_size
 from augment.errors import AugmentError
 from augment.training import CLASS_WEIGHTS
 
@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to ingest (default: train; 'all' for every split found)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="resize (bilinear images, nearest masks)")
     p.add_argument("--classes", default=None, help="folder format: classes.json path or comma-separated names")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS, metavar="N",
+                   help=f"quarantine images and masks over N pixels, undecoded (default: {MAX_PIXELS})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the augment dataset already in --out (only its own files are deleted)")
     p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
     p.set_defaults(handler="augment.data.ingest:ingest_command")
 
@@ -57,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(128, 128), metavar="HxW")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the augment dataset already in OUT (only its own files are deleted)")
     p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
     p.set_defaults(handler="augment.data.ingest:example_data_command")
 

@@ -10,26 +10,54 @@ from PIL import Image, UnidentifiedImageError
 from augment.errors import BadSample
 
 IMAGE_FORMATS = ("png", "jpeg")
+# The most pixels (width x height) a decoded source image or mask may have: well above 4K and 8K frames, far below
+# what would exhaust memory. `augment ingest --max-pixels` changes it for one ingest.
+MAX_PIXELS = 64_000_000
 
 
-def decode_image(data: bytes, source: str = "") -> np.ndarray:
-    """Decode PNG/JPEG bytes to an RGB uint8 array H×W×3, fully (truncated files fail here)."""
+def _check_pixels(im: Image.Image, what: str, source: str, max_pixels: int | None) -> None:
+    """BadSample when the header's width x height exceeds `max_pixels`; read before any pixel is decoded."""
+    width, height = im.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadSample(
+            f"{what} is {width}x{height} ({width * height} pixels), over the cap of {max_pixels} pixels; not decoded",
+            source,
+        )
+
+
+def _too_large(exc: Exception, what: str, source: str) -> BadSample:
+    return BadSample(f"{what} is too large to decode safely ({exc})", source)
+
+
+def decode_image(data: bytes, source: str = "", max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Decode PNG/JPEG bytes to an RGB uint8 array H×W×3, fully (truncated files fail here).
+
+    An image whose header claims more than `max_pixels` pixels (None: no cap of ours) raises BadSample before it is
+    decoded; PIL's own decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) applies in any case.
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
+            _check_pixels(im, "image", source, max_pixels)
             im.load()
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise _too_large(exc, "image", source) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadSample(f"corrupt or unreadable image ({exc})", source) from exc
 
 
-def decode_mask(data: bytes, source: str = "") -> np.ndarray:
-    """Decode a single-channel (L or palette) PNG to a uint8 array H×W of class indices."""
+def decode_mask(data: bytes, source: str = "", max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Decode a single-channel (L or palette) PNG to a uint8 array H×W of class indices; `max_pixels` as for
+    decode_image."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            _check_pixels(im, "mask", source, max_pixels)
             im.load()
             if im.mode not in ("L", "P", "I", "I;16", "1"):
                 raise BadSample(f"mask must be single-channel (L or palette PNG), got mode {im.mode}", source)
             arr = np.asarray(im)
+    except Image.DecompressionBombError as exc:
+        raise _too_large(exc, "mask", source) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadSample(f"corrupt or unreadable mask ({exc})", source) from exc
     if arr.dtype != np.uint8:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 import augment
 from augment.data import example
 from augment.data.codec import (
+    MAX_PIXELS,
     check_same_size,
     class_pixels,
     decode_image,
@@ -88,15 +89,18 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 # One sample
 
 
-def ingest_pair(pair: SourcePair, labels: LabelSet, size: tuple[int, int] | None, root: str = "") -> dict[str, Any]:
+def ingest_pair(
+    pair: SourcePair, labels: LabelSet, size: tuple[int, int] | None, root: str = "", max_pixels: int = MAX_PIXELS,
+) -> dict[str, Any]:
     """A dataset row from one source image/mask pair; raises BadSample when the pair cannot be used.
 
     Without `size` an RGB PNG/JPEG keeps its original bytes; other images are stored as PNG.
     The mask is always stored as a single-channel PNG of class indices after the format's label mapping.
+    An image or mask whose header claims more than `max_pixels` pixels is not decoded (BadSample).
     """
     image_bytes = _read(pair.image, "image")
-    image = decode_image(image_bytes, pair.image)
-    raw = decode_mask(_read(pair.mask, "mask"), pair.mask)
+    image = decode_image(image_bytes, pair.image, max_pixels)
+    raw = decode_mask(_read(pair.mask, "mask"), pair.mask, max_pixels)
     check_same_size(image, raw, pair.mask)
     mask = labels.map(raw, pair.mask)
     stem = Path(pair.image).stem
@@ -167,13 +171,13 @@ class _Reporter:
 @ray.remote(num_cpus=1)
 def _ingest_chunk(
     chunk: int, filesystem: Any, staging: str, progress: Any,
-    pairs: Sequence[SourcePair], labels: LabelSet, size: tuple[int, int] | None, root: str,
+    pairs: Sequence[SourcePair], labels: LabelSet, size: tuple[int, int] | None, root: str, max_pixels: int,
 ) -> tuple[int, PartStats]:
     writer = PartWriter(filesystem, staging, f"part-{chunk:05d}", "sample", len(labels.classes))
     reporter = _Reporter(progress)
     for pair in pairs:
         try:
-            row = ingest_pair(pair, labels, size, root)
+            row = ingest_pair(pair, labels, size, root, max_pixels)
         except BadSample as exc:
             writer.quarantine(exc.source or pair.image, exc.reason, id=pair.id, split=pair.split)
         else:
@@ -231,17 +235,19 @@ def write_parallel(
     workers: int | None = None,
     overwrite: bool = False,
     quarantine: Sequence[dict[str, str]] = (),
+    inputs: Sequence[str] = (),
     desc: str = "writing",
 ) -> WriteResult:
     """Run `task.remote(chunk, fs, staging, progress, *args)` per chunk, merge the stats and commit the dataset.
 
     `make_chunks(workers)` gives each chunk's `args`. `quarantine` holds records the driver found itself (orphan
-    files); they come first in quarantine.jsonl. Raises DatasetError when no row was written; then nothing is
-    left at `out`.
+    files); they come first in quarantine.jsonl. `inputs` are the folders the command reads: `out` must be apart
+    from them (see StagedOutput, which also decides what an existing `out` may be). Raises DatasetError when no row
+    was written; then nothing is left at `out`.
     """
     started = time.time()
     try:
-        merged = _run_chunks(out, task, make_chunks, total, info, workers, overwrite, quarantine, desc)
+        merged = _run_chunks(out, task, make_chunks, total, info, workers, overwrite, quarantine, inputs, desc)
     except OSError as exc:
         raise AugmentError(f"{out}: cannot write the dataset ({exc})") from None
     return WriteResult(out, merged.rows, len(merged.quarantine), len(merged.files), time.time() - started)
@@ -256,9 +262,10 @@ def _run_chunks(
     workers: int | None,
     overwrite: bool,
     quarantine: Sequence[dict[str, str]],
+    inputs: Sequence[str],
     desc: str,
 ) -> PartStats:
-    with StagedOutput(out, overwrite=overwrite) as staged:
+    with StagedOutput(out, overwrite=overwrite, inputs=inputs) as staged:
         init_ray()
         in_flight = workers or cluster_cpus()
         chunk_args = make_chunks(in_flight)
@@ -342,8 +349,12 @@ def ingest(
     overwrite: bool = False,
     workers: int | None = None,
     command: str = "",
+    max_pixels: int = MAX_PIXELS,
 ) -> WriteResult:
-    """Ingest the dataset at `src` laid out as `fmt_name` into a new augment dataset at `out`."""
+    """Ingest the dataset at `src` laid out as `fmt_name` into a new augment dataset at `out`.
+
+    Files over `max_pixels` pixels are quarantined undecoded. `out` may not be `src`, inside it or hold it.
+    """
     fmt = format_module(fmt_name)
     root = Path(src).resolve()
     if not root.is_dir():
@@ -364,7 +375,7 @@ def ingest(
 
     def make_chunks(workers: int) -> list[tuple[Any, ...]]:
         per_chunk = chunk_rows(len(found.pairs), bytes_per_row, workers)
-        return [(chunk, labels, size, str(root)) for chunk in _chunks(found.pairs, per_chunk)]
+        return [(chunk, labels, size, str(root), max_pixels) for chunk in _chunks(found.pairs, per_chunk)]
 
     info = DatasetInfo(
         classes=list(labels.classes),
@@ -375,13 +386,14 @@ def ingest(
             "format": fmt_name,
             "splits": splits,
             "size": list(size) if size else None,
+            "max_pixels": max_pixels,
             "augment_version": augment.__version__,
             "command": command,
         },
     )
     return write_parallel(
         out, _ingest_chunk, make_chunks, len(found.pairs), info,
-        workers=workers, overwrite=overwrite, quarantine=found.orphans, desc=f"ingest {fmt_name}",
+        workers=workers, overwrite=overwrite, quarantine=found.orphans, inputs=[str(root)], desc=f"ingest {fmt_name}",
     )
 
 
@@ -431,9 +443,10 @@ def _report(result: WriteResult, verb: str) -> None:
 
 
 def ingest_command(args: argparse.Namespace) -> int:
-    command = _command_line(args, ["src"], ["format", "out", "split", "size", "classes", "overwrite", "workers"])
+    command = _command_line(args, ["src"], ["format", "out", "split", "size", "classes", "max_pixels", "overwrite",
+                                                "workers"])
     result = ingest(args.src, args.format, args.out, split=args.split, size=args.size, classes=args.classes,
-                    overwrite=args.overwrite, workers=args.workers, command=command)
+                    overwrite=args.overwrite, workers=args.workers, command=command, max_pixels=args.max_pixels)
     _report(result, "ingested")
     return 0
 
