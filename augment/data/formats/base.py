@@ -9,12 +9,14 @@ A format module exposes three functions:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable
 
 import numpy as np
 
+from augment.data.fs import is_within
 from augment.errors import BadSample, DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -105,6 +107,16 @@ def order_splits(names: Iterable[str]) -> list[str]:
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def inside(root: Path, path: PurePath) -> bool:
+    """Whether `path`, with `..` resolved by name (symlinks are the user's layout, not followed), is under `root`."""
+    return is_within(os.path.normpath(path), os.path.normpath(root))
+
+
+def escape_record(where: str, listed: str, split: str) -> dict[str, str]:
+    """The quarantine record of a list-file entry that names a file outside the dataset root (never read)."""
+    return {"source": where, "reason": f"listed path {listed!r} leaves the dataset root; not read", "split": split}
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -1,7 +1,8 @@
 """CamVid in SegNet's layout: `<split>/` images, `<split>annot/` label maps, optional `<split>.txt` list files.
 
 List-file lines pair an image path and a label path that carry SegNet's absolute `/SegNet/CamVid/` prefix; each
-path is resolved by its longest tail that exists under the dataset root. Without a list file, `<split>/` and
+path is resolved by its longest tail that exists under the dataset root; an entry whose `..` climbs out of the root
+is quarantined (naming its line) and never read. Without a list file, `<split>/` and
 `<split>annot/` are paired by file stem. Label 11 (unlabelled) becomes the ignore index 255.
 """
 
@@ -13,7 +14,9 @@ from augment.data.formats.base import (
     Discovery,
     LabelSet,
     SourcePair,
+    escape_record,
     files_by_stem,
+    inside,
     make_lut,
     order_splits,
     pair_by_key,
@@ -63,14 +66,26 @@ def find_splits(root: Path) -> list[str]:
     return order_splits(splits)
 
 
+def _escapes(root: Path, listed: str) -> bool:
+    """Whether a list entry climbs out of `root` with `..` (relative entries are taken under `root`)."""
+    path = PurePosixPath(listed.replace("\\", "/"))
+    if ".." not in path.parts:
+        return False
+    return not inside(root, path if path.is_absolute() else PurePosixPath(root) / path)
+
+
 def _resolve(root: Path, listed: str) -> Path:
-    """The file a list entry names: its longest path tail that exists under `root` (else the split/name tail)."""
+    """The file a list entry names: its longest path tail that exists under `root` (else the split/name tail).
+
+    Only paths under `root` are tried, so an entry never reads a file outside the dataset.
+    """
     parts = [p for p in PurePosixPath(listed.replace("\\", "/")).parts if p not in ("/", "")]
     for i in range(len(parts)):
         candidate = root.joinpath(*parts[i:])
-        if candidate.is_file():
+        if inside(root, candidate) and candidate.is_file():
             return candidate
-    return root.joinpath(*parts[-2:])
+    tail = root.joinpath(*parts[-2:])
+    return tail if inside(root, tail) else root / parts[-1]
 
 
 def _from_list(root: Path, split: str, list_file: Path) -> Discovery:
@@ -85,10 +100,14 @@ def _from_list(root: Path, split: str, list_file: Path) -> Discovery:
             found.orphans.append({"source": where, "reason": "list line does not pair an image and a label path",
                                   "split": split})
             continue
+        escaping = [f for f in fields if _escapes(root, f)]
+        if escaping:
+            found.orphans.append(escape_record(where, escaping[0], split))
+            continue
         image, mask = _resolve(root, fields[0]), _resolve(root, fields[1])
         if not image.is_file():
-            found.orphans.append({"source": str(image), "reason": f"image listed in {where} not found",
-                                  "split": split})
+            found.orphans.append({"source": str(image), "split": split,
+                                  "reason": f"image listed in {where} not found under the dataset root"})
         elif not mask.is_file():
             found.orphans.append({"source": str(image), "reason": f"image without a mask ({mask} listed in "
                                   f"{where} not found)", "split": split})

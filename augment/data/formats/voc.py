@@ -2,7 +2,8 @@
 
 The root may be the VOC20xx folder itself or a folder above it (such as VOCdevkit). Mask values 0-20 are the 21
 classes, 255 (object borders, "void") is ignored. `--split all` takes every list file except `trainval` when
-`train` and `val` are both present (it is their union).
+`train` and `val` are both present (it is their union). A list entry naming a file outside its folder (`..`, an
+absolute path) is quarantined, naming its line, and never read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from augment.data.formats.base import (
     LabelSet,
     SourcePair,
     bit_palette,
+    escape_record,
     identity_labels,
+    inside,
     order_splits,
 )
 from augment.errors import DatasetError
@@ -77,6 +80,9 @@ def discover(root: Path, split: str) -> Discovery:
             continue
         stem = line.split()[0]
         where = f"{list_file}:{lineno}"
+        if not all(inside(base / sub, base / sub / stem) for sub in ("JPEGImages", "SegmentationClass")):
+            found.orphans.append(escape_record(where, stem, split))
+            continue
         image = _image_for(base / "JPEGImages", stem)
         mask = base / "SegmentationClass" / f"{stem}.png"
         if image is None:
