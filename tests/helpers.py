@@ -35,15 +35,15 @@ def blob_sample(rng: np.random.Generator, size: tuple[int, int], num_classes: in
 
 def make_dataset(
     path, n: int, size: tuple[int, int] = (32, 32), num_classes: int = 4, seed: int = 0,
-    classes: list[str] | None = None, split: str = "train",
+    classes: list[str] | None = None, split: str = "train", overwrite: bool = False,
 ) -> str:
-    """Write a dataset of `n` blob samples to `path`; returns its URI (the path as a string)."""
+    """Write a dataset of `n` blob samples to `path` (replacing one there with `overwrite`); returns its URI."""
     if not 2 <= num_classes <= len(PALETTE):
         raise ValueError(f"num_classes must be 2..{len(PALETTE)}")
     classes = classes or [f"class{i}" for i in range(num_classes)]
     rng = np.random.default_rng(seed)
     uri = str(path)
-    with StagedOutput(uri) as staged:
+    with StagedOutput(uri, overwrite=overwrite) as staged:
         writer = PartWriter(staged.fs, staged.staging, "part-00000", "sample", num_classes)
         for i in range(n):
             image, mask = blob_sample(rng, size, num_classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import urllib.parse
 
 import pyarrow.fs as pafs
 
@@ -58,11 +59,13 @@ def is_within(path: str, base: str) -> bool:
 
 
 def _comparable(uri: str) -> tuple[str, str]:
-    """(filesystem kind, path) of a URI; local paths with symlinks resolved."""
-    filesystem, path = resolve(uri)
-    if filesystem.type_name == "local":
-        return "local", os.path.realpath(path)
-    return filesystem.type_name, path
+    """(scheme, path) of a path or URI, parsed without contacting any server; local paths with symlinks resolved."""
+    if "://" not in uri:
+        return "file", os.path.realpath(uri)
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file":
+        return "file", os.path.realpath(parts.path)
+    return parts.scheme, "/" + (parts.netloc + parts.path).strip("/")
 
 
 def same_or_nested(a: str, b: str) -> bool:
@@ -85,5 +88,5 @@ def check_not_working_folder(uri: str) -> None:
     if not uri.strip():
         raise AugmentError("the output path is empty; name a folder to write")
     kind, path = _comparable(uri)
-    if kind == "local" and is_within(os.path.realpath(os.getcwd()), path):
+    if kind == "file" and is_within(os.path.realpath(os.getcwd()), path):
         raise AugmentError(f"{uri} is the current folder or a folder above it; choose an output folder below it")
