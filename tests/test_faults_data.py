@@ -128,6 +128,7 @@ def test_overwrite_refuses_a_dataset_json_listing_paths_outside_its_folder(tmp_p
 
 def test_overwrite_replaces_a_dataset_deleting_only_its_files(tmp_path):
     out = tmp_path / "ds"
+    out.mkdir()  # an empty folder takes a dataset without --overwrite
     make_dataset(out, 2, seed=1)
     old_part = (out / "part-00000-0000.parquet").read_bytes()
     make_dataset(out, 3, seed=2, overwrite=True)
