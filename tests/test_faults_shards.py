@@ -22,7 +22,7 @@ from augment.runner.markers import (
     OutputFolder, claim_run, marker_file, read_marker, shard_file, temporary_shard_file,
 )
 from augment.runner.verify import verify_output
-from job_helpers import make_example_dataset, make_tiny_runs, write_job
+from job_helpers import make_example_dataset, make_job_env, write_job
 
 QUOTAS = {"car": 4, "pedestrian": 4}
 RESOURCES = {"workers": 1, "batch_size": 2, "samples_per_shard": 2}
@@ -32,10 +32,7 @@ SHARDS = 4
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faultenv")
-    data = make_example_dataset(root / "data", n=8, size=(32, 32))
-    gan, seg = make_tiny_runs(root, data)
-    return {"root": root, "data": data, "gan": gan, "seg": seg}
+    return make_job_env(tmp_path_factory.mktemp("faultenv"), n=8)
 
 
 def job_path(env, path: Path, output: Path, **fields) -> Path:

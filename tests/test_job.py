@@ -21,7 +21,7 @@ from augment.runner.job import load_job, prepare_job, run_job
 from augment.runner.markers import OutputFolder, read_marker
 from augment.synthesis.plan import Plan
 from augment.training.checkpoint import load_card
-from job_helpers import make_example_dataset, make_tiny_runs, write_job
+from job_helpers import make_example_dataset, make_job_env, make_tiny_runs, write_job
 
 QUOTAS = {"pedestrian": 6, "car": 5, "bicyclist": 3}
 RESOURCES = {"workers": 2, "batch_size": 4, "samples_per_shard": 4}
@@ -30,10 +30,7 @@ NO_FILTER = {"min_miou": 0.0, "min_target_iou": 0.0}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("jobenv")
-    data = make_example_dataset(root / "data", n=12, size=(32, 32))
-    gan, seg = make_tiny_runs(root, data)
-    return {"root": root, "data": data, "gan": gan, "seg": seg}
+    return make_job_env(tmp_path_factory.mktemp("jobenv"), n=12)
 
 
 def job_file(env, path: Path, output, **fields):
