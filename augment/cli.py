@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None)
     p.set_defaults(handler="augment.runner.job:run_command")
 
+    p = sub.add_parser("verify", help="check a finished job output or a dataset (files, sizes, checksums, rows) "
+                                      "without running anything")
+    p.add_argument("output", help="job output or dataset folder or URI")
+    p.set_defaults(handler="augment.runner.verify:verify_command")
+
     p = sub.add_parser("retrain", help="retrain the segmenter on real + synthetic data and report per-class gains")
     p.add_argument("--real", required=True, help="real training dataset")
     p.add_argument("--synthetic", required=True, help="synthetic dataset(s) from `augment run`, comma-separated")

@@ -386,9 +386,11 @@ def _lap(stages: dict[str, float], stage: str, since: float, device: torch.devic
 def pipeline_in_process(job: Any, output: str, device: torch.device, threads: int) -> Run:
     """ShardProcessor over every shard of the job in this process (no Ray), with its stage timings."""
     from augment.runner.job import shard_settings
+    from augment.runner.markers import OutputFolder, claim_run
 
     start = time.perf_counter()
-    settings = replace(shard_settings(job), output=output, threads=threads)
+    run = claim_run(OutputFolder(output), job.fingerprint, None)
+    settings = replace(shard_settings(job, run.run_id), output=output, threads=threads)
     processor = shard_mod.ShardProcessor(settings, str(device))
     setup = time.perf_counter() - start
     processor.timings = {}

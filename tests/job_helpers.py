@@ -64,6 +64,13 @@ def make_tiny_runs(
     return gan_run, seg_run
 
 
+def make_job_env(root: Path, n: int) -> dict[str, Any]:
+    """An example dataset of `n` 32x32 scenes under `root` and tiny runs fitting it: {root, data, gan, seg}."""
+    data = make_example_dataset(root / "data", n=n, size=(32, 32))
+    gan, seg = make_tiny_runs(root, data)
+    return {"root": root, "data": data, "gan": gan, "seg": seg}
+
+
 def write_job(path: Path, **fields: Any) -> Path:
     """Write a YAML job file with `fields` (None values left out); returns its path."""
     path.write_text(yaml.safe_dump({k: v for k, v in fields.items() if v is not None}, sort_keys=False))

@@ -72,6 +72,14 @@ def test_job_writes_to_s3_and_reads_back(tmp_path, s3_base):
     assert {f"data/shard-{k:05d}.parquet" for k in range(3)} <= names
     assert not any(n.startswith("data/.shard-") for n in names)
     assert isinstance(filesystem, pafs.S3FileSystem)
+    from augment.errors import AugmentError
+    from augment.runner.markers import OutputFolder, claim_run
+
+    folder = OutputFolder(out_uri)
+    assert folder.runs() == [1] and folder.current_run().run_id == summary["run_id"]
+    with pytest.raises(AugmentError, match="another run claimed this output at the same moment"):
+        claim_run(folder, summary["fingerprint"], None)  # run 1 exists: no second claim of that number
+    assert folder.current_run().run_id == summary["run_id"]
 
     ds = open_dataset(out_uri)
     table = ds.arrow.to_table(columns=["id", "accepted"])

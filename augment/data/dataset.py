@@ -39,6 +39,21 @@ QUARANTINE_FILE = "quarantine.jsonl"
 TARGET_FILE_BYTES = 256 << 20
 ROW_GROUP_BYTES = 32 << 20
 ROW_GROUP_ROWS = 256
+PARQUET_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
+"""Options of every Parquet file augment writes: zstd pages, each with a CRC that readers verify."""
+
+
+def open_parquet(source: Any) -> pq.ParquetFile:
+    """A Parquet file (path or open input file) read with page checksum verification: a damaged page raises
+    OSError ("CRC checksum verification failed") instead of yielding wrong bytes."""
+    return pq.ParquetFile(source, page_checksum_verification=True)
+
+
+def parquet_format() -> pads.ParquetFileFormat:
+    """The pyarrow dataset format augment reads its Parquet with: page checksums verified (see `open_parquet`)."""
+    return pads.ParquetFileFormat(
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
+    )
 
 
 @dataclass
@@ -203,7 +218,7 @@ class PartWriter:
         if self._writer is None:
             name = f"{self.prefix}-{len(self.stats.files):04d}.parquet"
             self._sink = self.fs.open_output_stream(afs.join(self.folder, name))
-            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self._sink, self.schema, **PARQUET_WRITE_OPTIONS)
             self.stats.files.append(name)
         self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
         self._file_bytes += self._buffered_bytes
@@ -458,7 +473,7 @@ class Dataset:
     @cached_property
     def arrow(self) -> pads.Dataset:
         """A pyarrow dataset over the files, schema-checked."""
-        ds = pads.dataset(self.files, filesystem=self.fs, format="parquet")
+        ds = pads.dataset(self.files, filesystem=self.fs, format=parquet_format())
         try:
             check_schema(ds.schema, self.schema_name, source=self.uri)
         except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import urllib.parse
@@ -42,6 +43,20 @@ def list_files(fs: pafs.FileSystem, path: str, recursive: bool = False) -> list[
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def size_and_sha256(fs: pafs.FileSystem, path: str) -> tuple[int, str]:
+    """(bytes, sha256 hex) of a file, streamed in HASH_CHUNK_BYTES reads (memory holds one chunk)."""
+    digest = hashlib.sha256()
+    size = 0
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:

@@ -4,12 +4,21 @@
  1. validation, writing nothing: the dataset opens and has one image size; the generator and segmenter load (weights
     sha256-verified) and fit the dataset's classes, and the generator its image size; the filter is valid; the plan
     can be made (unknown classes, quotas no source map can serve -> refused).
- 2. the output: its `job.json` must be absent (new output, which must hold no other files) or carry this job's
-    fingerprint (resume); another fingerprint is refused unless `overwrite`, which removes that job's files (only
-    the names in augment.runner.markers' layout, listed on stdout) before starting.
- 3. `plan.json`, then every shard without a completion marker on an actor pool (augment.runner.shard).
- 4. a check that the shard files hold every planned sample exactly once (minus rejected ones unless
-    keep_rejected, minus quarantined ones), contact sheets, `summary.json`, and `dataset.json` last.
+ 2. the output: it must belong to no job (new output, which must hold no other files) or to this job's
+    fingerprint (resume); another job's is refused unless `overwrite`. The run then claims the output with a new
+    run id (augment.runner.markers.claim_run: create-exclusive, so of two runs claiming it at once one is refused),
+    which fences off every older run's writers; only then does `overwrite` remove the other job's files (only the
+    names in augment.runner.markers' layout, listed on stdout). Temporary shard files of older runs are removed.
+ 3. `plan.json`; the resume check: every shard with a marker of this job is verified (file present, size and
+    sha256 as the marker says), and every shard not complete and sound is run on an actor pool
+    (augment.runner.shard) whose workers carry the run id. A shard found missing, truncated or corrupt is named
+    ("shard-00003: checksum mismatch, remaking") and remade, only it.
+ 4. the final verify: size and sha256 of every shard again (a shard that fails is remade, up to
+    MAX_SHARD_ROUNDS rounds), then a check that the shard files hold every planned sample exactly once (minus
+    rejected ones unless keep_rejected, minus quarantined ones); then, if this run still owns the output, shard
+    files beyond the plan left by a superseded writer and this run's temporary files are removed, and the contact
+    sheets, `summary.json` and `dataset.json` (last) are written. A run superseded by a newer claim stops with an
+    error naming the newer run.
 
 The fingerprint is the sha256 of the job's canonical content: dataset identity (sha256 of its dataset.json),
 generator and segmenter identity (weights sha256), seed, quotas, balance, filter, keep_rejected, noise, edits and
@@ -33,7 +42,6 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import pyarrow.dataset as pads
 from PIL import Image
 
 from augment import __version__
@@ -45,18 +53,22 @@ from augment.models.segmenter import load_segmenter
 from augment.report.sheets import render_sheet
 from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
 from augment.runner.markers import (
-    JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, ShardStats, is_temporary, shard_file,
+    JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, is_run_claim,
+    is_temporary, shard_file, shard_name,
 )
 from augment.runner.shard import ShardProcessor, ShardSettings, read_examples
+from augment.runner.verify import id_problem
 from augment.synthesis.generate import load_generator
 from augment.synthesis.plan import Plan, PlannedSample, make_plan
 from augment.training.checkpoint import CheckpointError, ModelCard, check_compatible
 
 FINGERPRINT_VERSION = 1
 PROGRESS_INTERVAL_S = 10.0
+MAX_SHARD_ROUNDS = 3
 
 __all__ = [
-    "JobConfig", "PreparedJob", "job_fingerprint", "load_job", "prepare_job", "run_command", "run_job", "job_schema",
+    "Claim", "JobConfig", "PreparedJob", "claim_output", "job_fingerprint", "load_job", "prepare_job", "run_command",
+    "run_job", "job_schema",
 ]
 
 
@@ -145,12 +157,21 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> str:
-    """Make the output this job's; returns "new", "resume" or "overwrite" (see the module docstring)."""
+@dataclass
+class Claim:
+    """This run's hold on the output: how it took it ("new", "resume" or "overwrite") and its run claim."""
+
+    mode: str
+    run: RunClaim
+
+
+def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
+    """Make the output this job's and claim it for this run (see the module docstring, step 2)."""
     ours, other = out.classify()
-    settled = [rel for rel in ours if not is_temporary(rel)]
+    settled = [rel for rel in ours if not is_temporary(rel) and not is_run_claim(rel)]
+    current = out.current_run()  # after listing: a run claiming beside us makes our claim below fail
     try:
-        record = out.read_json(JOB_FILE)  # after listing: a driver starting beside us may write it in between
+        record = out.read_json(JOB_FILE)
     except ValueError:
         raise AugmentError(f"{out.uri}/{JOB_FILE} is not valid JSON; remove it or choose another output") from None
     if other:
@@ -159,26 +180,38 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> str:
             f"{out.uri} holds files that are not an augmentation job's output ({listed}); choose an empty or new "
             f"output location"
         )
-    if record is not None and record.get("fingerprint") == job.fingerprint:
-        return "resume"
-    if settled and not overwrite:
-        if record is None:
+    owner = current.fingerprint if current is not None else (record or {}).get("fingerprint")
+    if owner == job.fingerprint:
+        mode = "resume"
+    elif owner is None and not settled:
+        mode = "new"
+    elif not overwrite:
+        if owner is None:
             raise AugmentError(f"{out.uri} holds job files but no {JOB_FILE}; pass --overwrite to replace them")
-        changed = _changed_keys(record.get("content", {}), job.content)
+        content = record.get("content", {}) if record and record.get("fingerprint") == owner else {}
+        changed = _changed_keys(content, job.content) if content else []
         raise AugmentError(
-            f"{out.uri} holds the output of another job (fingerprint {str(record.get('fingerprint'))[:12]}, this job "
+            f"{out.uri} holds the output of another job (fingerprint {str(owner)[:12]}, this job "
             f"{job.fingerprint[:12]}; differs in: {', '.join(changed) or 'unknown'}); pass --overwrite to replace it "
             f"or choose another output"
         )
-    mode = "new"
-    if settled:
-        print(f"augment run: --overwrite: removing {len(ours)} files of the previous job in {out.uri}:", flush=True)
-        for rel in ours:
-            print(f"  {rel}", flush=True)
-        out.remove_job_files(ours)
+    else:
         mode = "overwrite"
+    claim = claim_run(out, job.fingerprint, current)
+    swept = set(out.sweep_temporaries(claim.run - 1))
+    doomed = [rel for rel in ours if not is_run_claim(rel) and rel not in swept] if mode == "overwrite" else []
+    if doomed:
+        print(f"augment run: --overwrite: removing {len(doomed)} files of the previous job in {out.uri}:", flush=True)
+        for rel in doomed:
+            print(f"  {rel}", flush=True)
+        out.remove_job_files(doomed)
+    _write_job_record(out, job)
+    return Claim(mode, claim)
+
+
+def _write_job_record(out: OutputFolder, job: PreparedJob) -> None:
+    """job.json: the job's fingerprint and the content it hashes."""
     out.write_json(JOB_FILE, {"fingerprint": job.fingerprint, "content": job.content, "augment_version": __version__})
-    return mode
 
 
 def _write_plan(out: OutputFolder, plan: Plan) -> None:
@@ -236,13 +269,14 @@ class Progress:
             self.bar.close()
 
 
-def shard_settings(job: PreparedJob) -> ShardSettings:
-    """What every worker of this job gets."""
+def shard_settings(job: PreparedJob, run_id: str) -> ShardSettings:
+    """What every worker of this job gets; `run_id` is the run's claim on the output (Claim.run.run_id)."""
     cfg, info = job.cfg, job.dataset.info
     return ShardSettings(
         data=cfg.data, generator=cfg.generator, segmenter=cfg.segmenter, output=cfg.output,
         fingerprint=job.fingerprint, classes=list(info.classes), ignore_index=info.ignore_index,
         generator_sha256=job.generator_card.weights_sha256, segmenter_sha256=job.segmenter_card.weights_sha256,
+        run_id=run_id,
         filter=dict(cfg.filter), keep_rejected=cfg.keep_rejected, noise=cfg.noise,
         precision=cfg.precision,
         batch_size=cfg.resources.batch_size, sheets=cfg.sheets,
@@ -287,8 +321,12 @@ def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, f
     return max(1, min(workers, pending)), gpus, cpus
 
 
-def _run_shards(job: PreparedJob, settings: ShardSettings, todo: list[int], progress: Progress, local: bool) -> int:
-    """Run the shards `todo` on an actor pool; returns how many were made here (not found done by a worker)."""
+def _run_shards(
+    job: PreparedJob, settings: ShardSettings, todo: list[int], progress: Progress, local: bool
+) -> set[int]:
+    """Run the shards `todo` on an actor pool; returns those made here (not found done by a worker).
+
+    A worker reporting its run stale (a newer run claimed the output) stops the run with AugmentError."""
     import ray
     from ray.exceptions import RayActorError, RayError
 
@@ -305,7 +343,7 @@ def _run_shards(job: PreparedJob, settings: ShardSettings, todo: list[int], prog
     queue = deque(todo)
     attempts: dict[int, int] = {}
     in_flight: dict[Any, tuple[int, int]] = {}
-    made = 0
+    made: set[int] = set()
     print(f"augment run: {len(todo)} shards on {n_workers} workers ({gpus:g} GPU, {cpus:g} CPU each)", flush=True)
     try:
         while queue or in_flight:
@@ -334,13 +372,26 @@ def _run_shards(job: PreparedJob, settings: ShardSettings, todo: list[int], prog
                     actors[slot] = actor_cls.remote(settings_dict)
                 queue.appendleft(k)
                 continue
+            if result.get("stale"):
+                raise AugmentError(f"{settings.output}: this run was taken over by a newer run and stopped "
+                                   f"(a worker reports {result['message']})")
             skipped = result.pop("skipped", False)
-            made += not skipped
+            if not skipped:
+                made.add(k)
             progress.update(ShardStats(**result), len(shards[k]))
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
     return made
+
+
+def _sound_shards(out: OutputFolder, job: PreparedJob) -> dict[int, ShardStats]:
+    """The shards complete for this job whose files match their markers (size and sha256); each shard with a marker
+    of this job that fails is named on stdout (it is then remade)."""
+    sound, problems = out.verified(job.fingerprint, len(job.shards))
+    for k, problem in problems.items():
+        print(f"augment run: {shard_name(k)}: {problem}, remaking", flush=True)
+    return sound
 
 
 def _verify(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStats]) -> list[str]:
@@ -349,21 +400,20 @@ def _verify(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStats]) ->
     missing = [f for k, f in enumerate(files) if k not in done]
     if missing:
         raise AugmentError(f"{out.uri}: shards without a completion marker: {', '.join(missing[:5])}")
-    dropped = {q["id"] for s in done.values() for q in s.quarantined}
-    if not job.cfg.keep_rejected:
-        dropped |= {i for s in done.values() for i in s.rejected_ids}
-    expected = {p.sample_id for p in job.plan.samples} - dropped
-    table = pads.dataset([out.full(f) for f in files], filesystem=out.fs, format="parquet").to_table(columns=["id"])
-    ids = table.column("id").to_pylist()
-    rows = sum(s.rows for s in done.values())
-    if len(ids) != rows or len(set(ids)) != len(ids) or set(ids) != expected:
-        dup = len(ids) - len(set(ids))
-        raise AugmentError(
-            f"{out.uri}: the shards hold {len(ids)} rows ({dup} duplicate ids), the markers say {rows}, the plan "
-            f"expects {len(expected)}; {len(expected - set(ids))} planned ids missing, {len(set(ids) - expected)} "
-            f"unexpected; rerun with --overwrite"
-        )
+    problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.cfg.keep_rejected, done, files)
+    if problem is not None:
+        raise AugmentError(f"{out.uri}: {problem}; rerun with --overwrite")
     return files
+
+
+def _check_owner(out: OutputFolder, claim: Claim) -> None:
+    """Raise AugmentError when a newer run has claimed the output since `claim`."""
+    if out.is_current(claim.run.run_id):
+        return
+    current = out.current_run()
+    whose = f"run {current.run_id} of job {current.fingerprint[:12]}" if current is not None else "no run"
+    raise AugmentError(f"{out.uri}: this run ({claim.run.run_id}) was taken over by {whose} and stopped; that run "
+                       f"finishes the output")
 
 
 def _safe_name(name: str) -> str:
@@ -410,9 +460,17 @@ def _versions() -> dict[str, str]:
             "ray": ray.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version()}
 
 
-def _finish(out: OutputFolder, job: PreparedJob, summary: dict[str, Any]) -> dict[str, Any]:
-    done = {k: s for k, s in out.completed(job.fingerprint).items() if k < len(job.shards)}
+def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, ShardStats],
+            summary: dict[str, Any]) -> dict[str, Any]:
+    """Steps 4's checks and writes (see the module docstring), given the verified complete shards `done`."""
     files = _verify(out, job, done)
+    _check_owner(out, claim)
+    strays = out.strays(len(job.shards))
+    if strays:
+        print(f"augment run: removing {len(strays)} shard files beyond this job's plan, left by a superseded run: "
+              f"{', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}", flush=True)
+        out.remove_job_files(strays)
+    out.sweep_temporaries(claim.run.run)
     info = job.dataset.info
     merged = PartStats(info.num_classes)
     for k in sorted(done):
@@ -424,8 +482,6 @@ def _finish(out: OutputFolder, job: PreparedJob, summary: dict[str, Any]) -> dic
             counts[name]["accepted"] += n
         for name, n in s.rejected.items():
             counts[name]["rejected"] += n
-    for rel in out.stale_temporaries():
-        out.fs.delete_file(out.full(rel))
     sheets = _write_sheets(out, job, done)
     accepted = sum(c["accepted"] for c in counts.values())
     rejected = sum(c["rejected"] for c in counts.values())
@@ -449,6 +505,8 @@ def _finish(out: OutputFolder, job: PreparedJob, summary: dict[str, Any]) -> dic
         out.write_bytes(QUARANTINE_FILE, "".join(json.dumps(q) + "\n" for q in quarantined).encode())
     summary["wall_seconds"] = round(time.perf_counter() - summary.pop("_start"), 3)
     out.write_json(SUMMARY_FILE, summary)
+    if (out.read_json(JOB_FILE) or {}).get("fingerprint") != job.fingerprint:
+        _write_job_record(out, job)  # a run that lost the claim race on S3 may have written its own
     new_info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.write_bytes(INFO_FILE, new_info.to_json().encode())
     return summary
@@ -459,34 +517,48 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     start = time.perf_counter()
     job = prepare_job(cfg)
     out = OutputFolder(cfg.output)
-    mode = claim_output(out, job, overwrite)
+    claim = claim_output(out, job, overwrite)
     _write_plan(out, job.plan)
     shards = job.shards
-    done = {k for k in out.completed(job.fingerprint) if k < len(shards)}
+    done = _sound_shards(out, job)
     todo = [k for k in range(len(shards)) if k not in done]
     print(f"augment run: {len(job.plan)} samples in {len(shards)} shards, {len(done)} already done "
-          f"({mode}) -> {cfg.output}", flush=True)
+          f"({claim.mode}, run {claim.run.run_id}) -> {cfg.output}", flush=True)
     progress = Progress(len(shards), len(done), len(job.plan), sum(len(shards[k]) for k in done))
-    made = 0
+    made: set[int] = set()
     run_start = time.perf_counter()
     if todo:
         from augment.runner.cluster import init_ray
 
         init_ray(address)
+        local = address in (None, "local") and not _ray_address()
+        settings = shard_settings(job, claim.run.run_id)
         try:
-            local = address in (None, "local") and not _ray_address()
-            made = _run_shards(job, shard_settings(job), todo, progress, local=local)
+            for _ in range(MAX_SHARD_ROUNDS):
+                made |= _run_shards(job, settings, todo, progress, local=local)
+                done = _sound_shards(out, job)  # the final verify (again after a remake)
+                todo = [k for k in range(len(shards)) if k not in done]
+                if not todo:
+                    break
+                _check_owner(out, claim)
+                progress.done_shards -= len(todo)
+                progress.done_samples -= sum(len(shards[k]) for k in todo)
+            else:
+                raise AugmentError(
+                    f"{cfg.output}: {', '.join(shard_name(k) for k in todo[:5])} still not sound after "
+                    f"{MAX_SHARD_ROUNDS} rounds of remaking; check the storage"
+                )
         finally:
             progress.close()
     run_seconds = time.perf_counter() - run_start
     summary: dict[str, Any] = {
-        "output": cfg.output, "fingerprint": job.fingerprint, "mode": mode, "samples_planned": len(job.plan),
-        "shards": len(shards), "shards_run": made, "shards_skipped": len(shards) - made,
-        "generated_this_run": progress.generated,
+        "output": cfg.output, "fingerprint": job.fingerprint, "mode": claim.mode, "run_id": claim.run.run_id,
+        "samples_planned": len(job.plan), "shards": len(shards), "shards_run": len(made),
+        "shards_skipped": len(shards) - len(made), "generated_this_run": progress.generated,
         "images_per_second": round(progress.generated / run_seconds, 3) if progress.generated else 0.0,
         "_start": start,
     }
-    return _finish(out, job, summary)
+    return _finish(out, job, claim, done, summary)
 
 
 def _ray_address() -> str | None:

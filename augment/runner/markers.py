@@ -1,11 +1,12 @@
-"""The output folder of an augmentation job, its completion markers and its job fingerprint.
+"""The output folder of an augmentation job, its completion markers, its job fingerprint and its run claims.
 
 Layout (local folder or pyarrow URI such as s3://bucket/prefix)::
 
-    job.json                      written first: the job's fingerprint and the canonical content it hashes
+    _runs/run-NNNNNN.json         one per run that claimed the output (RunClaim); the highest number is the current run
+    job.json                      the job's fingerprint and the canonical content it hashes (rewritten by each claim)
     plan.json                     the synthesis plan (augment.synthesis.plan.Plan), written before any shard
     data/shard-NNNNN.parquet      one per planned shard, `synthetic` schema, rows in plan order
-    data/.shard-NNNNN.<uuid>.tmp  a shard being written (renamed to its final name when complete)
+    data/.shard-NNNNN.<run>.<uuid>.tmp  a shard being written by run <run> (renamed to its final name when complete)
     _markers/shard-NNNNN.json     completion marker of shard NNNNN with its stats (ShardStats), written last
     _markers/shard-NNNNN.examples.parquet  a few samples (PNG bytes + segmenter prediction) for the contact sheets
     sheets/<class>.png            per-class contact sheets (label | synthetic | prediction)
@@ -13,21 +14,52 @@ Layout (local folder or pyarrow URI such as s3://bucket/prefix)::
     summary.json                  the run's summary (counts, images/s, wall time)
     dataset.json                  written last, once every planned shard is complete: the output is then a dataset
 
-A shard counts as done only when its marker exists and carries this job's fingerprint; its Parquet file is in place
-before the marker is written, so a marker always describes a complete file. Shards are deterministic, so a shard
-made twice (a retried task, or two drivers running the same job) is rewritten with the same rows under the same name:
-a local rename is atomic; on S3 pyarrow's move is copy + delete, never a partial object, and both copies are
-identical. No lock is needed for correctness; the worker checks the marker before starting a shard to avoid most
-duplicate work.
+Every Parquet file is written with page checksums (augment.data.dataset.PARQUET_WRITE_OPTIONS) and read with their
+verification.
+
+Content-checked shards
+    A marker records its shard file's size and sha256 (of the file bytes, streamed through the pyarrow
+    filesystem), computed from the temporary file before it is renamed into place. A shard counts as done only when
+    its marker carries this job's fingerprint and the file is there with that size and checksum (`marker_done`,
+    `OutputFolder.verified`); a shard that is missing, truncated or corrupt is therefore not done and is made again
+    under the same name. A marker without a checksum (written by an augment before markers had one) does not count:
+    that shard is remade once.
+
+Run claims (fencing)
+    Each run that takes the output (new, resumed or overwritten) first creates the next `_runs/run-NNNNNN.json`
+    (`claim_run`), create-exclusive: on a local filesystem the claim is written to a temporary sibling and
+    hard-linked to its name, which fails when the name exists (falling back to `open(..., "x")` where the
+    filesystem has no hard links); of two runs claiming the same number, one wins and the other is refused. Its
+    `run_id` is the fencing token: workers carry it (ShardSettings.run_id) and a shard commit checks that it is
+    still the current run's (`OutputFolder.is_current`) before renaming its file into place and again before writing
+    the examples and the marker; a stale writer deletes its temporary file, renames nothing, writes no marker and
+    reports itself stale. A resume of the same job also takes over with a new run id: shards already complete and
+    verified are kept, since the fingerprint, not the run, decides what is done. The job an output belongs to is the
+    current run's fingerprint (job.json's for outputs written before run claims).
+    What remains: the check and the rename are two operations, so a writer that passed the check a moment before a
+    new claim can still land one shard (the new run's checksums then catch a file changed under its marker, and it
+    removes shards beyond its own plan); S3 has no create-exclusive put that pyarrow can issue, so there a claim is
+    "absent, then written, then read back": two runs claiming at the same instant may both proceed, but only the one
+    whose claim the object holds passes the commit check, the other's shards are discarded and it stops.
+
+Temporary shard files
+    Those of a run older than the current one belong to fenced writers (they can never be committed) and are removed
+    when a run claims the output; the current run removes its own (and older) ones when it finishes, once its
+    workers are stopped. A run never removes the temporary files of a newer run.
 
 `--overwrite` removes only the files this layout names (listed above, matched by name), and only after the job is
-validated; anything else in the output makes the job refuse it, overwrite or not.
+validated and its claim made; the run claims are kept (they keep the run numbers increasing). Anything else in the
+output makes the job refuse it, overwrite or not.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +67,7 @@ import pyarrow.fs as pafs
 
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, PartStats
+from augment.errors import AugmentError
 
 JOB_FILE = "job.json"
 PLAN_FILE = "plan.json"
@@ -42,19 +75,28 @@ SUMMARY_FILE = "summary.json"
 DATA_DIR = "data"
 MARKER_DIR = "_markers"
 SHEETS_DIR = "sheets"
+RUNS_DIR = "_runs"
+VERIFY_THREADS = 8
 
 _KNOWN = re.compile(
     r"^(?:(?:job|plan|summary|dataset)\.json|quarantine\.jsonl|data/shard-\d{5,}\.parquet"
-    r"|_markers/shard-\d{5,}\.(?:json|examples\.parquet)|sheets/[A-Za-z0-9_.-]+\.png)"
+    r"|_markers/shard-\d{5,}\.(?:json|examples\.parquet)|sheets/[A-Za-z0-9_.-]+\.png|_runs/run-\d{6,}\.json)"
     r"(?:\.tmp-\d+-[0-9a-f]+)?$"
-    r"|^data/\.shard-\d{5,}\.[0-9a-f]+\.tmp$"
+    r"|^data/\.shard-\d{5,}\.(?:r\d{6,}-[0-9a-f]+\.)?[0-9a-f]+\.tmp$"
 )
-_TMP_SHARD = re.compile(r"^data/\.shard-\d{5,}\.[0-9a-f]+\.tmp$")
+_TMP_SHARD = re.compile(r"^data/\.shard-\d{5,}\.(?:r(\d{6,})-[0-9a-f]+\.)?[0-9a-f]+\.tmp$")
+_RUN_FILE = re.compile(r"^run-(\d{6,})\.json$")
+_SHARD_PART = re.compile(r"^(?:data/shard-(\d{5,})\.parquet|_markers/shard-(\d{5,})\.(?:json|examples\.parquet))$")
 
 
 def is_temporary(relative: str) -> bool:
     """A file being written (or left by a writer that died): never part of a job's content."""
     return bool(_TMP_SHARD.match(relative) or re.search(r"\.tmp-\d+-[0-9a-f]+$", relative))
+
+
+def is_run_claim(relative: str) -> bool:
+    """A run's claim file (kept by --overwrite; not part of a job's content)."""
+    return relative.startswith(f"{RUNS_DIR}/") and bool(_RUN_FILE.match(relative[len(RUNS_DIR) + 1:]))
 
 
 def shard_name(index: int) -> str:
@@ -64,6 +106,30 @@ def shard_name(index: int) -> str:
 def shard_file(index: int) -> str:
     """The shard's data file, relative to the output folder."""
     return f"{DATA_DIR}/{shard_name(index)}.parquet"
+
+
+def temporary_shard_file(index: int, run_id: str) -> str:
+    """A fresh temporary name for shard `index` written by run `run_id`, relative to the output folder."""
+    return f"{DATA_DIR}/.{shard_name(index)}.{run_id}.{os.urandom(16).hex()}.tmp"
+
+
+def run_file(run: int) -> str:
+    return f"{RUNS_DIR}/run-{run:06d}.json"
+
+
+@dataclass
+class RunClaim:
+    """One run's claim on an output; `run_id` is the fencing token its workers carry."""
+
+    run: int
+    run_id: str
+    fingerprint: str
+    host: str = ""
+    pid: int = 0
+    claimed_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
 
 
 @dataclass
@@ -85,6 +151,9 @@ class ShardStats:
     node: str = ""
     attempt_id: str = ""
     examples: int = 0
+    size: int = 0
+    sha256: str = ""
+    run_id: str = ""
 
     def part_stats(self) -> PartStats:
         return PartStats(**self.part)
@@ -142,22 +211,81 @@ class OutputFolder:
         return ours, other
 
     def remove_job_files(self, files: list[str]) -> None:
-        """Delete the listed job files, then the layout's folders if they are left empty."""
+        """Delete the listed job files (never a run claim), then the layout's folders if they are left empty."""
         for rel in files:
-            if _KNOWN.match(rel):
-                self.fs.delete_file(self.full(rel))
+            if _KNOWN.match(rel) and not is_run_claim(rel):
+                try:
+                    self.fs.delete_file(self.full(rel))
+                except FileNotFoundError:  # a temporary file its writer renamed or removed meanwhile
+                    pass
         for folder in (DATA_DIR, MARKER_DIR, SHEETS_DIR):
             path = self.full(folder)
             if afs.is_dir(self.fs, path) and not self.fs.get_file_info(pafs.FileSelector(path)):
                 self.fs.delete_dir(path)
 
-    def stale_temporaries(self) -> list[str]:
-        """Temporary shard files left by writers that died mid-shard."""
-        return [
-            f"{DATA_DIR}/{info.base_name}"
-            for info in self._listing(DATA_DIR)
-            if _TMP_SHARD.match(f"{DATA_DIR}/{info.base_name}")
-        ]
+    def read_bytes(self, relative: str) -> bytes:
+        return afs.read_bytes(self.fs, self.full(relative))
+
+    def create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Create the file with `data` unless it exists; True when this call created it (see the module docstring:
+        atomic on a local filesystem, written-then-read-back elsewhere)."""
+        path = self.full(relative)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return _create_exclusive_local(path, data)
+        if self.exists(relative):
+            return False
+        self.write_bytes(relative, data)
+        return self.read_bytes(relative) == data
+
+    def runs(self) -> list[int]:
+        """Numbers of the runs that claimed this output, ascending."""
+        return sorted(int(m.group(1)) for info in self._listing(RUNS_DIR) if (m := _RUN_FILE.match(info.base_name)))
+
+    def read_run(self, run: int) -> RunClaim | None:
+        """The claim of run `run`, or None when it does not exist; a claim that does not parse is refused."""
+        try:
+            return RunClaim(**json.loads(self.read_bytes(run_file(run))))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise AugmentError(f"{self.uri}/{run_file(run)}: not a run claim ({exc}); remove it") from None
+
+    def current_run(self) -> RunClaim | None:
+        """The newest run's claim (the highest number), or None when no run has claimed the output."""
+        runs = self.runs()
+        return self.read_run(runs[-1]) if runs else None
+
+    def is_current(self, run_id: str) -> bool:
+        """Whether `run_id` is the current run's: the fencing check of every shard commit."""
+        current = self.current_run()
+        return current is not None and current.run_id == run_id
+
+    def temporaries(self) -> dict[str, int]:
+        """{temporary shard file: number of the run writing it} (0 for names from before run claims)."""
+        found = {}
+        for info in self._listing(DATA_DIR):
+            rel = f"{DATA_DIR}/{info.base_name}"
+            if m := _TMP_SHARD.match(rel):
+                found[rel] = int(m.group(1) or 0)
+        return found
+
+    def sweep_temporaries(self, upto_run: int) -> list[str]:
+        """Remove the temporary shard files of runs numbered up to `upto_run` (see the module docstring for when
+        that is safe); returns them."""
+        removed = [rel for rel, run in sorted(self.temporaries().items()) if run <= upto_run]
+        for rel in removed:
+            delete_quietly(self.fs, self.full(rel))
+        return removed
+
+    def strays(self, shards: int) -> list[str]:
+        """Shard files, markers and examples numbered `shards` or more: not part of a job with `shards` shards."""
+        found = []
+        for rel in self.relative_files():
+            m = _SHARD_PART.match(rel)
+            if m and int(m.group(1) or m.group(2)) >= shards:
+                found.append(rel)
+        return found
 
     def _listing(self, folder: str) -> list[pafs.FileInfo]:
         path = self.full(folder)
@@ -176,6 +304,15 @@ class OutputFolder:
             if stats is not None and stats.fingerprint == fingerprint:
                 done[stats.shard] = stats
         return done
+
+    def verified(self, fingerprint: str, shards: int) -> tuple[dict[int, ShardStats], dict[int, str]]:
+        """(sound, problems) among the first `shards` shards with a marker of this job: `sound` are the stats of
+        those whose file matches the marker's size and sha256, `problems` says what is wrong with the others."""
+        marked = {k: st for k, st in self.completed(fingerprint).items() if k < shards}
+        with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
+            found = dict(zip(marked, pool.map(lambda st: shard_problem(self, st), marked.values())))
+        sound = {k: marked[k] for k, problem in found.items() if problem is None}
+        return sound, {k: problem for k, problem in sorted(found.items()) if problem is not None}
 
 
 def marker_file(index: int) -> str:
@@ -199,16 +336,87 @@ def write_marker(out: OutputFolder, stats: ShardStats) -> None:
     out.write_bytes(marker_file(stats.shard), stats.to_json().encode())
 
 
+def shard_problem(out: OutputFolder, stats: ShardStats) -> str | None:
+    """What is wrong with the shard file its marker describes ("file missing", "checksum mismatch", ...), or None
+    when the file is there with the marker's size and sha256."""
+    if not stats.sha256:
+        return "its marker has no checksum (written by an older augment)"
+    if stats.file != shard_file(stats.shard):
+        return f"its marker names {stats.file!r}, not {shard_file(stats.shard)}"
+    info = out.fs.get_file_info(out.full(stats.file))
+    if info.type != pafs.FileType.File:
+        return "file missing"
+    if info.size != stats.size:
+        return f"{info.size} bytes, its marker says {stats.size} (truncated or replaced)"
+    try:
+        size, digest = afs.size_and_sha256(out.fs, out.full(stats.file))
+    except FileNotFoundError:
+        return "file missing"
+    if size != stats.size or digest != stats.sha256:
+        return "checksum mismatch"
+    return None
+
+
 def marker_done(out: OutputFolder, index: int, fingerprint: str) -> ShardStats | None:
-    """The shard's stats when it is complete for this job, else None."""
+    """The shard's stats when it is complete for this job (marker of this fingerprint, file matching it), else
+    None."""
     stats = read_marker(out, index)
-    if stats is None or stats.fingerprint != fingerprint or not out.exists(stats.file):
+    if stats is None or stats.fingerprint != fingerprint or shard_problem(out, stats) is not None:
         return None
     return stats
 
 
+def claim_run(out: OutputFolder, fingerprint: str, seen: RunClaim | None) -> RunClaim:
+    """Claim the output for a new run of the job `fingerprint`: create the claim numbered one past `seen` (the
+    current claim the caller decided on, None when there was none). Raises AugmentError when another run made that
+    claim first."""
+    run = (seen.run if seen is not None else 0) + 1
+    claim = RunClaim(run=run, run_id=f"r{run:06d}-{os.urandom(4).hex()}", fingerprint=fingerprint,
+                     host=socket.gethostname(), pid=os.getpid(),
+                     claimed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if not out.create_exclusive(run_file(run), claim.to_json().encode()):
+        other = out.read_run(run)
+        whose = f"job {other.fingerprint[:12]} on {other.host} pid {other.pid}" if other else "unknown"
+        raise AugmentError(
+            f"{out.uri}: another run claimed this output at the same moment ({run_file(run)}: {whose}); "
+            f"choose another output, or rerun to take it over if it is the same job"
+        )
+    return claim
+
+
+def _create_exclusive_local(path: str, data: bytes) -> bool:
+    """Create a local file with `data` unless it exists: a hard link of a complete temporary sibling, so the name
+    never shows partial content (where hard links are unsupported, `open(path, "xb")`)."""
+    tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(tmp)
+
+
+def delete_quietly(filesystem: pafs.FileSystem, path: str) -> None:
+    """Delete a file, best effort: one already gone, or that cannot be deleted now, is left (temporary files only)."""
+    try:
+        filesystem.delete_file(path)
+    except OSError:
+        pass
+
+
 __all__ = [
-    "DATA_DIR", "INFO_FILE", "JOB_FILE", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "SHEETS_DIR",
-    "SUMMARY_FILE", "ShardStats", "examples_file", "is_temporary", "marker_done", "marker_file", "read_marker",
-    "shard_file", "shard_name", "write_marker",
+    "DATA_DIR", "INFO_FILE", "JOB_FILE", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "RUNS_DIR",
+    "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "delete_quietly", "examples_file", "is_run_claim",
+    "is_temporary", "marker_done", "marker_file", "read_marker", "run_file", "shard_file", "shard_name",
+    "shard_problem", "temporary_shard_file", "write_marker",
 ]

@@ -2,9 +2,13 @@
 
 For each batch of a shard: the source label maps are decoded and edited on a thread pool (one batch ahead), the
 generator and the segmenter run on the device back to back, and PNG encoding of the results runs on the thread
-pool while the next batch is on the device. Rows stream into `data/.shard-NNNNN.<uuid>.tmp` in plan order; when the
-shard is complete the file is renamed to `data/shard-NNNNN.parquet`, then the examples for the contact sheets and
-finally the marker (augment.runner.markers) are written. Memory holds about three batches.
+pool while the next batch is on the device. Rows stream into `data/.shard-NNNNN.<run>.<uuid>.tmp` in plan order
+(Parquet with page checksums); when the shard is complete its size and sha256 are read back from the file, the
+worker checks its run still owns the output (the fencing check, augment.runner.markers), the file is renamed to
+`data/shard-NNNNN.parquet`, the run is checked again, then the examples for the contact sheets and finally the marker
+with the size and checksum are written. A worker whose run was superseded discards its shard (removes its temporary
+file, renames nothing, writes no marker) and returns a stale report instead of stats. Memory holds about three
+batches.
 
 Stage timings: set `ShardProcessor.timings` to a dict and `run` adds the busy seconds of each stage to it (see
 `STAGES`; pool stages are timed on their threads, so they overlap the device stages and the sum exceeds the wall
@@ -18,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import Counter, deque
@@ -31,14 +36,18 @@ import pyarrow.parquet as pq
 import torch
 
 from augment.data.codec import class_pixels, decode_image, decode_mask, encode_image, encode_mask
-from augment.data.dataset import ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset
+from augment.data import fs as afs
+from augment.data.dataset import (
+    PARQUET_WRITE_OPTIONS, ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset, open_parquet,
+)
 from augment.data.schema import arrow_schema
 from augment.device import pick_device
 from augment.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.segmenter import load_segmenter, segment
 from augment.runner.markers import (
-    DATA_DIR, OutputFolder, ShardStats, examples_file, marker_done, shard_file, shard_name, write_marker,
+    DATA_DIR, OutputFolder, ShardStats, delete_quietly, examples_file, marker_done, shard_file, shard_name,
+    temporary_shard_file, write_marker,
 )
 from augment.synthesis.edit import apply_edits
 from augment.synthesis.generate import load_generator, synthesise
@@ -68,7 +77,8 @@ EXAMPLE_SCHEMA = pa.schema([
 
 @dataclass
 class ShardSettings:
-    """What a worker needs to make shards of one job (JSON-able, sent once per worker)."""
+    """What a worker needs to make shards of one job (JSON-able, sent once per worker); `run_id` is the run's
+    claim on the output (augment.runner.markers.claim_run), checked at every shard commit."""
 
     data: str
     generator: str
@@ -79,6 +89,7 @@ class ShardSettings:
     ignore_index: int
     generator_sha256: str
     segmenter_sha256: str
+    run_id: str
     filter: dict[str, Any] = field(default_factory=dict)
     keep_rejected: bool = False
     noise: str = "target"
@@ -100,7 +111,7 @@ class SourceMasks:
         self.index: dict[str, tuple[int, int]] = {}
         for f, path in enumerate(dataset.files):
             with dataset.fs.open_input_file(path) as handle:
-                parquet = pq.ParquetFile(handle)
+                parquet = open_parquet(handle)
                 for g in range(parquet.num_row_groups):
                     for sample_id in parquet.read_row_group(g, columns=["id"]).column("id").to_pylist():
                         self.index[sample_id] = (f, g)
@@ -115,7 +126,7 @@ class SourceMasks:
         out: dict[str, bytes] = {}
         for f, row_groups in sorted(groups.items()):
             with self.dataset.fs.open_input_file(self.dataset.files[f]) as handle:
-                table = pq.ParquetFile(handle).read_row_groups(sorted(row_groups), columns=["id", "mask"])
+                table = open_parquet(handle).read_row_groups(sorted(row_groups), columns=["id", "mask"])
             masks = table.column("mask").combine_chunks().field("bytes").to_pylist()
             out.update((i, m) for i, m in zip(table.column("id").to_pylist(), masks) if i in ids)
         return out
@@ -213,33 +224,46 @@ class ShardProcessor:
     def run(self, shard: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Make shard `shard` from its planned samples (PlannedSample dicts) unless it is already complete.
 
-        Returns the shard's ShardStats as a dict, with "skipped": True when a marker was already there.
+        Returns the shard's ShardStats as a dict, with "skipped": True when it was already complete (marker and a file
+        matching it), or {"stale": True, "shard", "message"} when this worker's run no longer owns the output.
         """
         s = self.settings
+        if not self.out.is_current(s.run_id):
+            return self._stale(shard, "not started")
         done = marker_done(self.out, shard, s.fingerprint)
         if done is not None:
             return {**asdict(done), "skipped": True}
         start = time.perf_counter()
         planned = [PlannedSample(**d) for d in samples]
         tally = _Tally(s.classes, s.sheets, PartStats(len(s.classes)))
-        tmp = self.out.full(f"{DATA_DIR}/.{shard_name(shard)}.{uuid.uuid4().hex}.tmp")
+        tmp = self.out.full(temporary_shard_file(shard, s.run_id))
         final = self.out.full(shard_file(shard))
         self.out.fs.create_dir(self.out.full(DATA_DIR), recursive=True)
         try:
             with self.out.fs.open_output_stream(tmp) as sink, \
-                    pq.ParquetWriter(sink, self.schema, compression="zstd") as writer:
+                    pq.ParquetWriter(sink, self.schema, **PARQUET_WRITE_OPTIONS) as writer:
                 self._write_rows(planned, writer, tally)
-        except BaseException:
-            _delete_quietly(self.out, tmp)
+            size, sha256 = afs.size_and_sha256(self.out.fs, tmp)
+        except BaseException as exc:
+            delete_quietly(self.out.fs, tmp)
+            if isinstance(exc, Exception) and not self.out.is_current(s.run_id):
+                return self._stale(shard, "its temporary file was removed by the newer run")  # swept at its claim
             raise
+        if not self.out.is_current(s.run_id):
+            delete_quietly(self.out.fs, tmp)
+            return self._stale(shard, "its file was discarded, nothing renamed")
         try:
             self.out.fs.move(tmp, final)
         except OSError:
-            # Another driver finished this job and swept our temporary file: its shard is identical to ours.
+            # A newer run swept our temporary file (we are stale), or another driver of this job finished the shard.
+            if not self.out.is_current(s.run_id):
+                return self._stale(shard, "its temporary file was removed by the newer run, nothing renamed")
             done = marker_done(self.out, shard, s.fingerprint)
             if done is None:
                 raise
             return {**asdict(done), "skipped": True}
+        if not self.out.is_current(s.run_id):
+            return self._stale(shard, "its file was renamed as the new run claimed the output; no marker written")
         if s.sheets:
             t = time.perf_counter()
             self._write_examples(shard, tally.examples)
@@ -249,11 +273,20 @@ class ShardProcessor:
             generated=tally.generated, accepted=dict(tally.accepted), rejected=dict(tally.rejected),
             rejected_ids=tally.rejected_ids, quarantined=tally.quarantined, part=asdict(tally.stats),
             seconds=round(time.perf_counter() - start, 3), worker=self.worker, node=self.node,
-            attempt_id=uuid.uuid4().hex[:12], examples=len(tally.examples),
+            attempt_id=uuid.uuid4().hex[:12], examples=len(tally.examples), size=size, sha256=sha256,
+            run_id=s.run_id,
         )
         write_marker(self.out, stats)
         self.shards_made += 1
         return {**asdict(stats), "skipped": False}
+
+    def _stale(self, shard: int, what: str) -> dict[str, Any]:
+        """The report of a worker whose run was superseded (also printed on the worker's stderr)."""
+        current = self.out.current_run()
+        message = (f"{shard_name(shard)}: run {self.settings.run_id} no longer owns {self.settings.output} (current "
+                   f"run {current.run_id if current else 'none'}); {what}")
+        print(f"augment worker {self.worker}: stale: {message}", file=sys.stderr, flush=True)
+        return {"stale": True, "shard": shard, "message": message}
 
     def _write_rows(self, planned: list[PlannedSample], writer: pq.ParquetWriter, tally: "_Tally") -> None:
         """The batch pipeline: prepare batch i+1 and encode batch i-1 on the pool while batch i is on the device.
@@ -428,7 +461,7 @@ class ShardProcessor:
 
     def _write_examples(self, shard: int, examples: list[dict[str, Any]]) -> None:
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(examples, schema=EXAMPLE_SCHEMA), buf)
+        pq.write_table(pa.Table.from_pylist(examples, schema=EXAMPLE_SCHEMA), buf, **PARQUET_WRITE_OPTIONS)
         self.out.write_bytes(examples_file(shard), buf.getvalue())
 
 
@@ -453,19 +486,12 @@ def _ray_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def _delete_quietly(out: OutputFolder, path: str) -> None:
-    try:
-        out.fs.delete_file(path)
-    except OSError:
-        pass
-
-
 def read_examples(out: OutputFolder, shard: int) -> list[dict[str, Any]]:
     """The contact-sheet examples a shard stored, decoded: mask, image, pred arrays plus id/class/accepted/caption."""
     path = out.full(examples_file(shard))
     try:
         with out.fs.open_input_file(path) as f:
-            rows = pq.read_table(f).to_pylist()
+            rows = open_parquet(f).read().to_pylist()
     except (FileNotFoundError, OSError):
         return []
     where = f"{out.uri} {examples_file(shard)}"

@@ -19,11 +19,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from augment.data.dataset import Dataset, DatasetInfo, decode_row, open_dataset
+from augment.data.dataset import Dataset, DatasetInfo, decode_row, open_dataset, open_parquet
 from augment.errors import DatasetError
 from augment.training.transforms import JointTransform, apply_joint, normalize
 
@@ -114,7 +113,7 @@ def read_units(ds: Dataset, rows_per_unit: int = 16) -> list[dict[str, Any]]:
     units = []
     for path in ds.files:
         with ds.fs.open_input_file(path) as f:
-            parquet = pq.ParquetFile(f)
+            parquet = open_parquet(f)
             for rg in range(parquet.metadata.num_row_groups):
                 n = parquet.metadata.row_group(rg).num_rows
                 runs = [(0, n)]
@@ -138,7 +137,7 @@ def _read_and_decode(
     tables = []
     for path, rg, start, stop in zip(units["path"], units["row_group"], units["start"], units["stop"]):
         with filesystem.open_input_file(str(path)) as f:
-            table = pq.ParquetFile(f).read_row_group(int(rg), columns=COLUMNS)
+            table = open_parquet(f).read_row_group(int(rg), columns=COLUMNS)
         tables.append(table.slice(int(start), int(stop - start)))
     return _decode_batch(pa.concat_tables(tables), transform, source)
 

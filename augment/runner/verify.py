@@ -1,0 +1,155 @@
+"""`augment verify OUTPUT`: check a finished job output or an ingested dataset without running anything.
+
+A dataset (any folder with `dataset.json`) is checked by augment.data.verify: its listed files exist, their rows,
+image sizes and splits add up to what dataset.json says, ids are unique, and a full read verifies every Parquet page
+checksum. A job output (a folder with `job.json`, see augment.runner.markers) is also checked against its own
+layout: the job it belongs to (the current run's fingerprint), every planned shard has a marker of that job and a
+file of the marker's size and sha256, the shard files hold exactly the planned ids (minus rejected and quarantined
+ones) once each, and dataset.json (written last) is there and lists exactly the shard files. Temporary files left
+by dead writers are reported but are not problems (the next run removes them).
+
+Each check prints one line ("ok: ..."), each problem one line ("problem: ..."); the command exits 0 when the folder
+is sound, else raises AugmentError with a one-line summary (exit 2).
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from dataclasses import dataclass, field
+
+import pyarrow.dataset as pads
+
+from augment.data import fs as afs
+from augment.data.dataset import INFO_FILE, parquet_format
+from augment.data.verify import Findings, verify_dataset
+from augment.errors import AugmentError
+from augment.runner.markers import (
+    JOB_FILE, PLAN_FILE, OutputFolder, ShardStats, is_temporary, read_marker, shard_file, shard_name, shard_problem,
+)
+from augment.synthesis.plan import Plan
+
+
+def id_problem(out: OutputFolder, planned_ids: set[str], keep_rejected: bool, done: dict[int, ShardStats],
+               files: list[str]) -> str | None:
+    """Why the shard `files` do not hold exactly the planned ids once each (rejected ids left out unless
+    `keep_rejected`, quarantined ones always), as one line; None when they do. Reads only the `id` column."""
+    dropped = {q["id"] for s in done.values() for q in s.quarantined}
+    if not keep_rejected:
+        dropped |= {i for s in done.values() for i in s.rejected_ids}
+    expected = planned_ids - dropped
+    table = pads.dataset([out.full(f) for f in files], filesystem=out.fs, format=parquet_format()).to_table(
+        columns=["id"])
+    ids = table.column("id").to_pylist()
+    rows = sum(s.rows for s in done.values())
+    if len(ids) == rows and len(set(ids)) == len(ids) and set(ids) == expected:
+        return None
+    return (f"the shards hold {len(ids)} rows ({len(ids) - len(set(ids))} duplicate ids), the markers say {rows}, "
+            f"the plan expects {len(expected)}; {len(expected - set(ids))} planned ids missing, "
+            f"{len(set(ids) - expected)} unexpected")
+
+
+@dataclass
+class JobRecord:
+    """What a job output says about itself: the job it belongs to and its plan."""
+
+    fingerprint: str
+    samples_per_shard: int
+    keep_rejected: bool
+    plan: Plan = field(repr=False)
+
+
+def _read_job_record(out: OutputFolder, found: Findings) -> JobRecord | None:
+    try:
+        record = out.read_json(JOB_FILE) or {}
+        current = out.current_run()
+        plan_bytes = out.read_bytes(PLAN_FILE) if out.exists(PLAN_FILE) else None
+    except (ValueError, AugmentError) as exc:
+        found.problem(f"{JOB_FILE}: {exc}")
+        return None
+    fingerprint = current.fingerprint if current is not None else record.get("fingerprint")
+    content = record.get("content", {}) if record.get("fingerprint") == fingerprint else {}
+    if not fingerprint or "samples_per_shard" not in content:
+        found.problem(f"{JOB_FILE}: no job fingerprint and content to check the output against")
+        return None
+    if plan_bytes is None:
+        found.problem(f"{PLAN_FILE}: missing")
+        return None
+    try:
+        plan = Plan.from_json(plan_bytes, source=out.full(PLAN_FILE))
+    except AugmentError as exc:
+        found.problem(str(exc))
+        return None
+    run = f", run {current.run_id}" if current is not None else ""
+    found.ok(f"{JOB_FILE}: job {fingerprint[:12]}{run}, {len(plan)} planned samples")
+    return JobRecord(fingerprint, int(content["samples_per_shard"]), bool(content.get("keep_rejected")), plan)
+
+
+def verify_job_output(out: OutputFolder, found: Findings) -> None:
+    """Check a job output against its layout (see the module docstring); adds to `found`."""
+    job = _read_job_record(out, found)
+    if job is None:
+        return
+    shards = job.plan.shards(job.samples_per_shard)
+    done: dict[int, ShardStats] = {}
+    for k in range(len(shards)):
+        stats = read_marker(out, k)
+        if stats is None:
+            found.problem(f"{shard_name(k)}: no completion marker")
+        elif stats.fingerprint != job.fingerprint:
+            found.problem(f"{shard_name(k)}: its marker belongs to another job ({stats.fingerprint[:12]})")
+        elif (problem := shard_problem(out, stats)) is not None:
+            found.problem(f"{shard_name(k)}: {problem}")
+        else:
+            done[k] = stats
+    if len(done) == len(shards):
+        found.ok(f"{len(shards)} shards: markers of this job, sizes and sha256 match")
+        files = [shard_file(k) for k in range(len(shards))]
+        problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.keep_rejected, done, files)
+        if problem is None:
+            found.ok(f"ids: {sum(s.rows for s in done.values())} rows, every planned sample once")
+        else:
+            found.problem(f"ids: {problem}")
+    temporaries = [rel for rel in out.relative_files() if is_temporary(rel)]
+    if temporaries:
+        found.note(f"{len(temporaries)} temporary files left by writers that died ({temporaries[0]}, ...); the next "
+                   f"run of the job removes them")
+    info = out.read_json(INFO_FILE) if out.exists(INFO_FILE) else None
+    if info is None:
+        found.problem(f"{INFO_FILE}: missing, the job has not finished (rerun it to finish)")
+        return
+    listed, planned = info.get("files"), [shard_file(k) for k in range(len(shards))]
+    if listed != planned:
+        found.problem(f"{INFO_FILE}: lists {len(listed or [])} files, the job has {len(planned)} shards")
+    lineage = info.get("lineage", {}).get("job_fingerprint")
+    if lineage != job.fingerprint:
+        found.problem(f"{INFO_FILE}: written for job {str(lineage)[:12]}, the output belongs to {job.fingerprint[:12]}")
+
+
+def verify_output(uri: str) -> Findings:
+    """Check the job output or dataset at `uri` (see the module docstring); prints each finding as it goes."""
+    out = OutputFolder(uri)
+    if not out.exists():
+        raise AugmentError(f"{uri}: no such folder")
+    is_job = out.exists(JOB_FILE)
+    if not is_job and not out.exists(INFO_FILE):
+        raise AugmentError(f"{uri}: neither a dataset ({INFO_FILE}) nor a job output ({JOB_FILE})")
+    found = Findings(prefix="  ")
+    print(f"augment verify: {uri}: {'job output' if is_job else 'dataset'}", flush=True)
+    if is_job:
+        verify_job_output(out, found)
+    if afs.exists(out.fs, out.full(INFO_FILE)):
+        verify_dataset(uri, found)
+    return found
+
+
+def verify_command(args: Namespace) -> int:
+    """`augment verify OUTPUT`: exit 0 when sound, else AugmentError (one line, exit 2)."""
+    found = verify_output(args.output)
+    if found.problems:
+        more = f" (and {len(found.problems) - 1} more)" if len(found.problems) > 1 else ""
+        raise AugmentError(f"{args.output}: {len(found.problems)} problems: {found.problems[0]}{more}")
+    print(f"augment verify: {args.output} is sound ({len(found.checked)} checks)", flush=True)
+    return 0
+
+
+__all__ = ["JobRecord", "id_problem", "verify_command", "verify_job_output", "verify_output"]
