@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import time
 from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any, Sequence
@@ -168,7 +169,14 @@ def load_train_state(run: str, keys: Sequence[str] = ()) -> dict[str, Any] | Non
         return None
     try:
         state = torch.load(io.BytesIO(afs.read_bytes(filesystem, state_path)), map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, a torn zip (RuntimeError), EOFError...: the file is not loadable
+    except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never relay that
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
+        detail = f" ({lines[at + 1]})" if at is not None and at + 1 < len(lines) else ""
+        raise CheckpointError(f"{state_path}: not a training state augment can load: corrupt, or it holds objects "
+                              f"other than tensors and plain data{detail}; the weights-only loader refused it, so "
+                              f"no code in it ran") from None
+    except Exception as exc:  # a torn zip (RuntimeError), an empty file (EOFError)...: the file is not loadable
         raise CheckpointError(f"{state_path}: not a training state augment can load ({_first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_path}: a training state must be a mapping, got {type(state).__name__}")
