@@ -5,6 +5,9 @@ A run folder holds:
     model.safetensors   inference weights; card.json records their sha256
     train_state.pt      full training state (torch.save, loaded with weights_only=True) for --resume
     metrics.jsonl       one JSON line per logged step
+
+Every reader raises CheckpointError, one line naming the file and the problem, for a missing, empty, truncated,
+malformed or tampered card, weights file or training state.
 """
 
 from __future__ import annotations
