@@ -134,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrain", help="retrain the segmenter on real + synthetic data and report per-class gains")
     p.add_argument("--real", type=_path, required=True, help="real training dataset")
-    p.add_argument("--synthetic", type=_paths, required=True, help="synthetic dataset(s) from `augment run`, comma-separated")
+    p.add_argument("--synthetic", type=_paths, required=True,
+                   help="synthetic dataset(s) from `augment run`, comma-separated")
     p.add_argument("--val", type=_path, required=True, help="real validation dataset both runs are evaluated on")
-    p.add_argument("--out", type=_path, required=True, help="output folder: baseline/, augmented/, report.md, report.json")
+    p.add_argument("--out", type=_path, required=True,
+                   help="output folder: baseline/, augmented/, report.md, report.json")
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of each batch that is synthetic (0 < R < 1)")
     p.add_argument("--baseline", type=_path, default=None,
                    help="finished train-seg run on --real alone; its recipe and step budget are reused "

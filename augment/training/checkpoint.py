@@ -122,9 +122,13 @@ def load_card(run: str) -> ModelCard:
     return ModelCard.from_dict(data, card_path)
 
 
+def _lines(exc: BaseException) -> list[str]:
+    """The non-blank lines of an exception's message, stripped."""
+    return [line.strip() for line in str(exc).splitlines() if line.strip()]
+
+
 def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return (_lines(exc) or [type(exc).__name__])[0]
 
 
 def load_weights(run: str, card: ModelCard | None = None) -> dict[str, torch.Tensor]:
@@ -150,9 +154,8 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: st
     try:
         result = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # a shape mismatch raises even when not strict; its first detail names the key
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise CheckpointError(f"{what}: weights do not fit {fits}: {lines[1] if len(lines) > 1 else lines[0]}"
-                              ) from None
+        lines = _lines(exc) or [type(exc).__name__]
+        raise CheckpointError(f"{what}: weights do not fit {fits}: {lines[min(1, len(lines) - 1)]}") from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     problems = ([f"{len(missing)} missing (first {missing[0]!r})"] if missing else []) + (
         [f"{len(unexpected)} unexpected (first {unexpected[0]!r})"] if unexpected else [])
@@ -173,7 +176,7 @@ def load_train_state(run: str, keys: Sequence[str] = ()) -> dict[str, Any] | Non
     try:
         state = torch.load(io.BytesIO(afs.read_bytes(filesystem, state_path)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never relay that
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        lines = _lines(exc)
         at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
         detail = f" ({lines[at + 1]})" if at is not None and at + 1 < len(lines) else ""
         raise CheckpointError(f"{state_path}: not a training state augment can load: corrupt, or it holds objects "
