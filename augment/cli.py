@@ -1,4 +1,8 @@
-"""The `augment` command line. Each subcommand parses its options here and calls one function elsewhere."""
+"""The `augment` command line. Each subcommand parses its options here and calls one function elsewhere.
+
+Every local path option is made absolute here, against the driver's current folder (`_path`), so the commands and
+their Ray workers (whose working folder is Ray's session folder) never see a relative path; URIs pass unchanged.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,24 @@ def _size(text: str) -> tuple[int, int]:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _path(text: str) -> str:
+    """A local path or URI argument, resolved here on the driver (see `augment.data.fs.absolute`): the domain code
+    and its Ray workers, whose working folder is not the driver's, never see a relative path."""
+    from augment.data.fs import absolute  # lazy: pyarrow is not needed to print --help
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return absolute(text)
+
+
+def _paths(text: str) -> list[str]:
+    """Comma-separated local paths or URIs, each resolved like `_path`."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("no path given")
+    return [_path(p) for p in parts]
 
 
 def _positive(text: str) -> int:
@@ -41,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingest", help="turn a labelled dataset on disk into an augment Parquet dataset")
-    p.add_argument("src", help="dataset root folder")
+    p.add_argument("src", type=_path, help="dataset root folder")
     p.add_argument("--format", required=True, choices=["camvid", "cityscapes", "voc", "folder"])
-    p.add_argument("--out", required=True, help="output dataset folder or URI")
+    p.add_argument("--out", type=_path, required=True, help="output dataset folder or URI")
     p.add_argument("--split", default=None, help="split to ingest (default: train; 'all' for every split found)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="resize (bilinear images, nearest masks)")
     p.add_argument("--classes", default=None, help="folder format: classes.json path or comma-separated names")
@@ -55,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="augment.data.ingest:ingest_command")
 
     p = sub.add_parser("example-data", help="write the built-in procedural street-scene dataset")
-    p.add_argument("out", help="output dataset folder or URI")
+    p.add_argument("out", type=_path, help="output dataset folder or URI")
     p.add_argument("--n", type=_positive, default=200, help="number of samples")
     p.add_argument("--size", type=_size, default=(128, 128), metavar="HxW")
     p.add_argument("--seed", type=int, default=0)
@@ -66,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="augment.data.ingest:example_data_command")
 
     p = sub.add_parser("info", help="print a dataset's rows, sizes, classes and class shares")
-    p.add_argument("dataset")
+    p.add_argument("dataset", type=_path)
     p.add_argument("--json", action="store_true", help="print dataset.json instead of the table")
     p.set_defaults(handler="augment.data.info:info_command")
 
     p = sub.add_parser("train-gan", help="train the label-map-conditioned GAN (OASIS) on Ray Train")
-    p.add_argument("--data", required=True, help="training dataset")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--data", type=_path, required=True, help="training dataset")
+    p.add_argument("--out", type=_path, required=True, help="run folder")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="training resolution (default: data's)")
     p.add_argument("--steps", type=_positive, default=2000)
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
@@ -86,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="augment.training.gan:train_gan_command")
 
     p = sub.add_parser("train-seg", help="train a torchvision segmenter on Ray Train")
-    p.add_argument("--data", required=True, help="training dataset(s), comma-separated")
-    p.add_argument("--val", default=None, help="validation dataset (evaluated after each epoch)")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--data", type=_paths, required=True, help="training dataset(s), comma-separated")
+    p.add_argument("--val", type=_path, default=None, help="validation dataset (evaluated after each epoch)")
+    p.add_argument("--out", type=_path, required=True, help="run folder")
     p.add_argument("--model", default="lraspp_mobilenet_v3_large")
     p.add_argument("--size", type=_size, default=None, metavar="HxW")
     p.add_argument("--epochs", type=_positive, default=30)
@@ -102,14 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="augment.training.segmenter:train_seg_command")
 
     p = sub.add_parser("evaluate", help="per-class IoU, mIoU and pixel accuracy of a segmenter on a dataset")
-    p.add_argument("--model", required=True, help="train-seg run folder")
-    p.add_argument("--data", required=True)
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--model", type=_path, required=True, help="train-seg run folder")
+    p.add_argument("--data", type=_path, required=True)
+    p.add_argument("--json", type=_path, default=None, metavar="FILE", help="also write the metrics as JSON")
     p.add_argument("--batch", type=_positive, default=8)
     p.set_defaults(handler="augment.training.evaluate:evaluate_command")
 
     p = sub.add_parser("run", help="run an augmentation job file on a local or existing Ray cluster")
-    p.add_argument("job", help="job file (YAML or JSON)")
+    p.add_argument("job", type=_path, help="job file (YAML or JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace another job's output at the output location")
     p.add_argument("--address", default=None)
     p.set_defaults(handler="augment.runner.job:run_command")
@@ -120,12 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="augment.runner.verify:verify_command")
 
     p = sub.add_parser("retrain", help="retrain the segmenter on real + synthetic data and report per-class gains")
-    p.add_argument("--real", required=True, help="real training dataset")
-    p.add_argument("--synthetic", required=True, help="synthetic dataset(s) from `augment run`, comma-separated")
-    p.add_argument("--val", required=True, help="real validation dataset both runs are evaluated on")
-    p.add_argument("--out", required=True, help="output folder: baseline/, augmented/, report.md, report.json")
+    p.add_argument("--real", type=_path, required=True, help="real training dataset")
+    p.add_argument("--synthetic", type=_paths, required=True,
+                   help="synthetic dataset(s) from `augment run`, comma-separated")
+    p.add_argument("--val", type=_path, required=True, help="real validation dataset both runs are evaluated on")
+    p.add_argument("--out", type=_path, required=True,
+                   help="output folder: baseline/, augmented/, report.md, report.json")
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of each batch that is synthetic (0 < R < 1)")
-    p.add_argument("--baseline", default=None,
+    p.add_argument("--baseline", type=_path, default=None,
                    help="finished train-seg run on --real alone; its recipe and step budget are reused "
                         "(default: train one into OUT/baseline)")
     p.add_argument("--model", default=None, help="segmenter (default: the baseline's, else lraspp_mobilenet_v3_large)")
@@ -141,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="augment.report.retrain:retrain_command")
 
     p = sub.add_parser("demo", help="the whole chain on built-in example data, end to end")
-    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--out", type=_path, default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--size", type=_size, default=(48, 64), metavar="HxW", help="image size (default: 48x64)")
     p.add_argument("--steps", type=_positive, default=None,
                    help="GAN steps (default: 150); segmenter epochs are steps/18 (at least 2)")
@@ -160,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except AugmentError as exc:
-        print(f"augment {args.command}: error: {exc}", file=sys.stderr)
+        text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
+        print(f"augment {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"augment {args.command}: interrupted", file=sys.stderr)

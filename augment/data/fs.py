@@ -20,6 +20,21 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def is_uri(value: str) -> bool:
+    """True for a URI with a scheme (s3://..., file://...); False for a local path."""
+    return "://" in value
+
+
+def absolute(uri_or_path: str, base: str | None = None) -> str:
+    """A local path made absolute (`~` expanded, relative to `base`, default the current folder) and normalised;
+    a URI unchanged. Paths that leave this process (to Ray workers, into job files and cards) go through this, so a
+    worker whose working folder differs from the driver's reads and writes the same files."""
+    if is_uri(uri_or_path):
+        return uri_or_path
+    path = os.path.expanduser(uri_or_path)
+    return os.path.normpath(os.path.join(base if base is not None else os.getcwd(), path))
+
+
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models import segmentation as tvseg
 
 from augment.errors import AugmentError
-from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_weights
+from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_into, load_weights
 
 SEGMENTER_KIND = "segmenter"
 
@@ -89,10 +89,5 @@ def load_segmenter(run: str, device: torch.device | str = "cpu") -> tuple[nn.Mod
     if "name" not in cfg:
         raise CheckpointError(f"{run}: card.json model_config has no model name")
     model = build_segmenter(cfg["name"], len(card.classes), aux_loss=bool(cfg.get("aux_loss", False)))
-    weights = load_weights(run, card)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:2]
-        raise CheckpointError(f"{run}: weights do not fit {cfg['name']}: {' '.join(first)}") from None
+    load_into(model, load_weights(run, card), run, cfg["name"])
     return model.to(device).eval(), card

@@ -16,7 +16,8 @@ In order (RUN is --out):
     report is written: figures/iou.png, figures/synthetic.png, report.md, report.html and report.json (last).
 
 An existing RUN is refused unless --resume, which keeps finished runs (after checking they were trained for this
-mix), continues interrupted ones and rewrites the report.
+mix), continues interrupted ones and rewrites the report. A RUN holding only what a retrain that finished no epoch
+left behind counts as empty.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import io
 import json
 import math
 import os
+import posixpath
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from augment.models.segmenter import SEGMENTER_KIND
 from augment.report.figures import iou_bar_chart
 from augment.report.page import Page, pct
 from augment.report.sheets import render_pairs
-from augment.training.checkpoint import CheckpointError, ModelCard, load_card
+from augment.training.checkpoint import CARD_FILE, METRICS_FILE, CheckpointError, ModelCard, load_card
 from augment.training.data import steps_per_epoch
 from augment.training.evaluate import evaluate_segmenter
 from augment.training.segmenter import DEFAULT_LR, SegTrainConfig, train_segmenter
@@ -330,10 +332,20 @@ def _augmented_epochs(mix: Mix, recipe: Recipe, steps: int) -> int:
 
 
 def _prepare_out(cfg: RetrainConfig) -> None:
+    """Refuse a non-empty RUN unless --resume. The leftovers of a retrain that finished no epoch (files under
+    baseline/ and augmented/ only, with no card.json or metrics.jsonl among them, both written only when an epoch
+    completes) count as empty: there is nothing to resume, so a fresh run starts without --resume."""
     filesystem, path = afs.resolve(cfg.out)
-    if afs.exists(filesystem, path) and afs.list_files(filesystem, path, recursive=True) and not cfg.resume:
-        raise MixError(f"{cfg.out} is not empty (a previous retrain?); pass --resume to keep its finished runs and "
-                       f"rewrite the report, or choose another --out")
+    files = afs.list_files(filesystem, path, recursive=True)
+    if not files or cfg.resume:
+        return
+    names = [posixpath.relpath(f, path).split("/") for f in files]
+    if all(n[0] in (BASELINE_DIR, AUGMENTED_DIR) and n[-1] not in (CARD_FILE, METRICS_FILE) for n in names):
+        _say(f"{cfg.out} holds no finished epoch (an earlier retrain stopped before its first checkpoint); starting "
+             f"afresh")
+        return
+    raise MixError(f"{cfg.out} is not empty (a previous retrain?); pass --resume to keep its finished runs and "
+                   f"rewrite the report, or choose another --out")
 
 
 def retrain(cfg: RetrainConfig) -> dict[str, Any]:
@@ -608,7 +620,7 @@ def _say(line: str) -> None:
 def retrain_command(args: argparse.Namespace) -> int:
     cfg = RetrainConfig(
         real=args.real,
-        synthetic=[s.strip() for s in args.synthetic.split(",") if s.strip()],
+        synthetic=list(args.synthetic),
         out=args.out, val=args.val, ratio=args.ratio, model=args.model, size=args.size, epochs=args.epochs,
         batch=args.batch, lr=args.lr, seed=args.seed, class_weights=args.class_weights, baseline=args.baseline,
         workers=args.workers,

@@ -1,11 +1,15 @@
-"""Starting or joining Ray, and running many small remote calls with bounded memory."""
+"""Starting or joining Ray, refusing workers it could never place, and running many small remote calls with
+bounded memory."""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
+
+from augment.errors import AugmentError
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -18,6 +22,78 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+
+
+JOB_RESOURCE_NAMES = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker",
+                      "workers": "resources.workers"}
+"""The job-file keys that set a shard worker's resources and their count (for `check_placeable`'s messages)."""
+
+
+def is_local(address: str | None) -> bool:
+    """Whether `init_ray(address)` starts a local instance rather than joining a cluster."""
+    return address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+
+
+def check_placeable(per_worker: dict[str, float], workers: int, names: dict[str, str], local: bool) -> None:
+    """Refuse, before anything waits on them, workers that Ray could never place (it would wait forever).
+
+    `per_worker` maps Ray resources ("CPU", "GPU") to one worker's need; `names` says how the user sets each and the
+    worker count (e.g. {"CPU": "resources.cpus_per_worker", "workers": "resources.workers"}), for the message.
+
+    One worker that fits no node raises AugmentError naming the key and the most any node has: on a local instance
+    (`local`), and on a cluster when the autoscaler's node types are visible (Ray's cluster config) and none of them
+    fits either; when they are not visible a warning says it waits for an autoscaler to add a node. `workers` that
+    together need more than the instance has are refused on a local instance (nothing would ever add resources) and
+    warned about on a cluster.
+    """
+    need = {k: float(v) for k, v in per_worker.items() if v and v > 0}
+    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(_fits(need, n) for n in nodes):
+        types = None if local else autoscaler_node_types()
+        if types is not None and any(_fits(need, t) for t in types):
+            return
+        shapes = nodes + (types or [])
+        most = {k: max([s.get(k, 0.0) for s in shapes] or [0.0]) for k in need}
+        short = [k for k in need if need[k] > most[k] + 1e-9] or list(need)
+        what = ", ".join(f"{names.get(k, k)} {need[k]:g}" for k in short)
+        has = ", ".join(f"{most[k]:g} {k}" for k in need)
+        if local:
+            raise AugmentError(f"{what}: no node of this local Ray instance can hold one worker (the most a node has: "
+                               f"{has})")
+        if types is not None:
+            raise AugmentError(f"{what}: no node of the cluster, and no node type its autoscaler can add, can hold "
+                               f"one worker (the most any has: {has})")
+        print(f"waiting for resources: no node up now can hold one worker ({what}; the most a node has: {has}); "
+              "the autoscaler's node types are not visible from here, so this waits until one that fits joins",
+              file=sys.stderr, flush=True)
+        return
+    total = ray.cluster_resources()
+    over = [k for k in need if workers * need[k] > total.get(k, 0.0) + 1e-9]
+    if over:
+        detail = ", ".join(f"{workers * need[k]:g} {k} (it has {total.get(k, 0.0):g})" for k in over)
+        if local:
+            raise AugmentError(f"{names.get('workers', 'workers')} {workers}: the workers need {detail} together, "
+                               f"more than this local Ray instance has; lower it")
+        print(f"waiting for resources: {workers} worker(s) need {detail}; lower {names.get('workers', 'workers')} "
+              "unless an autoscaler will add nodes", file=sys.stderr, flush=True)
+
+
+def _fits(need: dict[str, float], resources: dict[str, float]) -> bool:
+    return all(resources.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+
+def autoscaler_node_types() -> list[dict[str, float]] | None:
+    """The resources of each node type the cluster's autoscaler may add, or None when Ray publishes no autoscaler
+    config (a local instance, a fixed cluster, an autoscaler that does not report its node types)."""
+    try:
+        from ray._private.state import state  # Ray's own reader of the autoscaler's cluster config
+
+        config = state.get_cluster_config()
+    except Exception:  # a private API: its absence or failure only means the node types are not visible
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [{k: float(v) for k, v in g.resources.items()} for g in config.node_group_configs if g.max_count != 0]
 
 
 def imap_unordered(

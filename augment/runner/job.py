@@ -330,9 +330,12 @@ def _run_shards(
     import ray
     from ray.exceptions import RayActorError, RayError
 
+    from augment.runner.cluster import JOB_RESOURCE_NAMES, check_placeable
+
     res = job.cfg.resources
     shards = job.shards
     n_workers, gpus, cpus = _worker_resources(res, len(todo), local)
+    check_placeable({"CPU": cpus, "GPU": gpus}, n_workers, JOB_RESOURCE_NAMES, local)
     settings.threads = max(1, int(cpus))
     actor_cls = ray.remote(ShardProcessor).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=res.max_shard_attempts, max_task_retries=res.max_shard_attempts,

@@ -1,7 +1,8 @@
 """Job files: YAML or JSON validated against `schemas/job-v1.schema.json`, loaded into a `JobConfig` with defaults.
 
 Relative local paths in a job file are taken relative to the job file's folder (so a job file and its data can move
-together, and `ray job submit --working-dir .` finds them); URIs (s3://...) are kept as they are. Class quota keys
+together, and `ray job submit --working-dir .` finds them) and made absolute on the driver; URIs (s3://...) are kept
+as they are. A job file read from a URI has no local folder: its local paths must be absolute. Class quota keys
 may be names or indices (`{pedestrian: 100, 9: 50}`).
 """
 
@@ -110,24 +111,30 @@ def validate_document(doc: Any, source: str) -> None:
         raise AugmentError(f"{source}: {_schema_error_message(jsonschema.exceptions.best_match(errors))}")
 
 
-def _resolve_path(value: str, base: str) -> str:
-    if "://" in value or os.path.isabs(value):
-        return value
-    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+PATH_KEYS = ("data", "generator", "segmenter", "output")
 
 
-def job_from_document(doc: dict[str, Any], source: str = "<job>", base_dir: str = ".") -> JobConfig:
-    """Validate a parsed job document and fill in defaults."""
+def _resolve_path(key: str, value: str, base: str | None, source: str) -> str:
+    """`value` made absolute against the job file's folder `base`; None (a job file read from a URI) accepts only
+    absolute paths and URIs."""
+    if base is None and not (afs.is_uri(value) or os.path.isabs(os.path.expanduser(value))):
+        raise AugmentError(f"{source}: {key} {value!r} is a relative path, but a job file read from a URI has no "
+                           f"local folder to resolve it against; give an absolute path or a URI")
+    return afs.absolute(value, base)
+
+
+def job_from_document(doc: dict[str, Any], source: str = "<job>", base_dir: str | None = ".") -> JobConfig:
+    """Validate a parsed job document and fill in defaults. Relative local paths are resolved against `base_dir`
+    (the job file's folder; "." is the current folder; None refuses them)."""
     doc = copy.deepcopy(doc)
     if isinstance(doc, dict) and isinstance(doc.get("classes"), dict):
         doc["classes"] = {str(k): v for k, v in doc["classes"].items()}
     validate_document(doc, source)
     balance = doc.get("balance")
+    base = None if base_dir is None else os.path.abspath(base_dir)
+    paths = {key: _resolve_path(key, doc[key], base, source) for key in PATH_KEYS}
     return JobConfig(
-        data=_resolve_path(doc["data"], base_dir),
-        generator=_resolve_path(doc["generator"], base_dir),
-        segmenter=_resolve_path(doc["segmenter"], base_dir),
-        output=_resolve_path(doc["output"], base_dir),
+        **paths,
         seed=int(doc.get("seed", 0)),
         classes=doc.get("classes"),
         balance_total=None if balance is None else int(balance["total"]),
@@ -150,7 +157,7 @@ def load_job(path: str) -> JobConfig:
         if "://" in path:
             filesystem, p = afs.resolve(path)
             text = afs.read_bytes(filesystem, p).decode()
-            base_dir = "."
+            base_dir = None
         else:
             with open(path, encoding="utf-8") as f:
                 text = f.read()

@@ -27,7 +27,7 @@ from augment.device import use_bf16
 from augment.models.gan import GANConfig, build_generator
 from augment.models.generator import resample_noise_in_region, sample_noise
 from augment.models.losses import one_hot_labels
-from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_weights
+from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_into, load_weights
 
 NOISE_MODES = ("target", "global", "both")
 WEIGHTS_PREFIX = "generator."
@@ -55,10 +55,7 @@ def load_generator(run: str, device: torch.device | str = "cpu") -> tuple[nn.Mod
     state = generator_state_dict(load_weights(run, card))
     if not state:
         raise CheckpointError(f"{run}: model.safetensors holds no '{WEIGHTS_PREFIX}*' weights")
-    try:
-        generator.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{run}: generator weights do not fit its model_config ({exc})") from None
+    load_into(generator, state, f"{run}: generator", "its model_config")
     device = torch.device(device)
     generator.requires_grad_(False).eval().to(device, memory_format=torch.channels_last)
     return generator, card

@@ -47,6 +47,9 @@ PLAN_VERSION = 1
 DEFAULT_BALANCE_POWER = 0.5
 PASTE_DEFAULTS: dict[str, float] = {"prob": 0.0, "max": 1, "max_dy": 0.1, "max_dx": 0.5, "below": 1.0}
 EDIT_KEYS = ("flip", "scale", "paste")
+MAX_PLAN_SAMPLES = 10**8
+"""The most samples one plan may hold: a plan lives in the driver's memory, one entry per sample, so a larger job
+is refused before any work; split it into several jobs."""
 
 
 @dataclass
@@ -179,7 +182,14 @@ def _resolve_quotas(dataset: Dataset, classes: dict[str | int, int]) -> dict[int
             raise AugmentError(f"classes: {key!r} names class {dataset.info.classes[idx]!r} a second time")
         if isinstance(quota, bool) or not isinstance(quota, (int, np.integer)) or quota < 0:
             raise AugmentError(f"classes: quota of {key!r} must be an integer >= 0, got {quota!r}")
+        if quota > MAX_PLAN_SAMPLES:
+            raise AugmentError(f"classes.{key}: quota {quota} is more than the {MAX_PLAN_SAMPLES} samples a plan may "
+                               f"hold")
         quotas[idx] = int(quota)
+    total = sum(quotas.values())
+    if total > MAX_PLAN_SAMPLES:
+        raise AugmentError(f"classes: the quotas add up to {total} samples, more than the {MAX_PLAN_SAMPLES} a plan "
+                           f"may hold")
     return dict(sorted(quotas.items()))
 
 
@@ -187,6 +197,8 @@ def balance_quotas(class_pixels: np.ndarray, total: int, power: float = DEFAULT_
     """Split `total` over the classes with pixels, weight `share ** -power`; sums to `total` (largest remainder)."""
     if total < 0:
         raise AugmentError(f"balance: total must be >= 0, got {total}")
+    if total > MAX_PLAN_SAMPLES:
+        raise AugmentError(f"balance.total: {total} is more than the {MAX_PLAN_SAMPLES} samples a plan may hold")
     if power < 0:
         raise AugmentError(f"balance: power must be >= 0, got {power}")
     pixels = np.asarray(class_pixels, dtype=np.float64)
@@ -278,7 +290,7 @@ def make_plan(
     """The plan for explicit per-class quotas (`classes`) or a balanced budget (`balance_total`); give exactly one.
 
     Raises AugmentError before any work for an unknown class name, an index out of range, a class with a quota that
-    no source map contains, a bad edit option or a source split the dataset lacks.
+    no source map contains, more than MAX_PLAN_SAMPLES samples, a bad edit option or a source split the dataset lacks.
     """
     if (classes is None) == (balance_total is None):
         raise AugmentError("give either classes (explicit quotas) or balance (a total budget), not both or neither")

@@ -5,6 +5,9 @@ A run folder holds:
     model.safetensors   inference weights; card.json records their sha256
     train_state.pt      full training state (torch.save, loaded with weights_only=True) for --resume
     metrics.jsonl       one JSON line per logged step
+
+Every reader raises CheckpointError, one line naming the file and the problem, for a missing, empty, truncated,
+malformed or tampered card, weights file or training state.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, field
+from typing import Any, Sequence
 
 import pyarrow.fs as pafs
 import torch
@@ -54,9 +58,32 @@ class ModelCard:
     created_at: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: Any, source: str = CARD_FILE) -> "ModelCard":
+        """The card in `data` (parsed card.json; unknown keys are ignored). CheckpointError naming `source` and the
+        key when it is not a mapping, lacks a required key or holds a value of the wrong type."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: a model card must be a JSON object, got {type(data).__name__}")
+        fields = cls.__dataclass_fields__
+        missing = [k for k, f in fields.items() if f.default is MISSING and f.default_factory is MISSING
+                   and k not in data]
+        if missing:
+            raise CheckpointError(f"{source}: model card lacks key(s) {', '.join(missing)}")
+        for key, kind in _CARD_TYPES.items():
+            if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+                raise CheckpointError(f"{source}: model card key {key!r} must be {kind.__name__}, got "
+                                      f"{type(data[key]).__name__}")
+        size = data["size"]
+        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise CheckpointError(f"{source}: model card size must be [height, width], got {size!r}")
+        if not all(isinstance(c, str) for c in data["classes"]):
+            raise CheckpointError(f"{source}: model card classes must be names (strings)")
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+_CARD_TYPES: dict[str, type] = {
+    "kind": str, "classes": list, "palette": list, "ignore_index": int, "size": list, "model_config": dict,
+    "step": int, "metrics": dict, "dataset": dict, "weights_sha256": str,
+}
 
 
 def save_checkpoint(
@@ -89,9 +116,19 @@ def load_card(run: str) -> ModelCard:
     if not afs.exists(filesystem, card_path):
         raise CheckpointError(f"{run}: no {CARD_FILE}; is this a train-gan / train-seg run folder?")
     try:
-        return ModelCard.from_dict(json.loads(afs.read_bytes(filesystem, card_path)))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"{card_path}: unreadable model card ({exc})") from None
+        data = json.loads(afs.read_bytes(filesystem, card_path))
+    except ValueError as exc:  # JSONDecodeError (empty, truncated) and UnicodeDecodeError (binary) alike
+        raise CheckpointError(f"{card_path}: unreadable model card ({_first_line(exc)})") from None
+    return ModelCard.from_dict(data, card_path)
+
+
+def _lines(exc: BaseException) -> list[str]:
+    """The non-blank lines of an exception's message, stripped."""
+    return [line.strip() for line in str(exc).splitlines() if line.strip()]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (_lines(exc) or [type(exc).__name__])[0]
 
 
 def load_weights(run: str, card: ModelCard | None = None) -> dict[str, torch.Tensor]:
@@ -105,16 +142,57 @@ def load_weights(run: str, card: ModelCard | None = None) -> dict[str, torch.Ten
     digest = hashlib.sha256(blob).hexdigest()
     if digest != card.weights_sha256:
         raise CheckpointError(f"{weights_path}: sha256 {digest[:12]} does not match card ({card.weights_sha256[:12]})")
-    return st_load(blob)
+    try:
+        return st_load(blob)
+    except Exception as exc:  # safetensors raises its own SafetensorError (and others) on a malformed file
+        raise CheckpointError(f"{weights_path}: not a safetensors file ({_first_line(exc)})") from None
 
 
-def load_train_state(run: str) -> dict[str, Any] | None:
-    """The training state for --resume, or None when the run has none yet."""
+def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str, fits: str = "the model") -> None:
+    """`model.load_state_dict(weights)` (strict), with a mismatch reported as one CheckpointError line naming
+    `what`, the model (`fits`) and the first mismatched, missing or unexpected key."""
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a shape mismatch raises even when not strict; its first detail names the key
+        lines = _lines(exc) or [type(exc).__name__]
+        raise CheckpointError(f"{what}: weights do not fit {fits}: {lines[min(1, len(lines) - 1)]}") from None
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    problems = ([f"{len(missing)} missing (first {missing[0]!r})"] if missing else []) + (
+        [f"{len(unexpected)} unexpected (first {unexpected[0]!r})"] if unexpected else [])
+    if problems:
+        raise CheckpointError(f"{what}: weights do not fit {fits}: keys {', '.join(problems)}")
+
+
+def load_train_state(run: str, keys: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The training state for --resume, or None when the run has none yet.
+
+    Loaded with `weights_only=True`, so a crafted pickle runs no code. CheckpointError (one line, naming the file)
+    when it is unreadable, not a mapping, lacks one of `keys`, or its "step" / "epoch" is not an integer.
+    """
     filesystem, path = afs.resolve(run)
     state_path = afs.join(path, STATE_FILE)
     if not afs.exists(filesystem, state_path):
         return None
-    return torch.load(io.BytesIO(afs.read_bytes(filesystem, state_path)), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(afs.read_bytes(filesystem, state_path)), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never relay that
+        lines = _lines(exc)
+        at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
+        detail = f" ({lines[at + 1]})" if at is not None and at + 1 < len(lines) else ""
+        raise CheckpointError(f"{state_path}: not a training state augment can load: corrupt, or it holds objects "
+                              f"other than tensors and plain data{detail}; the weights-only loader refused it, so "
+                              f"no code in it ran") from None
+    except Exception as exc:  # a torn zip (RuntimeError), an empty file (EOFError)...: the file is not loadable
+        raise CheckpointError(f"{state_path}: not a training state augment can load ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{state_path}: a training state must be a mapping, got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{state_path}: training state lacks key(s) {', '.join(missing)}")
+    bad = [k for k in ("step", "epoch") if k in state and (not isinstance(state[k], int) or state[k] < 0)]
+    if bad:
+        raise CheckpointError(f"{state_path}: training state {bad[0]!r} must be an integer >= 0, got {state[bad[0]]!r}")
+    return state
 
 
 def check_compatible(card: ModelCard, info: DatasetInfo, what: str, size: tuple[int, int] | None = None) -> None:
@@ -149,12 +227,11 @@ def append_metrics(run: str, record: dict[str, Any]) -> None:
 def existing_run(run: str, resume: bool, kind: str, command: str) -> ModelCard | None:
     """The card of the run already in `run` when resuming it, or None for a new run.
 
-    Refuses to start over an existing run without `resume`, and a run of another kind.
+    Refuses to start over an existing run without `resume`, a run of another kind, and a run folder whose card
+    is unreadable (CheckpointError: it is never overwritten as if it were empty).
     """
-    try:
-        existing = load_card(run)
-    except CheckpointError:
-        existing = None
+    filesystem, path = afs.resolve(run)
+    existing = load_card(run) if afs.exists(filesystem, afs.join(path, CARD_FILE)) else None
     if existing is None:
         if resume:
             print(f"{command}: nothing to resume in {run}; starting a new run")

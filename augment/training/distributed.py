@@ -19,7 +19,7 @@ from torch import nn
 
 from augment.data import fs as afs
 from augment.errors import AugmentError
-from augment.runner.cluster import init_ray
+from augment.runner.cluster import check_placeable, init_ray, is_local
 
 RAY_STORAGE_DIR = "ray"
 
@@ -79,7 +79,8 @@ def run_training(
     gpus = resolve_gpus(gpus_per_worker)
     cpus = cpus_per_worker if cpus_per_worker is not None else worker_cpus(workers, gpus)
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
-    _warn_if_unplaceable(workers, resources)
+    check_placeable(resources, workers, {"CPU": "CPUs per worker", "GPU": "--gpus-per-worker", "workers": "--workers"},
+                    is_local(address))
     storage = _storage_path(run_dir)
     trainer = TorchTrainer(
         train_loop,
@@ -92,18 +93,6 @@ def run_training(
         return trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in its own types, which differ between versions
         raise _worker_error(exc) from exc
-
-
-def _warn_if_unplaceable(workers: int, resources: dict[str, float]) -> None:
-    """Ray Train waits for resources the cluster lacks (an autoscaler may add them); say so instead of hanging mutely."""
-    import ray
-
-    have = ray.cluster_resources()
-    short = [f"{workers * v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in resources.items()
-             if workers * v > have.get(k, 0) + 1e-9]
-    if short:
-        say(f"[train] waiting for resources: {workers} worker(s) need {', '.join(short)}; lower --workers or "
-            "--gpus-per-worker unless an autoscaler will add nodes", sys.stderr)
 
 
 def _storage_path(run_dir: str) -> str:

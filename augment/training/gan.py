@@ -51,6 +51,7 @@ from augment.training.checkpoint import (
     check_compatible,
     existing_run,
     load_card,
+    load_into,
     load_train_state,
     save_checkpoint,
 )
@@ -63,6 +64,8 @@ SAMPLES_DIR = "samples"
 DEFAULT_SAMPLE_EVERY = 500
 SHEET_GAP = 2
 SHEET_COLUMNS = ("label", "EMA, noise 1", "EMA, noise 2")
+STATE_KEYS = ("step", "generator", "discriminator", "ema", "opt_g", "opt_d")
+"""What train_state.pt must hold for --resume."""
 
 
 @dataclass
@@ -193,7 +196,7 @@ def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | N
     if changed:
         detail = ", ".join(f"{k} {existing.model_config.get(k)!r} -> {card.model_config[k]!r}" for k in changed)
         raise CheckpointError(f"{what} was trained with other GAN settings ({detail}); resume with the same ones")
-    state = load_train_state(config.out)
+    state = load_train_state(config.out, STATE_KEYS)
     if state is None:
         raise CheckpointError(f"{what} has no train_state.pt to resume from")
     step = int(state["step"])
@@ -258,15 +261,15 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     G, D = build_generator(gan_cfg), build_discriminator(gan_cfg)
     step = int(loop_config["start_step"])
-    state = load_train_state(cfg.out) if step > 0 else None
+    state = load_train_state(cfg.out, STATE_KEYS) if step > 0 else None
     if state is not None:
-        G.load_state_dict(state["generator"])
-        D.load_state_dict(state["discriminator"])
+        load_into(G, state["generator"], f"{cfg.out} train_state.pt", "the generator")
+        load_into(D, state["discriminator"], f"{cfg.out} train_state.pt", "the discriminator")
     G_ema = None
     if rank == 0:
         G_ema = build_ema(G, gan_cfg.ema_decay)
         if state is not None:
-            G_ema.load_state_dict(state["ema"])
+            load_into(G_ema, state["ema"], f"{cfg.out} train_state.pt", "the EMA generator")
         G_ema.to(device)
     if on_gpu:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)

@@ -39,6 +39,7 @@ from augment.training.checkpoint import (
     check_compatible,
     existing_run,
     load_card,
+    load_into,
     load_train_state,
     load_weights,
     save_checkpoint,
@@ -57,6 +58,8 @@ from augment.training.evaluate import autocast, confusion_on
 from augment.training.transforms import train_transform
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.02}
+STATE_KEYS = ("epoch", "step", "optimizer", "scheduler")
+"""What train_state.pt must hold for --resume."""
 NORMALIZATION = "imagenet"
 
 
@@ -217,7 +220,7 @@ def _start_state(config: SegTrainConfig, card: ModelCard, datasets: list[Dataset
     had = (existing.model_config.get("training") or {}).get("class_weights", "none")
     if had != config.class_weights:
         raise CheckpointError(f"{what} was trained with class weights {had!r}, not {config.class_weights!r}")
-    state = load_train_state(config.out)
+    state = load_train_state(config.out, STATE_KEYS)
     if state is None:
         raise CheckpointError(f"{what} has no train_state.pt to resume from")
     epoch = int(state["epoch"])
@@ -287,8 +290,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     start_epoch, step = loop_config["start_epoch"], 0
     state = None
     if start_epoch > 0:
-        model.load_state_dict(load_weights(cfg.out))
-        state = load_train_state(cfg.out)
+        load_into(model, load_weights(cfg.out), cfg.out, cfg.model)
+        state = load_train_state(cfg.out, STATE_KEYS)
         step = int(state["step"])
     if on_gpu:
         model = model.to(memory_format=torch.channels_last)
@@ -378,7 +381,7 @@ def _save_epoch(cfg, card, model, optimizer, scheduler, record: dict[str, Any], 
 
 def train_seg_command(args: argparse.Namespace) -> int:
     config = SegTrainConfig(
-        data=[d.strip() for d in args.data.split(",") if d.strip()],
+        data=list(args.data),
         out=args.out,
         val=args.val,
         model=args.model,
