@@ -18,7 +18,7 @@ mask and seeds, never on the rest of its batch. Modes:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -98,6 +98,16 @@ def sample_noises(
     return torch.cat(out)
 
 
+@contextlib.contextmanager
+def _without_onednn() -> Iterator[None]:
+    """oneDNN off for the block (its other flags, TF32 included, untouched), restored after."""
+    was = torch.backends.mkldnn.set_flags(False, None, None, None)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(was, None, None, None)
+
+
 @torch.no_grad()
 def synthesise(
     generator: nn.Module,
@@ -114,9 +124,11 @@ def synthesise(
 
     `base_seeds` (default 0 for all) only matter in noise_mode "target"; pass `PlannedSample.base_seed`.
     Inputs are channels_last; `precision` (see `augment.device.use_bf16`) picks bf16 autocast, by default where the
-    device computes bf16 natively: on a 2-core AVX512-BF16 CPU 2x the fp32 generator at 64x64 (docs/results.md),
-    for images within a couple of grey levels of fp32's on average; "fp32" gives the same bytes on any machine.
-    An image never depends on the other samples of its batch in either precision.
+    device computes bf16 natively (images within a couple of grey levels of fp32's on average).
+    On a CPU in fp32, oneDNN is off for the generator call: its convolutions pick kernels by batch shape, which moves
+    the odd pixel by a grey level, while the reference kernels compute each sample alone. So an fp32 image on a CPU
+    never depends on the other samples of its batch (the same bytes on a given machine and software); in bf16 and on
+    GPUs, where kernels also follow the batch shape, the same holds to rounding.
     """
     device = next(generator.parameters()).device
     masks = masks.to(device)
@@ -126,6 +138,9 @@ def synthesise(
     autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
     if use_bf16(device, precision):
         autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    with autocast:
+    batch_invariant = contextlib.nullcontext()
+    if device.type == "cpu" and not use_bf16(device, precision):
+        batch_invariant = _without_onednn()
+    with autocast, batch_invariant:
         images = generator(label, z)
     return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
