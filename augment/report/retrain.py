@@ -7,7 +7,8 @@ In order (RUN is --out):
     is an augmentation job's output with accepted rows; 0 < ratio < 1 and every batch keeps a real sample.
  2. the baseline: --baseline, whose card must fit (a finished segmenter run on the real data alone, with the same
     classes, size and model; the augmented run then takes its recipe: optimizer, lr, weight decay, batch, workers,
-    scale range, seed, --deterministic, class weights), else a run trained here into RUN/baseline on --real alone with the given recipe.
+    scale range, seed, --deterministic, class weights), else a run trained here into RUN/baseline on --real alone
+    with the given recipe.
  3. the augmented run RUN/augmented: the baseline's recipe and budget, i.e. exactly its number of optimizer steps
     with batches of the same size, so the two runs differ only in what fills the batches: a fraction `ratio` of
     every batch comes from the synthetic datasets (accepted rows only; their masks' ignore pixels are left out of

@@ -2,9 +2,9 @@
 
 A train loop is a plain function `loop(config: dict)` run by every worker. It reads its data with the
 `TrainingStream`s of its config (augment.training.data: each worker runs its own seeded Ray Data pipeline per
-pass, rather than a shard of Ray Train's `datasets`, so it knows which pass it reads), wraps its model with `prepare_model`, and lets rank 0 (`is_rank_zero()`)
-write checkpoints straight into the run folder with `augment.training.checkpoint`; Ray's own checkpoint storage
-is not used, so `--resume` reads `load_train_state(run)`. The run folder must therefore be reachable from the
+pass, rather than a shard of Ray Train's `datasets`, so it knows which pass it reads), wraps its model with
+`prepare_model`, and lets rank 0 (`is_rank_zero()`) write checkpoints straight into the run folder with
+`augment.training.checkpoint`; Ray's own checkpoint storage is not used, so `--resume` reads `load_train_state(run)`. The run folder must therefore be reachable from the
 rank-0 worker (local disk on one machine, shared or object storage on a cluster).
 """
 
