@@ -56,6 +56,13 @@ def _add_training_resources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
 
 
+def _add_deterministic(p: argparse.ArgumentParser, default: bool | None = False) -> None:
+    tail = "; default: the baseline's, else off" if default is None else ""
+    p.add_argument("--deterministic", action="store_true", default=default,
+                   help="also use torch's deterministic algorithms (reproducible GPU kernels; an operation without "
+                        f"one stops the run); --seed alone fixes data order, augmentations and initialisation{tail}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="augment", description="GAN data augmentation for semantic segmentation, distributed with Ray."
@@ -103,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=_positive, default=None, help="sample sheet every N steps")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="EMA decay of the inference generator (default: 0.999, lower for runs under 10,000 steps)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of data order, crops, initialisation and noise: same seed, same weights")
+    _add_deterministic(p)
     _add_training_resources(p)
     p.set_defaults(handler="augment.training.gan:train_gan_command")
 
@@ -116,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=30)
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.02, SGD)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of data order, augmentations and initialisation: same seed, same weights")
+    _add_deterministic(p)
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none",
                    help="cross-entropy class weights; median-frequency (from the first dataset's pixel counts) "
                         "lets rare, thin classes be learned (default: none)")
@@ -157,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=None, help="baseline epochs (default: the baseline's, else 30)")
     p.add_argument("--batch", type=_positive, default=None, help="batch per worker (default: the baseline's, else 8)")
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: the baseline's, else train-seg's)")
-    p.add_argument("--seed", type=int, default=None, help="(default: the baseline's, else 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of both runs' data order, augmentations, initialisation and batch mix (default: the "
+                        "baseline's, else 0)")
+    _add_deterministic(p, default=None)
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=None,
                    help="loss class weights (default: the baseline's, else none); from --real's pixel counts")
     _add_training_resources(p)

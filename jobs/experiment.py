@@ -16,15 +16,20 @@ there is nothing to compare on them). (b)-(d) come from augmentation jobs with t
 same seed, plan and generator, so they share the generated images and differ only in the filter; each is trained by
 `augment retrain` against (a): same recipe, step budget and seed, --ratio of every batch synthetic. The synthetic
 samples target the rare classes (--targets, default pedestrian, bicyclist, pole, sign_symbol, fence; --per-class
-each). The results table gives mIoU and the targeted classes' IoU as mean ± s.d. over the seeds, and the paired
-change against (a).
+each). The results table gives mIoU and the targeted classes' IoU as mean ± s.d. over the seeds; for every
+setting against (a) the paired difference per seed, its mean and a 95% Student-t confidence interval over the
+seeds (augment.report.stats), for mIoU, the targeted mean and each targeted class, a difference whose interval
+contains 0 marked "within noise". Every run is seeded (augment.training.seeding; --deterministic adds torch's
+deterministic algorithms), and a control arm checks it: (a) is trained a second time with the first seed
+(real-again) and the report says how far the two agree (weights and every IoU: they should be identical).
 
 Stages (--stages, default all): data, gan, baseline, synth, retrain, report. Each stage skips work whose output is
 complete (datasets with their dataset.json, finished training runs, finished jobs, written reports) and resumes
 interrupted training runs, so the experiment can be split over several invocations that each fit a time limit.
 
 Layout under OUT: data/{train,val,train-fNN}, fNN/gan, fNN/seedS/{real, syn-nofilter, syn-filter, syn-ignore,
-b-nofilter, c-filter, d-ignore}, results.json, results.md (NN = the fraction in percent).
+b-nofilter, c-filter, d-ignore}, fNN/seedS/real-again (first seed only), results.json, results.md (NN = the
+fraction in percent).
 
 Needs Ray (a local instance is started unless --address or $RAY_ADDRESS names a cluster); a GPU is used when
 present.
@@ -57,6 +62,7 @@ from augment.errors import AugmentError
 from augment.models.gan import WIDTH_KEYS, parse_widths
 from augment.training import CLASS_WEIGHTS
 from augment.report.page import Page, mean_spread, pct
+from augment.report.stats import WITHIN_NOISE, PairedDifference, format_difference, paired_difference
 
 STAGES = ("data", "gan", "baseline", "synth", "retrain", "report")
 TARGETS = ("pedestrian", "bicyclist", "pole", "sign_symbol", "fence")
@@ -67,6 +73,7 @@ SETTINGS = {
     "d": ("real + synthetic, filter + pixel ignore", "ignore"),
 }
 RUN_NAMES = {"b": "b-nofilter", "c": "c-filter", "d": "d-ignore"}
+CONTROL_RUN = "real-again"
 
 
 @dataclass
@@ -95,6 +102,8 @@ class Experiment:
     min_target_iou: float = 0.3
     ignore_confidence: float = 0.9
     job_batch: int = 16
+    deterministic: bool = False
+    """Every training run also uses torch's deterministic algorithms (train-seg/train-gan --deterministic)."""
     workers: int = 1
     gpus_per_worker: float | None = None
     address: str | None = None
@@ -169,7 +178,7 @@ def stage_gan(x: Experiment, f: float) -> None:
     model = dict(zip(WIDTH_KEYS, x.gan_widths)) if x.gan_widths else {}
     train_gan(GANTrainConfig(data=x.train_data(f), out=out, size=x.size, steps=x.gan_steps, batch=x.gan_batch,
                              l1=x.gan_l1, model=model, workers=x.workers, gpus_per_worker=x.gpus_per_worker,
-                             resume=True, address=x.address))
+                             resume=True, address=x.address, deterministic=x.deterministic))
 
 
 def seg_epochs(x: Experiment, f: float) -> int:
@@ -178,15 +187,19 @@ def seg_epochs(x: Experiment, f: float) -> int:
 
 
 def stage_baseline(x: Experiment, f: float, seed: int) -> None:
+    """(a) for one seed; for the first seed also the control arm, (a) once more with the same seed."""
     from augment.training.segmenter import SegTrainConfig, train_segmenter
 
-    out = x.path(tag(f), f"seed{seed}", "real")
-    say(f"(a) {tag(f)} seed {seed}: {x.model}, {x.seg_steps} steps on {x.train_data(f)} -> {out}")
-    train_segmenter(SegTrainConfig(
-        data=[x.train_data(f)], val=x.val_data, out=out, model=x.model, size=x.size, epochs=seg_epochs(x, f),
-        batch=x.batch, lr=x.lr, workers=x.workers, gpus_per_worker=x.gpus_per_worker, resume=True, seed=seed,
-        address=x.address, max_steps=x.seg_steps, class_weights=x.class_weights,
-    ))
+    runs = ["real"] + ([CONTROL_RUN] if seed == x.seeds[0] else [])
+    for run in runs:
+        out = x.path(tag(f), f"seed{seed}", run)
+        what = "(a)" if run == "real" else "(a) again, the control arm,"
+        say(f"{what} {tag(f)} seed {seed}: {x.model}, {x.seg_steps} steps on {x.train_data(f)} -> {out}")
+        train_segmenter(SegTrainConfig(
+            data=[x.train_data(f)], val=x.val_data, out=out, model=x.model, size=x.size, epochs=seg_epochs(x, f),
+            batch=x.batch, lr=x.lr, workers=x.workers, gpus_per_worker=x.gpus_per_worker, resume=True, seed=seed,
+            deterministic=x.deterministic, address=x.address, max_steps=x.seg_steps, class_weights=x.class_weights,
+        ))
 
 
 def job_filters(x: Experiment) -> dict[str, dict[str, Any]]:
@@ -293,8 +306,37 @@ def _targeted_mean(cell: dict[str, Any], targets: list[str]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def control_agreement(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fraction whose control arm is trained: how far (a) and (a) again with the same seed agree (weights
+    sha256, mIoU, pixel accuracy and every class's IoU on val)."""
+    from augment.training.checkpoint import load_card
+    from augment.training.evaluate import evaluate_segmenter
+
+    by = {(c["fraction"], c["seed"], c["setting"]): c for c in cells}
+    out = []
+    for f in x.fractions:
+        seed = x.seeds[0]
+        again = x.path(tag(f), f"seed{seed}", CONTROL_RUN)
+        first = by.get((f, seed, "a"))
+        if first is None or not complete(again, "card.json"):
+            continue
+        metrics = evaluate_segmenter(again, x.val_data)
+        pairs = [(first["miou"], metrics["miou"]), (first["pixel_accuracy"], metrics["pixel_accuracy"]),
+                 *[(first["iou"].get(c), v) for c, v in metrics["iou"].items()]]
+        out.append({
+            "fraction": f, "seed": seed, "run": again, "first": first["run"],
+            "weights_identical": load_card(first["run"]).weights_sha256 == load_card(again).weights_sha256,
+            "metrics_identical": all(a == b for a, b in pairs),
+            "max_abs_difference": max((abs(b - a) for a, b in pairs if a is not None and b is not None), default=0.0),
+            "miou": [first["miou"], metrics["miou"]],
+        })
+    return out
+
+
 def summarize(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (fraction, setting): mean and s.d. over seeds, and the paired change against (a) of the same seed."""
+    """Per (fraction, setting): mean and s.d. over seeds, and for settings other than (a) the paired difference
+    against (a) of the same fraction and seed (`augment.report.stats.paired_difference`: per seed, mean, 95%
+    interval) for mIoU, the targeted mean and each targeted class."""
     by = {(c["fraction"], c["seed"], c["setting"]): c for c in cells}
     rows = []
     for f in x.fractions:
@@ -310,23 +352,27 @@ def summarize(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[str, Any]
                 sd = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None)
                 return {"mean": mean, "sd": sd, "values": values}
 
-            def paired(fn) -> list[float | None]:
-                return [None if b is None or fn(c) is None or fn(b) is None else fn(c) - fn(b)
-                        for c, b in zip(mine, base)]
+            def paired(fn) -> dict[str, Any] | None:
+                if key == "a":
+                    return None
+                return paired_difference([fn(c) for c in mine], [None if b is None else fn(b) for b in base],
+                                         [c["seed"] for c in mine]).to_dict()
 
             rows.append({
                 "fraction": f, "setting": key, "name": SETTINGS[key][0], "seeds": [c["seed"] for c in mine],
                 "miou": stats([c["miou"] for c in mine]),
                 "targeted": stats([_targeted_mean(c, x.targets) for c in mine]),
                 "iou": {t: stats([c["iou"].get(t) for c in mine]) for t in x.targets},
-                "delta_miou": stats(paired(lambda c: c["miou"])),
-                "delta_targeted": stats(paired(lambda c: _targeted_mean(c, x.targets))),
+                "delta_miou": paired(lambda c: c["miou"]),
+                "delta_targeted": paired(lambda c: _targeted_mean(c, x.targets)),
+                "delta_iou": {t: paired(lambda c, t=t: c["iou"].get(t)) for t in x.targets} if key != "a" else None,
                 "synthetic_rows": stats([c["synthetic_rows"] for c in mine]) if key != "a" else None,
             })
     return rows
 
 
-def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> Page:
+def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dict[str, Any]],
+                 controls: list[dict[str, Any]] = ()) -> Page:
     page = Page("Synthetic augmentation on CamVid: per setting, mean ± s.d. over seeds (IoU in %)")
     page.paragraph(
         f"CamVid at {x.size[0]}x{x.size[1]}, {x.model}, {x.seg_steps} steps of batch {x.batch} x {x.workers} "
@@ -334,8 +380,10 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
         f"{', widths ' + ','.join(map(str, x.gan_widths)) if x.gan_widths else ''}{', L1' if x.gan_l1 else ''}; "
         f"{x.per_class} synthetic samples per targeted class, "
         f"{x.ratio:.0%} of every batch synthetic; filter min mIoU {x.min_miou}, min target IoU {x.min_target_iou}, "
-        f"pixel ignore at confidence {x.ignore_confidence}. Seeds {', '.join(map(str, x.seeds))}. "
-        f"Change columns: paired difference to (a) of the same fraction and seed."
+        f"pixel ignore at confidence {x.ignore_confidence}. Seeds {', '.join(map(str, x.seeds))}"
+        f"{', deterministic algorithms' if x.deterministic else ''}. "
+        f"Change columns: paired difference to (a) of the same fraction and seed, mean over seeds [95% Student-t "
+        f"confidence interval], '{WITHIN_NOISE}' where the interval contains 0."
     )
     header = ["train data", "setting", "mIoU", "change mIoU", "targeted mean", "change targeted",
               *x.targets, "synthetic rows"]
@@ -346,11 +394,17 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
 
         rows.append([
             f"{r['fraction']:.0%} of train", f"({r['setting']}) {r['name']}", cell(r["miou"]),
-            "" if r["setting"] == "a" else _signed(r["delta_miou"]), cell(r["targeted"]),
-            "" if r["setting"] == "a" else _signed(r["delta_targeted"]), *[cell(r["iou"][t]) for t in x.targets],
+            "" if r["setting"] == "a" else _change(r["delta_miou"]), cell(r["targeted"]),
+            "" if r["setting"] == "a" else _change(r["delta_targeted"]), *[cell(r["iou"][t]) for t in x.targets],
             "" if r["synthetic_rows"] is None else f"{r['synthetic_rows']['mean']:.0f}",
         ])
     page.table(header, rows)
+    for r in summary:
+        if r["setting"] != "a":
+            _difference_table(page, x, r)
+    if controls:
+        page.heading("Control arm: (a) trained twice with the same seed")
+        page.bullets([_control_line(c) for c in controls])
     if skipped:
         page.paragraph("Not trained (counted as missing above):")
         page.bullets([f"{c['fraction']:.0%} of train, seed {c['seed']}, ({c['setting']}): {c['skipped']}"
@@ -358,12 +412,32 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
     return page
 
 
-def _signed(s: dict[str, Any]) -> str:
-    vals = [v for v in s["values"] if v is not None]
-    if not vals:
-        return "-"
-    text = pct(s["mean"], signed=True)
-    return text + (f" ± {s['sd'] * 100:.2f}" if s["sd"] is not None else "")
+def _change(record: dict[str, Any] | None) -> str:
+    return "-" if record is None else format_difference(PairedDifference.from_dict(record))
+
+
+def _difference_table(page: Page, x: Experiment, r: dict[str, Any]) -> None:
+    """One setting's paired differences to (a): per seed, mean, 95% interval and verdict, per metric (points)."""
+    page.heading(f"{r['fraction']:.0%} of train, ({r['setting']}) {r['name']} minus (a), IoU points")
+    metrics = [("mIoU", r["delta_miou"]), ("targeted mean", r["delta_targeted"]),
+               *[(t, r["delta_iou"][t]) for t in x.targets]]
+    rows = []
+    for name, record in metrics:
+        d = PairedDifference.from_dict(record)
+        per_seed = dict(zip(d.seeds, d.values))
+        interval = "-" if d.low is None else f"[{pct(d.low, signed=True)}, {pct(d.high, signed=True)}]"
+        verdict = {True: WITHIN_NOISE, False: "beyond noise", None: "one seed: no interval"}[d.within_noise]
+        rows.append([name, *[pct(per_seed.get(s), signed=True) for s in x.seeds], pct(d.mean, signed=True),
+                     interval, verdict if d.mean is not None else "-"])
+    page.table(["metric", *[f"seed {s}" for s in x.seeds], "mean", "95% interval", ""], rows)
+
+
+def _control_line(c: dict[str, Any]) -> str:
+    same = "identical weights" if c["weights_identical"] else "DIFFERENT weights"
+    return (f"{c['fraction']:.0%} of train, seed {c['seed']}: `{c['first']}` and `{c['run']}` have {same}; mIoU "
+            f"{pct(c['miou'][0])} and {pct(c['miou'][1])}, largest difference over mIoU, pixel accuracy and every "
+            f"class's IoU {c['max_abs_difference'] * 100:.2f} points"
+            + ("" if c["metrics_identical"] else " (not exactly equal)"))
 
 
 def stage_report(x: Experiment) -> str:
@@ -371,9 +445,10 @@ def stage_report(x: Experiment) -> str:
     if not cells:
         raise AugmentError(f"{x.out}: no finished runs to report yet (run the earlier stages)")
     summary = summarize(x, cells)
-    page = results_page(x, summary, [c for c in cells if c.get("skipped")])
+    controls = control_agreement(x, cells)
+    page = results_page(x, summary, [c for c in cells if c.get("skipped")], controls)
     record = {"experiment": {**asdict(x), "size": list(x.size)}, "cells": cells, "summary": summary,
-              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "controls": controls, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     filesystem, path = afs.resolve(x.out)
     afs.write_bytes_atomic(filesystem, afs.join(path, "results.json"), json.dumps(record, indent=2).encode())
     markdown = page.to_markdown()
@@ -473,6 +548,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
     p.add_argument("--min-target-iou", type=float, default=d.min_target_iou, help="filter: target-class IoU threshold")
     p.add_argument("--ignore-confidence", type=float, default=d.ignore_confidence, help="(d): pixel-ignore confidence")
     p.add_argument("--job-batch", type=int, default=d.job_batch, help="augmentation job batch size")
+    p.add_argument("--deterministic", action="store_true",
+                   help="train with torch's deterministic algorithms too (every run is seeded either way)")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers per training run")
     p.add_argument("--gpus-per-worker", type=float, default=None)
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
@@ -502,7 +579,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
         gan_steps=a.gan_steps, gan_batch=a.gan_batch, gan_l1=a.gan_l1, class_weights=a.class_weights,
         gan_widths=gan_widths, per_class=a.per_class, targets=targets, ratio=a.ratio,
         min_miou=a.min_miou, min_target_iou=a.min_target_iou, ignore_confidence=a.ignore_confidence,
-        job_batch=a.job_batch, workers=a.workers, gpus_per_worker=a.gpus_per_worker, address=a.address,
+        job_batch=a.job_batch, deterministic=a.deterministic, workers=a.workers, gpus_per_worker=a.gpus_per_worker,
+        address=a.address,
     )
     return x, stages
 

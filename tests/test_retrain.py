@@ -54,7 +54,7 @@ def env(tmp_path_factory):
 def test_training_stream_takes_accepted_synthetic_rows_only(env, ray_session):
     import pyarrow.parquet as pq
 
-    from augment.training.data import training_dataset
+    from augment.training.data import training_stream
 
     ds = open_dataset(env["synthetic"])
     ids = []
@@ -62,7 +62,7 @@ def test_training_stream_takes_accepted_synthetic_rows_only(env, ray_session):
         table = pq.ParquetFile(unit["path"]).read_row_group(unit["row_group"], columns=["id"])
         ids += table.slice(unit["start"], unit["stop"] - unit["start"]).column("id").to_pylist()
     assert sorted(ids) == sorted(env["accepted"])
-    assert training_dataset(ds, None).count() == len(env["accepted"])
+    assert training_stream(ds, None).dataset().count() == len(env["accepted"])
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,9 @@ def test_report_records_mix_budget_and_lineage(env, first):
     page = (out / "report.md").read_text()
     assert "**pedestrian (targeted)**" in page and baseline.weights_sha256 in page and "figures/iou.png" in page
     assert "class weights none" in page and report["mix"]["class_weights"] == "none"
+    assert report["recipe"]["seed"] == 0 and report["recipe"]["deterministic"] is False
+    assert augmented.reproducibility["seed"] == baseline.reproducibility["seed"] == 0
+    assert "one paired difference" in page and "jobs/experiment.py --seeds" in page
     assert info.lineage["job_fingerprint"] in (out / "report.html").read_text()
 
 
@@ -188,8 +191,13 @@ def test_unfitting_baseline_is_refused(env, first, tmp_path):
     card = json.loads((weighted / "card.json").read_text())
     card["model_config"]["training"]["class_weights"] = "median-frequency"
     (weighted / "card.json").write_text(json.dumps(card))
+    card["reproducibility"]["deterministic"] = True
+    (weighted / "card.json").write_text(json.dumps(card))
     cfg = _cfg(env, tmp_path, baseline=str(weighted))
-    assert baseline_recipe(cfg, load_card(str(weighted)), check_mix(cfg, 4)).class_weights == "median-frequency"
+    recipe = baseline_recipe(cfg, load_card(str(weighted)), check_mix(cfg, 4))
+    assert recipe.class_weights == "median-frequency" and recipe.deterministic is True  # inherited
+    with pytest.raises(MixError, match="--deterministic True does not fit .* trained with --deterministic False"):
+        retrain(_cfg(env, tmp_path, baseline=baseline, deterministic=True))
     with pytest.raises(MixError, match="not trained on --real alone"):
         retrain(_cfg(env, tmp_path, baseline=str(first["out"] / "augmented")))
     assert not (tmp_path / "out").exists()
@@ -230,11 +238,39 @@ def test_experiment_subset_and_summary(tmp_path):
     summary = {r["setting"]: r for r in exp.summarize(x, cells)}
     c = summary["c"]
     assert c["miou"]["mean"] == pytest.approx(0.46) and c["miou"]["sd"] == pytest.approx(0.0141421, rel=1e-4)
-    assert c["delta_miou"]["values"] == pytest.approx([0.05, 0.03])
+    assert c["delta_miou"]["values"] == pytest.approx([0.05, 0.03]) and c["delta_miou"]["seeds"] == [0, 1]
+    # mean 0.04, s.d. 0.0141421, t(0.975, 1) = 12.7062: 0.04 -+ 12.7062 * 0.0141421 / sqrt(2) = 0.04 -+ 0.127062
+    assert (c["delta_miou"]["low"], c["delta_miou"]["high"]) == pytest.approx((-0.087062, 0.167062), abs=1e-6)
+    assert c["delta_miou"]["within_noise"] is True
     assert c["delta_targeted"]["values"] == pytest.approx([0.1, 0.1])
+    assert c["delta_targeted"]["low"] == pytest.approx(0.1) and c["delta_targeted"]["within_noise"] is False
+    assert c["delta_iou"]["pole"]["values"] == pytest.approx([0.2, 0.1]) and c["delta_iou"]["fence"]["n"] == 1
     assert c["synthetic_rows"]["mean"] == 11 and summary["a"]["synthetic_rows"] is None
+    assert summary["a"]["delta_miou"] is None
     page = exp.results_page(x, list(summary.values()), []).to_markdown()
-    assert "| 25% of train | (c) real + synthetic, filter | 46.00 ± 1.41 | +4.00 ± 1.41 |" in page
+    assert ("| 25% of train | (c) real + synthetic, filter | 46.00 ± 1.41 | +4.00 [-8.71, +16.71], within noise | "
+            in page)
+    assert "| mIoU | +5.00 | +3.00 | +4.00 | [-8.71, +16.71] | within noise |" in page
+    assert "| fence | +0.00 | - | +0.00 | - | one seed: no interval |" in page
+
+
+def test_experiment_control_arm_reports_agreement(tmp_path):
+    exp = _experiment_module()
+    x = exp.Experiment(camvid="", out=str(tmp_path / "x"), fractions=[0.25], seeds=[0, 1], targets=["pole"])
+    data = make_example_dataset(x.val_data, n=4, size=(32, 32))
+    folder = tmp_path / "x" / "f25" / "seed0"
+    for name, seed in (("real", 0), (exp.CONTROL_RUN, 0), ("other", 1)):
+        shutil.copytree(make_tiny_runs(tmp_path / name, data, seed=seed)[1], folder / name)
+    cells = exp.collect(x)
+    assert [(c["seed"], c["setting"]) for c in cells] == [(0, "a")]
+    (control,) = exp.control_agreement(x, cells)
+    assert control["weights_identical"] and control["metrics_identical"] and control["max_abs_difference"] == 0
+    page = exp.results_page(x, exp.summarize(x, cells), [], [control]).to_markdown()
+    assert "seed 0: `" in page and "have identical weights" in page and "every class's IoU 0.00 points" in page
+    shutil.rmtree(folder / exp.CONTROL_RUN)
+    shutil.copytree(folder / "other", folder / exp.CONTROL_RUN)
+    (control,) = exp.control_agreement(x, cells)
+    assert not control["weights_identical"]
 
 
 def test_experiment_report_describes_the_settings_the_runs_used(tmp_path):

@@ -18,7 +18,7 @@ from augment.training.data import (
     iter_eval_batches,
     open_sources,
     steps_per_epoch,
-    training_dataset,
+    training_stream,
 )
 from augment.training.evaluate import evaluate_segmenter
 from augment.training.segmenter import (
@@ -261,7 +261,7 @@ def test_mixer_draws_fixed_shares(tmp_path, ray_session):
     b = open_dataset(make_dataset(tmp_path / "b", 3, (32, 32), num_classes=3, seed=2))
     a_masks = {s["mask"].tobytes() for s in a.iter_samples()}
     b_masks = {s["mask"].tobytes() for s in b.iter_samples()}
-    mixer = BatchMixer([(training_dataset(a, None).iterator(), 3), (training_dataset(b, None).iterator(), 1)], 4)
+    mixer = BatchMixer([(training_stream(a, None, seed=0), 3), (training_stream(b, None, seed=0, index=1), 1)], 4)
     batches = list(mixer.epoch())
     assert len(batches) == 2  # 8 rows of the first stream, 3 per batch: the incomplete third batch is dropped
     for images, masks in batches:

@@ -7,11 +7,14 @@ In order (RUN is --out):
     is an augmentation job's output with accepted rows; 0 < ratio < 1 and every batch keeps a real sample.
  2. the baseline: --baseline, whose card must fit (a finished segmenter run on the real data alone, with the same
     classes, size and model; the augmented run then takes its recipe: optimizer, lr, weight decay, batch, workers,
-    scale range, seed, class weights), else a run trained here into RUN/baseline on --real alone with the given recipe.
+    scale range, seed, --deterministic, class weights), else a run trained here into RUN/baseline on --real alone
+    with the given recipe.
  3. the augmented run RUN/augmented: the baseline's recipe and budget, i.e. exactly its number of optimizer steps
     with batches of the same size, so the two runs differ only in what fills the batches: a fraction `ratio` of
     every batch comes from the synthetic datasets (accepted rows only; their masks' ignore pixels are left out of
-    the loss), shared among them by accepted rows.
+    the loss), shared among them by accepted rows. Both runs draw from the same seed (augment.training.seeding):
+    the same initial weights, the real data in the same per-epoch order with the same augmentations, the synthetic
+    data in an order of the seed too, so a rerun reproduces both runs and their difference.
  4. both checkpoints are evaluated on --val by `evaluate_segmenter` (the numbers `augment evaluate` prints) and the
     report is written: figures/iou.png, figures/synthetic.png, report.md, report.html and report.json (last).
 
@@ -82,6 +85,7 @@ class RetrainConfig:
     batch: int | None = None
     lr: float | None = None
     seed: int | None = None
+    deterministic: bool | None = None
     class_weights: str | None = None
     baseline: str | None = None
     workers: int | None = None
@@ -136,6 +140,7 @@ class Recipe:
     weight_decay: float = 1e-4
     scale_range: tuple[float, float] = (0.5, 2.0)
     class_weights: str = "none"
+    deterministic: bool = False
 
 
 def _dataset_json_sha256(ds: Dataset) -> str:
@@ -263,11 +268,13 @@ def baseline_recipe(cfg: RetrainConfig, card: ModelCard, mix: Mix) -> Recipe:
         optimizer=train.get("optimizer", "adamw"), weight_decay=float(train.get("weight_decay", 1e-4)),
         scale_range=tuple(train.get("scale_range", (0.5, 2.0))),
         class_weights=str(train.get("class_weights", "none")),
+        deterministic=bool((card.reproducibility or {}).get("deterministic", False)),
     )
     asked = {"--model": cfg.model, "--epochs": cfg.epochs, "--batch": cfg.batch, "--lr": cfg.lr, "--seed": cfg.seed,
-             "--workers": cfg.workers, "--class-weights": cfg.class_weights}
+             "--workers": cfg.workers, "--class-weights": cfg.class_weights, "--deterministic": cfg.deterministic}
     have = {"--model": recipe.model, "--epochs": recipe.epochs, "--batch": recipe.batch, "--lr": recipe.lr,
-            "--seed": recipe.seed, "--workers": recipe.workers, "--class-weights": recipe.class_weights}
+            "--seed": recipe.seed, "--workers": recipe.workers, "--class-weights": recipe.class_weights,
+            "--deterministic": recipe.deterministic}
     for flag, value in asked.items():
         if value is not None and value != have[flag]:
             raise MixError(f"{flag} {value} does not fit {what}, trained with {flag} {have[flag]}; the augmented run "
@@ -281,7 +288,8 @@ def _own_recipe(cfg: RetrainConfig) -> Recipe:
     return Recipe(model=cfg.model or DEFAULT_MODEL, epochs=cfg.epochs or 30, batch=cfg.batch or 8, lr=cfg.lr,
                   seed=cfg.seed if cfg.seed is not None else 0, workers=cfg.workers or 1,
                   optimizer=defaults.optimizer, weight_decay=defaults.weight_decay,
-                  scale_range=tuple(defaults.scale_range), class_weights=cfg.class_weights or defaults.class_weights)
+                  scale_range=tuple(defaults.scale_range), class_weights=cfg.class_weights or defaults.class_weights,
+                  deterministic=bool(cfg.deterministic))
 
 
 def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], out: str, **kw: Any) -> SegTrainConfig:
@@ -289,7 +297,8 @@ def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], o
         data=data, out=out, val=mix.val.uri, model=recipe.model, size=mix.size, epochs=recipe.epochs,
         batch=recipe.batch, lr=recipe.lr, optimizer=recipe.optimizer, weight_decay=recipe.weight_decay,
         scale_range=recipe.scale_range, workers=recipe.workers, gpus_per_worker=cfg.gpus_per_worker,
-        resume=cfg.resume, seed=recipe.seed, address=cfg.address, log_every=cfg.log_every,
+        resume=cfg.resume, seed=recipe.seed, deterministic=recipe.deterministic, address=cfg.address,
+        log_every=cfg.log_every,
         class_weights=recipe.class_weights, **kw,
     )
 
@@ -441,7 +450,8 @@ def build_report(
         "recipe": {"model": recipe.model, "optimizer": recipe.optimizer,
                    "lr": recipe.lr or DEFAULT_LR[recipe.optimizer], "weight_decay": recipe.weight_decay,
                    "batch_per_worker": recipe.batch, "workers": recipe.workers,
-                   "scale_range": list(recipe.scale_range), "seed": recipe.seed, "baseline_epochs": recipe.epochs,
+                   "scale_range": list(recipe.scale_range), "seed": recipe.seed,
+                   "deterministic": recipe.deterministic, "baseline_epochs": recipe.epochs,
                    "augmented_epochs": _card_training(augmented_card).get("epochs"), "steps": baseline_card.step},
         "runs": {
             "baseline": {"run": baseline_run, "weights_sha256": baseline_card.weights_sha256,
@@ -542,10 +552,18 @@ def report_page(report: dict[str, Any]) -> Page:
     )
     page.paragraph(
         f"Both runs: {report['recipe']['model']}, {mix['steps']} optimizer steps of {mix['batch_per_worker']} images "
-        f"x {mix['workers']} worker(s) at {mix['size'][0]}x{mix['size'][1]}, seed {report['recipe']['seed']}, class "
+        f"x {mix['workers']} worker(s) at {mix['size'][0]}x{mix['size'][1]}, seed {report['recipe']['seed']}"
+        f"{' with deterministic algorithms' if report['recipe'].get('deterministic') else ''}, class "
         f"weights {mix.get('class_weights', 'none')}; the "
         f"augmented run took {mix['ratio']:.0%} of every batch from the synthetic data. Numbers are "
         f"`augment evaluate`'s (IoU in %, '-': class in neither masks nor predictions)."
+    )
+    page.paragraph(
+        f"Each change is one paired difference: both runs share seed {report['recipe']['seed']} (initial weights, "
+        "order and augmentations of the real data), so rerunning this command reproduces it, but one seed does not "
+        "say how much of it another seed would keep. `augment retrain` trains one seed; for the per-seed "
+        "differences, their mean and a 95% confidence interval run `jobs/experiment.py --seeds` (it marks a change "
+        "whose interval contains 0 as within noise)."
     )
     rows = report["per_class"]
     page.heading("Per-class IoU")
@@ -622,7 +640,8 @@ def retrain_command(args: argparse.Namespace) -> int:
         real=args.real,
         synthetic=list(args.synthetic),
         out=args.out, val=args.val, ratio=args.ratio, model=args.model, size=args.size, epochs=args.epochs,
-        batch=args.batch, lr=args.lr, seed=args.seed, class_weights=args.class_weights, baseline=args.baseline,
+        batch=args.batch, lr=args.lr, seed=args.seed, deterministic=args.deterministic,
+        class_weights=args.class_weights, baseline=args.baseline,
         workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, resume=args.resume, address=args.address,
     )

@@ -54,6 +54,9 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    reproducibility: dict[str, Any] = field(default_factory=dict)
+    """{seed, deterministic, torch, ray}: the run's --seed and --deterministic and the versions a rerun must match
+    to give the same weights (`augment.training.seeding.reproducibility_record`)."""
     augment_version: str = __version__
     created_at: str = ""
 
@@ -222,6 +225,18 @@ def append_metrics(run: str, record: dict[str, Any]) -> None:
         return
     old = afs.read_bytes(filesystem, target) if afs.exists(filesystem, target) else b""
     afs.write_bytes_atomic(filesystem, target, old + line)
+
+
+def check_same_reproducibility(existing: ModelCard, card: ModelCard, what: str) -> None:
+    """Refuse to resume a run with another --seed or --deterministic than it started with (cards from before
+    these were recorded are not checked)."""
+    had, want = existing.reproducibility, card.reproducibility
+    if "seed" in had and had["seed"] != want.get("seed"):
+        raise CheckpointError(f"{what} was trained with --seed {had['seed']}, not {want.get('seed')}; resume it with "
+                              "the same --seed")
+    if "deterministic" in had and bool(had["deterministic"]) != bool(want.get("deterministic")):
+        how = "with" if had["deterministic"] else "without"
+        raise CheckpointError(f"{what} was trained {how} --deterministic; resume it {how} --deterministic")
 
 
 def existing_run(run: str, resume: bool, kind: str, command: str) -> ModelCard | None:

@@ -1,12 +1,15 @@
 """Training and evaluation data streams, shared by the segmenter and GAN trainers.
 
 Training (distributed):
-    on the driver, one Ray Data dataset per source, `training_dataset(ds, transform)`: Parquet row-group slices
-    read, decoded and transformed in Ray Data tasks, so no dataset is ever loaded whole; pass them to
-    `run_training(datasets={...})` (see `stream_names`);
-    in each Ray Train worker, `BatchMixer([(get_dataset_shard(name), weight), ...], batch, device)` draws fixed
+    on the driver, one `TrainingStream` per source, `training_stream(ds, transform, seed, index)`: the dataset's
+    Parquet row-group slices ("read units"), the per-sample transform and the run's seed; it travels to the Ray
+    Train workers in the loop's config;
+    in each Ray Train worker, `BatchMixer([(stream, weight), ...], batch, device, rank=, world=)` draws fixed
     shares of every batch from the streams: e.g. weights (0.7, 0.3) make 30% of each batch synthetic. The first
-    stream defines the epoch; the others cycle. `iter_training_batches` is the one-stream shortcut.
+    stream defines the epoch; the others cycle. Every pass over a stream is a Ray Data pipeline the worker runs
+    itself over its own run of rows, read, decoded and transformed in Ray Data tasks (no dataset is ever loaded
+    whole), in an order and with augmentations drawn from the run's seed (see `TrainingStream` and
+    augment.training.seeding): the same seed and worker count give the same batches.
 
 Evaluation (one process, no Ray): `iter_eval_batches(open_dataset(uri), ...)` streams with pyarrow.
 """
@@ -24,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from augment.data.dataset import Dataset, DatasetInfo, decode_row, open_dataset, open_parquet
 from augment.errors import DatasetError
+from augment.training.seeding import derive_seed, seeded_rng
 from augment.training.transforms import JointTransform, apply_joint, normalize
 
 COLUMNS = ["id", "image", "mask"]
@@ -82,16 +86,17 @@ def common_size(datasets: Sequence[Dataset]) -> tuple[int, int]:
     return distinct.pop()
 
 
-def stream_names(n: int) -> list[str]:
-    """Names of the Ray Train datasets for n sources: 'train_0', 'train_1', ..."""
-    return [f"train_{i}" for i in range(n)]
-
-
-def _decode_batch(batch: pa.Table, transform: JointTransform | None, source: str) -> dict[str, np.ndarray]:
+def _decode_batch(
+    batch: pa.Table, transform: JointTransform | None, source: str, sample_key: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
+    """Decode and transform rows; with `sample_key`, each row's transform draws from the generator seeded with
+    derive_seed(*sample_key, row id), so its augmentation depends on the key and the sample alone."""
     images, masks = [], []
     for row in batch.to_pylist():
         sample = decode_row(row, source=source)
-        img, msk = apply_joint(transform, sample["image"], sample["mask"])
+        seed = derive_seed(*sample_key, row["id"]) if sample_key is not None and transform is not None else None
+        with seeded_rng(seed):
+            img, msk = apply_joint(transform, sample["image"], sample["mask"])
         images.append(img.numpy())
         masks.append(msk.numpy())
     shapes = {m.shape for m in masks}
@@ -131,47 +136,118 @@ def _true_runs(flags: pa.ChunkedArray) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
+def row_run(units: Sequence[dict[str, Any]], start: int, count: int) -> list[dict[str, Any]]:
+    """The read units covering rows [start, start + count) of the row sequence `units` spell out, the first and
+    last cut to fit."""
+    out, pos, end = [], 0, start + count
+    for u in units:
+        n = u["stop"] - u["start"]
+        a, b = max(start, pos), min(end, pos + n)
+        if a < b:
+            out.append({**u, "start": u["start"] + a - pos, "stop": u["start"] + b - pos})
+        pos += n
+        if pos >= end:
+            break
+    return out
+
+
 def _read_and_decode(
-    units: dict[str, np.ndarray], filesystem: Any, transform: JointTransform | None, source: str
+    units: dict[str, np.ndarray], filesystem: Any, transform: JointTransform | None, source: str,
+    sample_key: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     tables = []
     for path, rg, start, stop in zip(units["path"], units["row_group"], units["start"], units["stop"]):
         with filesystem.open_input_file(str(path)) as f:
             table = open_parquet(f).read_row_group(int(rg), columns=COLUMNS)
         tables.append(table.slice(int(start), int(stop - start)))
-    return _decode_batch(pa.concat_tables(tables), transform, source)
+    return _decode_batch(pa.concat_tables(tables), transform, source, sample_key)
 
 
-def training_dataset(ds: Dataset | str, transform: JointTransform | None, rows_per_unit: int = 16) -> Any:
-    """A lazily read `ray.data.Dataset` of {'image': uint8 3×h×w, 'mask': uint8 h×w}, transformed per sample.
+@dataclass
+class TrainingStream:
+    """One training dataset as the train workers read it, one pass (epoch) after another.
 
-    The dataset is cut into read units of at most `rows_per_unit` rows (slices of Parquet row groups); each
-    epoch visits the units in a new random order, and each Ray Data task reads and decodes one unit, so memory
-    holds a few units at a time. (Ray Data's own read_parquet path costs seconds per epoch in planning and
-    extra stages; reading row groups directly keeps an epoch of a small dataset well under a second.) A row
-    that cannot be decoded fails the run naming its dataset and id (rows were validated at ingest, so that is
-    damage, not noise).
+    Built on the driver by `training_stream` and sent to the workers (it pickles: read units, filesystem,
+    transform). A pass is named by a key of integers (the epoch). Its order: all read units permuted with
+    derive_seed(seed, "order", index, *key), the same on every rank; that row sequence is cut into `world` runs of
+    rows // world rows (the remaining rows sit this pass out) and rank r reads run r, in order (Ray Data's
+    `preserve_order`), through a local shuffle buffer seeded per (seed, index, key, rank). Each sample is
+    transformed on a generator seeded from (seed, index, key, sample id). So a pass is the same for the same seed,
+    key and worker count, whichever Ray Data tasks decode it; `seed` None draws everything unseeded.
+    `index` is the stream's place in a mix, so two streams of one run draw independently.
     """
-    import ray.data
 
+    uri: str
+    filesystem: Any
+    units: list[dict[str, Any]]
+    transform: JointTransform | None
+    seed: int | None = None
+    index: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(u["stop"] - u["start"] for u in self.units)
+
+    def pass_units(self, key: Sequence[int], rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
+        """The read units of rank `rank`'s run of rows in pass `key`, in reading order."""
+        seed = None if self.seed is None else derive_seed(self.seed, "order", self.index, *key)
+        order = np.random.default_rng(seed).permutation(len(self.units))
+        share = self.rows // world
+        return row_run([self.units[i] for i in order], rank * share, share)
+
+    def dataset(self, key: Sequence[int] = (0,), rank: int = 0, world: int = 1) -> Any:
+        """The lazily read `ray.data.Dataset` of {'image': uint8 3×h×w, 'mask': uint8 h×w} of one rank's run of one
+        pass. Each Ray Data task reads and decodes one unit (a slice of a Parquet row group), so memory holds a
+        few units at a time. A row that cannot be decoded fails the run naming its dataset and id (rows were
+        validated at ingest, so that is damage, not noise)."""
+        import ray.data
+
+        units = self.pass_units(key, rank, world)
+        if not units:
+            raise DatasetError(f"{self.uri}: {self.rows} rows leave none for worker {rank} of {world}")
+        sample_key = None if self.seed is None else [self.seed, self.index, *key]
+        out = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+            _read_and_decode,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={"filesystem": self.filesystem, "transform": self.transform, "source": self.uri,
+                       "sample_key": sample_key},
+        )
+        out.context.execution_options.preserve_order = True
+        out.context.enable_progress_bars = False  # the trainers print their own progress: no bars or plan per pass
+        out.context.print_on_execution_start = False
+        return out
+
+    def iter_batches(
+        self, key: Sequence[int], batch_size: int, device: torch.device, shuffle_buffer: int | None,
+        rank: int = 0, world: int = 1,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One rank's pass `key` as {'image', 'mask'} uint8 tensors on `device`, `batch_size` rows at a time."""
+        shuffle_seed = None
+        if self.seed is not None and shuffle_buffer:
+            shuffle_seed = derive_seed(self.seed, "shuffle", self.index, *key, rank) % 2**32
+        return iter(self.dataset(key, rank, world).iter_torch_batches(
+            batch_size=batch_size,
+            dtypes={"image": torch.uint8, "mask": torch.uint8},
+            device=device,
+            local_shuffle_buffer_size=shuffle_buffer,
+            local_shuffle_seed=shuffle_seed,
+        ))
+
+
+def training_stream(
+    ds: Dataset | str, transform: JointTransform | None, seed: int | None = None, index: int = 0,
+    rows_per_unit: int = 16,
+) -> TrainingStream:
+    """The `TrainingStream` of a dataset: its read units of at most `rows_per_unit` rows (`read_units`).
+
+    (Reading row groups directly spares every pass the planning and extra stages of Ray Data's read_parquet.)
+    """
     ds = open_dataset(ds) if isinstance(ds, str) else ds
     units = read_units(ds, rows_per_unit)
     if not units:
         raise DatasetError(f"{ds.uri}: dataset has no {'accepted ' if ds.info.kind == 'synthetic' else ''}rows")
-    out = (
-        ray.data.from_items(units, override_num_blocks=len(units))
-        .randomize_block_order()
-        .map_batches(
-            _read_and_decode,
-            batch_size=1,
-            batch_format="numpy",
-            fn_kwargs={"filesystem": ds.fs, "transform": transform, "source": ds.uri},
-        )
-    )
-    context = getattr(out, "context", None)
-    if context is not None:  # the trainers print their own progress; Ray Data's bars would repeat every epoch
-        context.enable_progress_bars = False
-    return out
+    return TrainingStream(ds.uri, ds.fs, units, transform, seed, index)
 
 
 def batch_shares(batch_size: int, weights: Sequence[float], step: int) -> list[int]:
@@ -196,37 +272,42 @@ def steps_per_epoch(rows: int, batch_size: int, weights: Sequence[float] = (1.0,
 
 
 class _Stream:
-    """Samples from one Ray Data shard, handed out in any amounts; restarts at the end when `cycle`."""
+    """One rank's samples of a TrainingStream, handed out in any amounts.
 
-    def __init__(self, shard: Any, chunk: int, device: torch.device, cycle: bool, shuffle_buffer: int | None):
-        self.shard, self.chunk, self.device, self.cycle = shard, chunk, device, cycle
-        self.shuffle_buffer = shuffle_buffer
+    The primary stream reads pass (epoch,) when `start_epoch(epoch)` is called and ends with it; a cycled stream
+    reads passes (salt, 0), (salt, 1), ... back to back.
+    """
+
+    def __init__(self, stream: TrainingStream, chunk: int, device: torch.device, cycle: bool,
+                 shuffle_buffer: int | None, rank: int, world: int, salt: int):
+        self.stream, self.chunk, self.device, self.cycle = stream, chunk, device, cycle
+        self.shuffle_buffer, self.rank, self.world, self.salt = shuffle_buffer, rank, world, salt
         self._it: Iterator[dict[str, torch.Tensor]] | None = None
         self._buf: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._have = 0
+        self._passes = 0
 
-    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        return iter(
-            self.shard.iter_torch_batches(
-                batch_size=self.chunk,
-                dtypes={"image": torch.uint8, "mask": torch.uint8},
-                device=self.device,
-                local_shuffle_buffer_size=self.shuffle_buffer,
-            )
-        )
+    def _batches(self, key: Sequence[int]) -> Iterator[dict[str, torch.Tensor]]:
+        return self.stream.iter_batches(key, self.chunk, self.device, self.shuffle_buffer, self.rank, self.world)
 
-    def start_epoch(self) -> None:
-        self._it, self._buf, self._have = self._batches(), [], 0
+    def _next_pass(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._passes += 1
+        return self._batches((self.salt, self._passes - 1))
+
+    def start_epoch(self, epoch: int) -> None:
+        self._it, self._buf, self._have = self._batches((epoch,)), [], 0
 
     def _fill(self) -> bool:
         if self._it is None:
-            self.start_epoch()
+            if not self.cycle:
+                return False
+            self._it = self._next_pass()
         try:
             b = next(self._it)
         except StopIteration:
             if not self.cycle:
                 return False
-            self._it = self._batches()
+            self._it = self._next_pass()
             try:
                 b = next(self._it)
             except StopIteration:
@@ -251,18 +332,22 @@ class _Stream:
 class BatchMixer:
     """Fixed-size training batches drawn from one or more streams with fixed shares (see `batch_shares`).
 
-    `streams`: [(shard, weight), ...] where a shard is `ray.train.get_dataset_shard(name)` (any Ray Data
-    DataIterator); the first stream is the epoch, the others cycle. Batches are (images, masks) on `device`:
-    float B×3×H×W normalised by `norm` ('imagenet' or 'tanh' = [-1, 1]) and long B×H×W.
+    `streams`: [(TrainingStream, weight), ...]; the first stream is the epoch, the others cycle (their passes
+    keyed (salt, n): pass a resumed run's start as `salt` so it does not replay the first part's order). `rank`
+    and `world` pick this worker's run of every pass. Batches are (images, masks) on `device`: float B×3×H×W
+    normalised by `norm` ('imagenet' or 'tanh' = [-1, 1]) and long B×H×W.
     """
 
     def __init__(
         self,
-        streams: Sequence[tuple[Any, float]],
+        streams: Sequence[tuple[TrainingStream, float]],
         batch_size: int,
         device: torch.device | str = "cpu",
         norm: str = "imagenet",
         shuffle_buffer: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+        salt: int = 0,
     ) -> None:
         if not streams:
             raise ValueError("BatchMixer needs at least one stream")
@@ -272,14 +357,15 @@ class BatchMixer:
         self.weights = [float(w) for _, w in streams]
         buf = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
         self._streams = [
-            _Stream(shard, batch_size, self.device, cycle=i > 0, shuffle_buffer=buf or None)
-            for i, (shard, _) in enumerate(streams)
+            _Stream(stream, batch_size, self.device, cycle=i > 0, shuffle_buffer=buf or None, rank=rank,
+                    world=world, salt=salt)
+            for i, (stream, _) in enumerate(streams)
         ]
         self.step = 0
 
-    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass over the first stream; the last incomplete batch is dropped."""
-        self._streams[0].start_epoch()
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Pass `epoch` over the first stream; the last incomplete batch is dropped."""
+        self._streams[0].start_epoch(epoch)
         while True:
             parts = []
             for stream, count in zip(self._streams, batch_shares(self.batch_size, self.weights, self.step)):
@@ -292,13 +378,6 @@ class BatchMixer:
             masks = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
             self.step += 1
             yield normalize(images, self.norm), masks.long()
-
-
-def iter_training_batches(
-    shard: Any, batch_size: int, device: torch.device | str = "cpu", norm: str = "imagenet"
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of one stream: `BatchMixer([(shard, 1.0)], ...).epoch()`."""
-    return BatchMixer([(shard, 1.0)], batch_size, device, norm).epoch()
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The Ray Train harness of the trainers: one `run_training` call plus helpers for the per-worker loop.
 
-A train loop is a plain function `loop(config: dict)` run by every worker. It reads its data with
-`ray.train.get_dataset_shard(name)`, wraps its model with `prepare_model`, and lets rank 0 (`is_rank_zero()`)
-write checkpoints straight into the run folder with `augment.training.checkpoint`; Ray's own checkpoint storage
-is not used, so `--resume` reads `load_train_state(run)`. The run folder must therefore be reachable from the
+A train loop is a plain function `loop(config: dict)` run by every worker. It reads its data with the
+`TrainingStream`s of its config (augment.training.data: each worker runs its own seeded Ray Data pipeline per
+pass, rather than a shard of Ray Train's `datasets`, so it knows which pass it reads), wraps its model with
+`prepare_model`, and lets rank 0 (`is_rank_zero()`) write checkpoints straight into the run folder with
+`augment.training.checkpoint`; Ray's own checkpoint storage is not used, so `--resume` reads `load_train_state(run)`. The run folder must therefore be reachable from the
 rank-0 worker (local disk on one machine, shared or object storage on a cluster).
 """
 
@@ -20,6 +21,7 @@ from torch import nn
 from augment.data import fs as afs
 from augment.errors import AugmentError
 from augment.runner.cluster import check_placeable, init_ray, is_local
+from augment.training.seeding import nondeterministic_op_message
 
 RAY_STORAGE_DIR = "ray"
 
@@ -105,7 +107,8 @@ def _storage_path(run_dir: str) -> str:
 
 def _worker_error(exc: BaseException) -> AugmentError:
     """The innermost AugmentError inside a Ray Train failure (Ray wraps the worker's exception, and a Ray Data
-    task's, in its own types), else a TrainingError naming the failure."""
+    task's, in its own types), else a TrainingError naming the failure (for torch's refusal of an operation
+    under --deterministic, which one and what to do)."""
     seen: set[int] = set()
     queue: list[BaseException] = [exc]
     found: AugmentError | None = None
@@ -116,6 +119,8 @@ def _worker_error(exc: BaseException) -> AugmentError:
         seen.add(id(e))
         if isinstance(e, AugmentError):
             found = e
+        elif found is None and (message := nondeterministic_op_message(e)):
+            found = TrainingError(message)
         failures = getattr(e, "worker_failures", None)
         if isinstance(failures, dict):
             queue.extend(v for _, v in sorted(failures.items()) if isinstance(v, BaseException))

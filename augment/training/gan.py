@@ -1,8 +1,10 @@
 """Training the OASIS GAN on Ray Train (`augment train-gan`).
 
-A plain step loop, like torchvision's references/segmentation/train.py: every worker streams its shard of the
+A plain step loop, like torchvision's references/segmentation/train.py: every worker streams its share of the
 dataset (images in [-1, 1], random flip and a resize/crop to the training size, no colour change), runs
-`gan_train_step` with a CPU torch.Generator seeded per rank, and G and D are wrapped in DDP. The EMA generator
+`gan_train_step` with a CPU torch.Generator seeded per rank, and G and D are wrapped in DDP. Data order, crops and
+flips, initialisation and noise all derive from `seed` (augment.training.seeding): the same seed and worker count
+on the same machine and software give the same weights. The EMA generator
 lives on rank 0, which updates it from the DDP-synchronised generator every step. bf16 autocast and channels_last
 on GPU, fp32 on CPU.
 
@@ -44,18 +46,20 @@ from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
 from augment.report.sheets import CAPTION_H, colorize, panel_size
 from augment.training import distributed as dist_utils
+from augment.training import seeding
 from augment.training.checkpoint import (
     CheckpointError,
     ModelCard,
     append_metrics,
     check_compatible,
+    check_same_reproducibility,
     existing_run,
     load_card,
     load_into,
     load_train_state,
     save_checkpoint,
 )
-from augment.training.data import BatchMixer, common_size, stream_names, training_dataset
+from augment.training.data import BatchMixer, common_size, training_stream
 from augment.training.transforms import CoverCrop, apply_joint
 
 GAN_KIND = "gan"
@@ -95,6 +99,8 @@ class GANTrainConfig:
     gpus_per_worker: float | None = None
     resume: bool = False
     seed: int = 0
+    deterministic: bool = False
+    """Also make torch use deterministic algorithms (augment.training.seeding.configure_determinism)."""
     address: str | None = None
 
     def __post_init__(self) -> None:
@@ -153,22 +159,21 @@ def train_gan(config: GANTrainConfig) -> ModelCard:
         model_config=gan_cfg.to_dict(),
         metrics={"training": _training_record(config)},
         dataset={"train": [{"uri": ds.uri, "num_rows": info.num_rows, "kind": info.kind, "lineage": info.lineage}]},
+        reproducibility=seeding.reproducibility_record(config.seed, config.deterministic),
     )
     start = _start_step(config, card, ds)
     if start is None:
         return load_card(config.out)
 
-    name = stream_names(1)[0]
     loop_config = {
         "config": asdict(config),
         "card": asdict(card),
-        "stream": name,
+        "stream": training_stream(ds, CoverCrop(size, hflip=0.5), config.seed),
         "start_step": start,
         "sample_masks": _sample_masks(ds, size, config.sample_rows),
     }
     dist_utils.run_training(
-        _train_loop, loop_config, config.workers, config.gpus_per_worker,
-        {name: training_dataset(ds, CoverCrop(size, hflip=0.5))}, config.out, address=config.address,
+        _train_loop, loop_config, config.workers, config.gpus_per_worker, None, config.out, address=config.address,
     )
     return load_card(config.out)
 
@@ -196,6 +201,7 @@ def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | N
     if changed:
         detail = ", ".join(f"{k} {existing.model_config.get(k)!r} -> {card.model_config[k]!r}" for k in changed)
         raise CheckpointError(f"{what} was trained with other GAN settings ({detail}); resume with the same ones")
+    check_same_reproducibility(existing, card, what)
     state = load_train_state(config.out, STATE_KEYS)
     if state is None:
         raise CheckpointError(f"{what} has no train_state.pt to resume from")
@@ -248,16 +254,15 @@ def _gather_rng(rng: torch.Generator, device: torch.device) -> list[torch.Tensor
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker loop (runs inside Ray Train)."""
-    import ray.train
-
     cfg = GANTrainConfig(**loop_config["config"])
     card = ModelCard.from_dict(loop_config["card"])
     gan_cfg = GANConfig.from_dict(card.model_config)
     rank, world = dist_utils.world_rank(), dist_utils.world_size()
+    seeding.configure_determinism(cfg.deterministic)
     device = dist_utils.train_device()
     on_gpu = device.type == "cuda"
     autocast_dtype = torch.bfloat16 if on_gpu else None
-    torch.manual_seed(cfg.seed)
+    seeding.seed_model_init(cfg.seed)
 
     G, D = build_generator(gan_cfg), build_discriminator(gan_cfg)
     step = int(loop_config["start_step"])
@@ -276,6 +281,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         if G_ema is not None:
             G_ema.to(memory_format=torch.channels_last)
     G, D = dist_utils.prepare_model(G), dist_utils.prepare_model(D)
+    seeding.seed_worker(cfg.seed, rank, step)
     opt_g, opt_d = build_optimizers(gan_cfg, G, D)
     rng = _rank_generator(cfg.seed, rank, step)
     if state is not None:
@@ -286,7 +292,10 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             rng.set_state(saved[rank])
     del state
 
-    mixer = BatchMixer([(ray.train.get_dataset_shard(loop_config["stream"]), 1.0)], cfg.batch, device, "tanh")
+    stream = loop_config["stream"]
+    mixer = BatchMixer([(stream, 1.0)], cfg.batch, device, "tanh", rank=rank, world=world)
+    epoch_steps = max((stream.rows // world) // cfg.batch, 1)
+    epoch = step // epoch_steps  # every pass is epoch_steps steps; a resumed run restarts its epoch's order
     sheet_masks = torch.tensor(loop_config["sample_masks"], dtype=torch.long)
     recent_masks: collections.deque[torch.Tensor] = collections.deque(maxlen=cfg.bn_refresh_batches)
     progress = dist_utils.Progress(cfg.steps, start_step=step, every_steps=cfg.log_every, prefix="[train-gan]")
@@ -296,7 +305,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     while step < cfg.steps:
         batches = 0
-        for real, masks in mixer.epoch():
+        for real, masks in mixer.epoch(epoch):
             if on_gpu:
                 real = real.contiguous(memory_format=torch.channels_last)
             losses = gan_train_step(G, D, G_ema, opt_g, opt_d, real, masks, gan_cfg, rng, autocast_dtype)
@@ -337,6 +346,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 break
         if batches == 0:
             raise dist_utils.TrainingError(f"worker {rank} got no full batch of {cfg.batch} from its data shard")
+        epoch += 1
 
 
 @torch.no_grad()
@@ -465,6 +475,7 @@ def train_gan_command(args: argparse.Namespace) -> int:
         resume=args.resume,
         address=args.address,
         seed=args.seed,
+        deterministic=args.deterministic,
         model={"ema_decay": args.ema_decay} if args.ema_decay is not None else {},
     )
     card = train_gan(config)

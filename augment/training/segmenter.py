@@ -6,8 +6,10 @@ batch, bf16 autocast and channels_last on GPU. SGD is the default because it tra
 CamVid at 48x64, batch 8, 600 steps, one seed, val mIoU in eval mode: SGD lr 0.02 0.300, SGD 0.05 0.260, AdamW
 1e-3 0.244 (at 250 steps: SGD 0.02 0.275, AdamW 1e-3 0.201, AdamW 3e-3 0.222). AdamW stays available through
 `SegTrainConfig.optimizer`. Every epoch rank 0 appends a line to metrics.jsonl and writes a checkpoint (weights +
-card + training state); with a validation set the epoch's mIoU goes into the card. Data augmentation runs in Ray
-Data tasks with unseeded randomness, so runs are not bit-reproducible.
+card + training state); with a validation set the epoch's mIoU goes into the card. Data order, augmentations
+(run in Ray Data tasks) and initialisation all derive from `seed` (augment.training.seeding), so two runs with the
+same seed and worker count on the same machine and software give the same weights; `deterministic` also makes
+torch's GPU kernels reproducible.
 
 `class_weights="median-frequency"` weights the cross-entropy per class by median frequency balancing (Eigen &
 Fergus 2015, as SegNet trains on CamVid): w_c = median(f) / f_c with f_c class c's share of the labelled pixels of
@@ -32,11 +34,13 @@ from augment.errors import AugmentError
 from augment.models.segmenter import SEGMENTER_KIND, build_segmenter, segmenter_config
 from augment.training import CLASS_WEIGHTS
 from augment.training import distributed as dist_utils
+from augment.training import seeding
 from augment.training.checkpoint import (
     CheckpointError,
     ModelCard,
     append_metrics,
     check_compatible,
+    check_same_reproducibility,
     existing_run,
     load_card,
     load_into,
@@ -51,8 +55,7 @@ from augment.training.data import (
     common_size,
     open_sources,
     steps_per_epoch,
-    stream_names,
-    training_dataset,
+    training_stream,
 )
 from augment.training.evaluate import autocast, confusion_on
 from augment.training.transforms import train_transform
@@ -102,6 +105,8 @@ class SegTrainConfig:
     gpus_per_worker: float | None = None
     resume: bool = False
     seed: int = 0
+    deterministic: bool = False
+    """Also make torch use deterministic algorithms (augment.training.seeding.configure_determinism)."""
     address: str | None = None
     log_every: int = 50
     class_weights: str = "none"
@@ -142,26 +147,25 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
             "training": _training_record(config, weights),
         },
         dataset={"train": [_dataset_record(ds, w) for ds, w in opened], "val": _dataset_record(val) if val else None},
+        reproducibility=seeding.reproducibility_record(config.seed, config.deterministic),
     )
     start = _start_state(config, card, datasets, val)
     if start is None:
         return load_card(config.out)
 
     transform = train_transform(size, config.scale_range, ignore_index=info.ignore_index)
-    names = stream_names(len(opened))
-    ray_datasets = {name: training_dataset(ds, transform) for name, (ds, _) in zip(names, opened)}
-    rows_per_worker = datasets[0].info.num_rows // config.workers
+    streams = [(training_stream(ds, transform, config.seed, i), w) for i, (ds, w) in enumerate(opened)]
+    rows_per_worker = streams[0][0].rows // config.workers
     loop_config = {
         "config": asdict(config),
         "card": asdict(card),
-        "streams": [(name, w) for name, (_, w) in zip(names, opened)],
+        "streams": streams,
         "steps_per_epoch": steps_per_epoch(rows_per_worker, config.batch, [w for _, w in opened]),
         "start_epoch": start,
         "class_weights": weights,
     }
     dist_utils.run_training(
-        _train_loop, loop_config, config.workers, config.gpus_per_worker, ray_datasets, config.out,
-        address=config.address,
+        _train_loop, loop_config, config.workers, config.gpus_per_worker, None, config.out, address=config.address,
     )
     return load_card(config.out)
 
@@ -220,6 +224,7 @@ def _start_state(config: SegTrainConfig, card: ModelCard, datasets: list[Dataset
     had = (existing.model_config.get("training") or {}).get("class_weights", "none")
     if had != config.class_weights:
         raise CheckpointError(f"{what} was trained with class weights {had!r}, not {config.class_weights!r}")
+    check_same_reproducibility(existing, card, what)
     state = load_train_state(config.out, STATE_KEYS)
     if state is None:
         raise CheckpointError(f"{what} has no train_state.pt to resume from")
@@ -277,14 +282,13 @@ def make_optimizer(params, name: str, lr: float | None, weight_decay: float) -> 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
     """Per-worker loop (runs inside Ray Train)."""
-    import ray.train
-
     cfg = SegTrainConfig(**loop_config["config"])
     card = ModelCard.from_dict(loop_config["card"])
     rank, world = dist_utils.world_rank(), dist_utils.world_size()
+    seeding.configure_determinism(cfg.deterministic)
     device = dist_utils.train_device()
     on_gpu = device.type == "cuda"
-    torch.manual_seed(cfg.seed)
+    seeding.seed_model_init(cfg.seed)
 
     model = build_segmenter(cfg.model, len(card.classes), cfg.aux_loss)
     start_epoch, step = loop_config["start_epoch"], 0
@@ -296,7 +300,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     if on_gpu:
         model = model.to(memory_format=torch.channels_last)
     model = dist_utils.prepare_model(model)
-    torch.manual_seed(cfg.seed * 1000 + rank + start_epoch)
+    seeding.seed_worker(cfg.seed, rank, start_epoch)
 
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr,
                                cfg.weight_decay)
@@ -308,8 +312,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
 
-    streams = [(ray.train.get_dataset_shard(name), w) for name, w in loop_config["streams"]]
-    mixer = BatchMixer(streams, cfg.batch, device, NORMALIZATION)
+    mixer = BatchMixer(loop_config["streams"], cfg.batch, device, NORMALIZATION, rank=rank, world=world,
+                       salt=start_epoch)
     weights = loop_config.get("class_weights")
     class_weight = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
     val = open_dataset(cfg.val) if cfg.val else None
@@ -319,7 +323,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0, loss_sum, batches, images_seen = time.monotonic(), 0.0, 0, 0
-        for images, masks in mixer.epoch():
+        for images, masks in mixer.epoch(epoch):
             if on_gpu:
                 images = images.contiguous(memory_format=torch.channels_last)
             try:
@@ -394,6 +398,7 @@ def train_seg_command(args: argparse.Namespace) -> int:
         resume=args.resume,
         address=args.address,
         seed=getattr(args, "seed", 0),
+        deterministic=args.deterministic,
         class_weights=args.class_weights,
     )
     card = train_segmenter(config)
