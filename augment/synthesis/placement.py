@@ -266,7 +266,8 @@ class PlacementContext:
         if bins < 1:
             raise _fail("rows must be a list of non-empty histograms")
         objects = d["objects"]
-        if not isinstance(objects, list) or len(objects) != n or not all(isinstance(x, int) and x >= 0 for x in objects):
+        counts_ok = isinstance(objects, list) and all(isinstance(x, int) and x >= 0 for x in objects)
+        if not counts_ok or len(objects) != n:
             raise _fail(f"objects must be a list of {n} non-negative integers")
         return cls(n, d["ignore_index"], None if horizon is None else float(horizon),
                    _table(d["ground"], n, n, "ground"), _table(rows, n, bins, "rows"), list(objects),
@@ -352,9 +353,9 @@ def fit_context(
 
 @dataclass(frozen=True)
 class Placement:
-    """Object `component` of class `class_index` from map `source_id`, put into map `host_id`: its shape scaled by
-    `scale` (`scaled_size`, nearest) and flipped if `flip` has its bounding box's top-left pixel at (`top`, `left`)
-    of the host, which may lie outside the host where the object is clipped."""
+    """Object `component` of class `class_index` from map `source_id`, put into map `host_id`: its shape, scaled
+    by `scale` (to `scaled_size`, nearest) and flipped left-right if `flip`, has the top-left pixel of its bounding
+    box at (`top`, `left`) of the host; that may lie outside the host where the object is clipped."""
 
     host_id: str
     source_id: str
@@ -446,6 +447,8 @@ def place(
                        p=weights / weights.sum())
     for k in picks:
         scale = perspective_scale(obj.row, float(rows[k]), context.horizon, h / obj.image_size[0], scale_range)
+        if scale is None:
+            continue
         shape = scale_shape(obj.shape, scale, flip)
         lefts = _valid_lefts(shape, int(bottoms[k]), on_ground, context.foot, min_contact)
         if len(lefts):
