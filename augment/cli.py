@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to ingest (default: train; 'all' for every split found)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="resize (bilinear images, nearest masks)")
     p.add_argument("--classes", default=None, help="folder format: classes.json path or comma-separated names")
+    p.add_argument("--match", default=None, metavar="REGEX", help="keep only samples whose source image file name "
+                   "matches REGEX (re.search), e.g. CamVid sequences: '^(0006R0|0016E5)_'")
     p.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS, metavar="N",
                    help=f"quarantine images and masks over N pixels, undecoded (default: {MAX_PIXELS})")
     p.add_argument("--overwrite", action="store_true",

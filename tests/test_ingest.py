@@ -12,8 +12,10 @@ from augment.data.codec import decode_image, decode_mask
 from augment.data.dataset import open_dataset
 from augment.data.formats import camvid, cityscapes, folder, voc
 from augment.data.formats.base import SourcePair
-from augment.data.ingest import chunk_rows, ingest, ingest_pair, write_example_data
-from augment.errors import BadSample, DatasetError
+from augment.data.ingest import (
+    chunk_rows, ingest, ingest_pair, pairs_per_sequence, select_pairs, write_example_data,
+)
+from augment.errors import AugmentError, BadSample, DatasetError
 
 RNG = np.random.default_rng(0)
 
@@ -354,3 +356,88 @@ def test_example_data_is_deterministic_across_workers(tmp_path, capsys, ray_sess
     assert c.info.lineage["seed"] == 4 and c.info.lineage["n"] == 4 and c.info.lineage["size"] == [32, 32]
     assert c.info.lineage["generator"] == "augment.data.example" and c.info.classes == camvid.CLASSES
     assert sum(c.info.class_pixels) <= 4 * 32 * 32 and c.info.image_size == (32, 32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Selecting samples by file name (--match): sequence-disjoint CamVid splits
+
+
+CAMVID_FRAMES = ["0001TP_006690", "0006R0_f00930", "0016E5_00390", "0016E5_00420", "Seq05VD_f00000"]
+
+
+def test_camvid_sequence_of_real_frame_names():
+    assert [camvid.sequence_of(f"{name}.png") for name in CAMVID_FRAMES] == [
+        "0001TP", "0006R0", "0016E5", "0016E5", "Seq05VD"]
+    assert camvid.sequence_of("/SegNet/CamVid/trainannot/0006R0_f02400.png") == "0006R0"
+    assert camvid.sequence_of("0016E5_07959") == "0016E5"
+    for bad in ("lonely.png", "_006690.png", "0001TP_.png", "train/"):
+        with pytest.raises(AugmentError, match="not a CamVid frame name"):
+            camvid.sequence_of(bad)
+
+
+def test_real_camvid_train_sequences(camvid_root):
+    pairs = camvid.discover(camvid_root, "train").pairs
+    assert pairs_per_sequence(camvid, pairs) == {"0001TP": 62, "0006R0": 101, "0016E5": 204}
+    assert {camvid.sequence_of(p.image) for p in camvid.discover(camvid_root, "val").pairs} == {"0016E5"}
+    held_out = select_pairs(pairs, "^0001TP_")
+    assert len(held_out) == 62 and len(select_pairs(pairs, "^(0006R0|0016E5)_")) == 305
+
+
+def sequences_tree(root: Path) -> None:
+    """A CamVid train split with one frame per name of CAMVID_FRAMES, listed, plus an unpaired 0006R0 image."""
+    lines = []
+    for name in CAMVID_FRAMES:
+        save(root / "train" / f"{name}.png", rgb(8, 8))
+        save(root / "trainannot" / f"{name}.png", labels(8, 8))
+        lines.append(f"/SegNet/CamVid/train/{name}.png /SegNet/CamVid/trainannot/{name}.png")
+    save(root / "train" / "0006R0_f09999.png", rgb(8, 8))
+    lines.append("/SegNet/CamVid/train/0006R0_f09999.png /SegNet/CamVid/trainannot/0006R0_f09999.png")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_ingest_match_keeps_the_named_sequences_and_records_them(tmp_path, capsys, ray_session):
+    src, out = tmp_path / "camvid", tmp_path / "train-disjoint"
+    sequences_tree(src)
+    rc, stdout, _ = run_cli(capsys, "ingest", str(src), "--format", "camvid", "--out", str(out),
+                            "--match", "^(0006R0|0016E5)_")
+    assert rc == 0 and "ingested 3 rows (1 quarantined)" in stdout
+    assert sorted(rows_by_id(out)) == ["train/0006R0_f00930", "train/0016E5_00390", "train/0016E5_00420"]
+    lineage = open_dataset(str(out)).info.lineage
+    assert lineage["match"] == {"pattern": "^(0006R0|0016E5)_", "kept": 3, "left_out": 2}
+    assert lineage["sequences"] == {"0006R0": 1, "0016E5": 2}
+    assert "--match '^(0006R0|0016E5)_'" in lineage["command"]
+    assert [q["source"] for q in quarantine(out)] == [str(src / "train" / "0006R0_f09999.png")]
+    rc, stdout, _ = run_cli(capsys, "info", str(out))
+    assert rc == 0 and 'lineage      sequences: {"0006R0": 1, "0016E5": 2}' in stdout
+
+    held_out = ingest(str(src), "camvid", str(tmp_path / "eval-0001TP"), match="^0001TP_")
+    assert held_out.rows == 1 and sorted(rows_by_id(tmp_path / "eval-0001TP")) == ["train/0001TP_006690"]
+    whole = open_dataset(str(ingest(str(src), "camvid", str(tmp_path / "all")).out)).info.lineage
+    assert "match" not in whole and whole["sequences"] == {"0001TP": 1, "0006R0": 1, "0016E5": 2, "Seq05VD": 1}
+
+
+@pytest.mark.parametrize(
+    "pattern, message",
+    [
+        ("^(0006R0", "--match '^(0006R0' is not a regular expression (missing ), unterminated subpattern"),
+        ("train", "no image file name of the 5 pairs in split(s) train matches --match 'train' (e.g. 0001TP_006690.png)"),
+    ],
+)
+def test_ingest_match_errors_are_one_line(tmp_path, capsys, pattern, message):
+    src = tmp_path / "camvid"
+    sequences_tree(src)
+    rc, _, err = run_cli(capsys, "ingest", str(src), "--format", "camvid", "--out", str(tmp_path / "out"),
+                         "--match", pattern)
+    assert rc == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_match_applies_to_every_format(tmp_path, ray_session):
+    src = tmp_path / "f"
+    for name in ("aachen_000001", "aachen_000002", "bochum_000001"):
+        save(src / "images" / f"{name}.png", rgb(8, 8))
+        save(src / "masks" / f"{name}.png", labels(8, 8, high=2))
+    result = ingest(str(src), "folder", str(tmp_path / "out"), classes="a,b", match="^aachen_")
+    info = open_dataset(str(tmp_path / "out")).info
+    assert result.rows == 2 and info.lineage["match"] == {"pattern": "^aachen_", "kept": 2, "left_out": 1}
+    assert "sequences" not in info.lineage

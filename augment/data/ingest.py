@@ -4,6 +4,11 @@ The driver lists the samples, cuts them into contiguous chunks and runs one Ray 
 in flight). Each task writes its own part files `part-<chunk:05d>-NNNN.parquet` into the staging folder and
 returns its PartStats; the driver merges them in chunk order, so the dataset's row order does not depend on how
 many workers ran, and commits. Bad samples are quarantined by the tasks and the run goes on.
+
+`match` (`--match REGEX`, every format) keeps only the pairs whose source image file name matches; the rest are
+left out (not quarantined: they are not bad), and the lineage records the pattern and both counts. A format that
+knows its images' sequences (`sequence_of(name)`, CamVid) also gets in the lineage the pairs given to the tasks
+per sequence (a pair quarantined there still counts: the counts are of the selection, not of rows).
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import re
 import shlex
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -331,6 +338,29 @@ def _pick_splits(fmt: ModuleType, root: Path, split: str) -> list[str]:
     return [split]
 
 
+def select_pairs(pairs: Sequence[SourcePair], pattern: str) -> list[SourcePair]:
+    """The pairs whose source image file name (its folders left out) matches the regular expression `pattern`
+    (`re.search`), in their order; AugmentError when `pattern` is not a regular expression."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise AugmentError(f"--match {pattern!r} is not a regular expression ({exc})") from None
+    return [pair for pair in pairs if regex.search(Path(pair.image).name)]
+
+
+def pairs_per_sequence(fmt: ModuleType, pairs: Sequence[SourcePair]) -> dict[str, int] | None:
+    """{sequence: pairs}, sorted by name, for a format with `sequence_of`; None for other formats or when an
+    image's name carries no sequence."""
+    sequence_of = getattr(fmt, "sequence_of", None)
+    if sequence_of is None:
+        return None
+    try:
+        counts = Counter(sequence_of(Path(pair.image).name) for pair in pairs)
+    except AugmentError:
+        return None
+    return dict(sorted(counts.items()))
+
+
 def _bytes_per_row(pairs: Sequence[SourcePair], size: tuple[int, int] | None) -> int:
     if size is not None:
         return size[0] * size[1] * 2
@@ -350,10 +380,13 @@ def ingest(
     workers: int | None = None,
     command: str = "",
     max_pixels: int = MAX_PIXELS,
+    match: str | None = None,
 ) -> WriteResult:
     """Ingest the dataset at `src` laid out as `fmt_name` into a new augment dataset at `out`.
 
     Files over `max_pixels` pixels are quarantined undecoded. `out` may not be `src`, inside it or hold it.
+    With `match`, only the pairs `select_pairs` keeps are ingested (DatasetError when none is); files the
+    listing found unpaired or unusable are quarantined whatever their name.
     """
     fmt = format_module(fmt_name)
     root = Path(src).resolve()
@@ -371,6 +404,16 @@ def ingest(
             f"{root}: no image/mask pairs found for split(s) {', '.join(splits)} as {fmt_name}"
             + (f" ({len(found.orphans)} unpaired files, e.g. {found.orphans[0]['source']})" if found.orphans else "")
         )
+    selection = None
+    if match is not None:
+        kept = select_pairs(found.pairs, match)
+        if not kept:
+            raise DatasetError(
+                f"{root}: no image file name of the {len(found.pairs)} pairs in split(s) {', '.join(splits)} "
+                f"matches --match {match!r} (e.g. {Path(found.pairs[0].image).name})"
+            )
+        selection = {"pattern": match, "kept": len(kept), "left_out": len(found.pairs) - len(kept)}
+        found.pairs = kept
     bytes_per_row = _bytes_per_row(found.pairs, size)
 
     def make_chunks(workers: int) -> list[tuple[Any, ...]]:
@@ -391,6 +434,11 @@ def ingest(
             "command": command,
         },
     )
+    if selection is not None:
+        info.lineage["match"] = selection
+    sequences = pairs_per_sequence(fmt, found.pairs)
+    if sequences is not None:
+        info.lineage["sequences"] = sequences
     return write_parallel(
         out, _ingest_chunk, make_chunks, len(found.pairs), info,
         workers=workers, overwrite=overwrite, quarantine=found.orphans, inputs=[str(root)], desc=f"ingest {fmt_name}",
@@ -443,10 +491,11 @@ def _report(result: WriteResult, verb: str) -> None:
 
 
 def ingest_command(args: argparse.Namespace) -> int:
-    command = _command_line(args, ["src"], ["format", "out", "split", "size", "classes", "max_pixels", "overwrite",
-                                                "workers"])
+    command = _command_line(args, ["src"], ["format", "out", "split", "size", "classes", "match", "max_pixels",
+                                            "overwrite", "workers"])
     result = ingest(args.src, args.format, args.out, split=args.split, size=args.size, classes=args.classes,
-                    overwrite=args.overwrite, workers=args.workers, command=command, max_pixels=args.max_pixels)
+                    overwrite=args.overwrite, workers=args.workers, command=command, max_pixels=args.max_pixels,
+                    match=args.match)
     _report(result, "ingested")
     return 0
 

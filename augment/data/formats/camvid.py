@@ -4,6 +4,10 @@ List-file lines pair an image path and a label path that carry SegNet's absolute
 path is resolved by its longest tail that exists under the dataset root; an entry whose `..` climbs out of the root
 is quarantined (naming its line) and never read. Without a list file, `<split>/` and
 `<split>annot/` are paired by file stem. Label 11 (unlabelled) becomes the ignore index 255.
+
+Frame names carry their video sequence before the first underscore (`0001TP_006690.png`, `0006R0_f00930.png`,
+`0016E5_07959.png`, `Seq05VD_f00000.png`): `sequence_of` reads it, which makes sequence-disjoint splits possible
+(val is 101 frames of 0016E5, a sequence that also gives 204 of the 367 train frames).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from augment.data.formats.base import (
     order_splits,
     pair_by_key,
 )
-from augment.errors import DatasetError
+from augment.errors import AugmentError, DatasetError
 
 CLASSES = [
     "sky", "building", "pole", "road", "pavement", "tree",
@@ -33,6 +37,16 @@ PALETTE = [
 ]
 UNLABELLED = 11
 IGNORE_INDEX = 255
+
+
+def sequence_of(frame_name: str) -> str:
+    """The sequence of a CamVid frame: its file name's part before the first underscore (`0006R0_f00930.png` ->
+    `0006R0`); folders in the name are ignored. AugmentError for a name without `<sequence>_<frame>`."""
+    stem = PurePosixPath(frame_name.replace("\\", "/")).stem
+    sequence, sep, frame = stem.partition("_")
+    if not (sequence and sep and frame):
+        raise AugmentError(f"{frame_name!r} is not a CamVid frame name (<sequence>_<frame>, e.g. 0001TP_006690.png)")
+    return sequence
 
 
 def label_set(root: Path, classes: str | None = None) -> LabelSet:
