@@ -157,3 +157,16 @@ def test_class_mean_losses_streams_sums_and_counts_per_class():
     assert means[2] is None
     with pytest.raises(AugmentError, match="predicts 3 classes, the data has 4"):
         class_mean_losses(model, [(logits, mask)], 4, IGNORE)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_with_cpu_masks_and_boxes_give_the_cpu_results():
+    pred, mask = scene()
+    box = torch.tensor([[2, 3, 6, 5]])
+    assert region_iou(pred[None].cuda(), mask[None], box, 1, 1, IGNORE).item() == pytest.approx(0.6)
+    logits, hmask = hand_logits()
+    out = pixel_rule(logits.cuda(), hmask, [0.5, 1.0, None], 1.25, IGNORE)
+    assert out.device.type == "cpu" and out.tolist() == pixel_rule(logits, hmask, [0.5, 1.0, None]).tolist()
+    means = class_mean_losses(Identity().cuda(), [(logits, torch.zeros(1, 2, 3, dtype=torch.long))], 3, IGNORE)
+    assert means[0] == pytest.approx(class_mean_losses(Identity(), [(logits, torch.zeros(1, 2, 3))], 3, IGNORE)[0],
+                                     rel=1e-2)

@@ -124,7 +124,8 @@ def class_mean_losses(
     `batches` yields (images, masks): normalised float images B x 3 x h x w (as the segmenter was trained on,
     `augment.training.transforms.normalize`) and masks B x H x W of class indices; logits are upsampled
     (bilinear) to the masks' size when they differ, as evaluation does. The model runs in eval mode through
-    `segment` (its mode is restored); sums and counts stay on the model's device until the end.
+    `segment` (its mode is restored); sums and counts stay on the model's device until the end. A dataset's
+    batches: `((normalize(b.images, norm), b.masks) for b in iter_eval_batches(ds, batch, size))`.
     """
     device = next(model.parameters()).device
     sums = torch.zeros(num_classes + 1, dtype=torch.float64, device=device)
