@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
     p.add_argument("--l1", action="store_true", help="add the L1 reconstruction term (L = L_GAN + L_L1)")
     p.add_argument("--feature-matching", action="store_true", help="add discriminator feature matching")
+    p.add_argument("--crop", type=_positive, default=None, metavar="SIZE",
+                   help="crop mode: paint objects into SIZE x SIZE crops of real images at the data's resolution "
+                        "(e.g. 64..128; for `insert` synthesis)")
     p.add_argument("--sample-every", type=_positive, default=None, help="sample sheet every N steps")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="EMA decay of the inference generator (default: 0.999, lower for runs under 10,000 steps)")

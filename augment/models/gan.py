@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
+from augment.models.context import context_input, hole_l1_loss
 from augment.models.discriminator import OASISDiscriminator, num_downsamples
 from augment.models.generator import OASISGenerator, sample_noise
 from augment.models.losses import (
@@ -81,6 +82,8 @@ class GANConfig:
     :func:`~augment.models.discriminator.num_downsamples`, so ``to_dict()`` is always explicit.
     ``noise_stages``: see :mod:`augment.models.generator` (``None`` = noise in every block, as OASIS).
     ``ignore_index``: the label-mask value of unlabelled pixels (all-zero one-hot columns).
+    ``context``: crop mode, the generator paints a hole in a real crop (augment.models.context); cards from
+    before it load as False.
     """
 
     num_classes: int
@@ -102,6 +105,7 @@ class GANConfig:
     lr_g: float = 1e-4
     lr_d: float = 4e-4
     betas: tuple[float, float] = (0.0, 0.999)
+    context: bool = False
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
@@ -136,7 +140,7 @@ class GANConfig:
 def build_generator(cfg: GANConfig) -> OASISGenerator:
     return OASISGenerator(
         cfg.num_classes, cfg.size, z_dim=cfg.z_dim, width=cfg.g_width, spade_hidden=cfg.spade_hidden,
-        norm=cfg.g_norm, noise_stages=cfg.noise_stages,
+        norm=cfg.g_norm, noise_stages=cfg.noise_stages, context=cfg.context,
     )
 
 
@@ -169,12 +173,13 @@ class _PairInput(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return self.module(*pair)
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.module(*inputs)
 
 
-def refresh_ema_batchnorm(ema: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Recompute the EMA generator's BatchNorm running stats from ``(label_onehot, z)`` batches.
+def refresh_ema_batchnorm(ema: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> None:
+    """Recompute the EMA generator's BatchNorm running stats from ``(label_onehot, z)`` batches
+    (``(label_onehot, z, context)`` in crop mode).
 
     Uses ``torch.optim.swa_utils.update_bn`` (cumulative average over all batches).
     """
@@ -200,6 +205,7 @@ def gan_train_step(
     cfg: GANConfig,
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    hole: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One OASIS update: D (N+1 loss + LabelMix), then G (adversarial [+ L1] [+ feature matching]), then EMA.
 
@@ -208,6 +214,9 @@ def gan_train_step(
         label_mask: B x H x W class indices (``cfg.ignore_index`` for unlabelled pixels).
         generator: RNG for noise and LabelMix (reproducible steps); ``None`` uses the global RNG.
         autocast_dtype: ``torch.bfloat16`` to run the networks under autocast, or ``None``.
+        hole: crop mode (``cfg.context``) only: B x 1 x H x W, 1 where G paints. G reads ``context_input(real,
+            hole)`` and returns the composite, which D judges; the fake-class term counts the hole's pixels only
+            (outside it the composite is the real crop) and the L1 term too.
 
     Returns the losses as floats: ``d_real``, ``d_fake``, ``d_labelmix``, ``d_total``, ``g_adv``,
     ``g_total`` and, when enabled, ``g_l1`` and ``g_fm``.
@@ -217,15 +226,19 @@ def gan_train_step(
     batch, size = real.shape[0], tuple(real.shape[-2:])
     if tuple(label.shape[-2:]) != size:
         raise ValueError(f"label mask size {tuple(label.shape[-2:])} differs from image size {size}")
+    if cfg.context != (hole is not None):
+        raise ValueError("crop mode (GANConfig.context) needs a hole, and only crop mode takes one")
+    context = () if hole is None else (context_input(real, hole),)
+    fake_weight = None if hole is None else hole[:, 0]
     out: dict[str, torch.Tensor] = {}
 
     z = sample_noise(batch, cfg.z_dim, size, generator, device)
     with torch.no_grad(), _autocast(device, autocast_dtype):
-        fake = G(label, z).float()
+        fake = G(label, z, *context).float()
     with _autocast(device, autocast_dtype):
         logits_fake = D(fake)
         logits_real = D(real)
-        out["d_fake"] = fake_class_loss(logits_fake)
+        out["d_fake"] = fake_class_loss(logits_fake, fake_weight)
         out["d_real"] = real_class_loss(logits_real, label)
         mixed, mix_mask = labelmix(label, real, fake, generator)
         out["d_labelmix"] = labelmix_consistency_loss(D, mixed, mix_mask, logits_real, logits_fake)
@@ -238,7 +251,7 @@ def gan_train_step(
     try:
         z = sample_noise(batch, cfg.z_dim, size, generator, device)
         with _autocast(device, autocast_dtype):
-            fake = G(label, z)
+            fake = G(label, z, *context)
             if cfg.use_feature_matching:
                 logits_fake, feats_fake = D(fake, return_features=True)
                 with torch.no_grad():
@@ -249,7 +262,7 @@ def gan_train_step(
             out["g_adv"] = generator_adversarial_loss(logits_fake, label)
             total = out["g_adv"]
             if cfg.use_l1:
-                out["g_l1"] = l1_loss(fake, real)
+                out["g_l1"] = l1_loss(fake, real) if hole is None else hole_l1_loss(fake, real, hole)
                 total = total + cfg.lambda_l1 * out["g_l1"]
             if cfg.use_feature_matching:
                 total = total + cfg.lambda_fm * out["g_fm"]

@@ -12,6 +12,10 @@ resampling one class's region changed pixels more than 8 px away from it by 40-9
 region itself; with ``noise_stages=2`` by 0.3-0.6% (tests/test_gan_models.py checks this). Per-class
 synthesis needs such local edits, and the label map alone fixes the layout anyway.
 Locality holds in eval mode; in train mode BatchNorm's batch statistics couple all pixels.
+
+Crop mode (``context=True``, see augment.models.context): the label map is joined by the context, the
+real crop with the hole blanked and the hole mask, in the head's input and every SPADE's conditioning, and the
+output is ``fill_hole``'s composite: generated pixels inside the hole, the real crop's outside.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.models.context import CONTEXT_CHANNELS, fill_hole
 from augment.models.spade import SPADEResBlock, conv2d
 
 __all__ = ["OASISGenerator", "num_upsamples", "resample_noise_in_region", "sample_noise"]
@@ -59,6 +64,8 @@ class OASISGenerator(nn.Module):
         max_upsamples: cap on the number of up-sampling stages.
         noise_stages: how many of the last blocks get the noise in their SPADE conditioning;
             ``None`` feeds it to the head and every block, as OASIS does.
+        context: paint in context (crop mode): ``forward`` also takes the context input (CONTEXT_CHANNELS
+            channels) and returns the composite.
 
     ``forward`` accepts any input size whose short side is >= 2**n_up; stage sizes are computed
     from the input, so odd sizes work too.
@@ -74,6 +81,7 @@ class OASISGenerator(nn.Module):
         norm: str = "batch",
         max_upsamples: int = 5,
         noise_stages: int | None = 2,
+        context: bool = False,
     ) -> None:
         super().__init__()
         if noise_stages is not None and noise_stages < 1:
@@ -81,27 +89,37 @@ class OASISGenerator(nn.Module):
         self.num_classes = num_classes
         self.size = (int(size[0]), int(size[1]))
         self.z_dim = z_dim
+        self.context_channels = CONTEXT_CHANNELS if context else 0
         self.n_up = num_upsamples(self.size, max_upsamples)
         channels = [width * min(2**k, MAX_CHANNEL_MULT) for k in range(self.n_up + 1, -1, -1)]
         n_blocks = self.n_up + 1
         self.noise_stages = n_blocks if noise_stages is None else min(noise_stages, n_blocks)
         self.first_noise_block = n_blocks - self.noise_stages
         self.noise_in_head = self.first_noise_block == 0
-        self.head = conv2d(num_classes + z_dim * self.noise_in_head, channels[0])
+        cond_channels = num_classes + self.context_channels
+        self.head = conv2d(cond_channels + z_dim * self.noise_in_head, channels[0])
         self.blocks = nn.ModuleList(
-            SPADEResBlock(c_in, c_out, num_classes + z_dim * (i >= self.first_noise_block), spade_hidden, norm)
+            SPADEResBlock(c_in, c_out, cond_channels + z_dim * (i >= self.first_noise_block), spade_hidden, norm)
             for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:]))
         )
         self.to_rgb = conv2d(channels[-1], 3)
         self.channels = channels
 
-    def forward(self, label: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``label``: B x num_classes x H x W float one-hot; ``z``: B x z_dim x H x W noise."""
+    def forward(self, label: torch.Tensor, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``label``: B x num_classes x H x W float one-hot; ``z``: B x z_dim x H x W noise; ``context``
+        (crop mode only): B x CONTEXT_CHANNELS x H x W, ``augment.models.context.context_input``."""
         if label.dim() != 4 or label.shape[1] != self.num_classes:
             raise ValueError(f"label must be B x {self.num_classes} x H x W, got {tuple(label.shape)}")
         b, _, h, w = label.shape
         if tuple(z.shape) != (b, self.z_dim, h, w):
             raise ValueError(f"z must be {(b, self.z_dim, h, w)} (3D noise), got {tuple(z.shape)}")
+        if (context is None) != (self.context_channels == 0):
+            raise ValueError("a crop-mode generator paints in context: pass its context input" if context is None
+                             else "this generator takes no context (it was not trained in crop mode)")
+        if context is not None:
+            if tuple(context.shape) != (b, self.context_channels, h, w):
+                raise ValueError(f"context must be {(b, self.context_channels, h, w)}, got {tuple(context.shape)}")
+            label = torch.cat([label, context.to(label.dtype)], dim=1)
         cond = torch.cat([label, z.to(label.dtype)], dim=1)
         sizes = _stage_sizes((h, w), self.n_up)
         x = self.head(F.interpolate(cond if self.noise_in_head else label, size=sizes[0], mode="nearest"))
@@ -109,7 +127,8 @@ class OASISGenerator(nn.Module):
             if i:
                 x = F.interpolate(x, size=sizes[i], mode="nearest")
             x = block(x, cond if i >= self.first_noise_block else label)
-        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+        out = torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+        return out if context is None else fill_hole(out, context)
 
 
 def _draw_vectors(

@@ -73,10 +73,14 @@ def real_class_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return (ce * weights).sum() / weights.sum().clamp_min(1)
 
 
-def fake_class_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy pushing every pixel to the fake channel, unweighted (as in OASIS)."""
+def fake_class_loss(logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy pushing every pixel to the fake channel, unweighted (as in OASIS); with `weight` (B x H x W),
+    its weighted mean (crop mode: only the painted pixels are fake; 0 when the weights are all 0)."""
     target = torch.full((logits.shape[0], *logits.shape[2:]), FAKE_INDEX, dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits.float(), target)
+    if weight is None:
+        return F.cross_entropy(logits.float(), target)
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    return (ce * weight).sum() / weight.sum().clamp_min(1)
 
 
 def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -119,8 +119,11 @@ def synthesise(
     noise_mode: str = "target",
     base_seeds: Sequence[int] | None = None,
     precision: str = "auto",
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 images B x 3 x H x W (on the generator's device) for label maps `masks` (B x H x W integer).
+
+    `context` (B x 4 x H x W, augment.models.context.context_input) is what a crop-mode generator paints in.
 
     `base_seeds` (default 0 for all) only matter in noise_mode "target"; pass `PlannedSample.base_seed`.
     Inputs are channels_last; `precision` (see `augment.device.use_bf16`) picks bf16 autocast, by default where the
@@ -135,6 +138,7 @@ def synthesise(
     z = sample_noises(masks, seeds, target_classes, generator.z_dim, noise_mode, base_seeds)
     label = one_hot_labels(masks, num_classes, ignore_index).contiguous(memory_format=torch.channels_last)
     z = z.contiguous(memory_format=torch.channels_last)
+    extra = () if context is None else (context.to(device).contiguous(memory_format=torch.channels_last),)
     autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
     if use_bf16(device, precision):
         autocast = torch.autocast(device.type, dtype=torch.bfloat16)
@@ -142,5 +146,5 @@ def synthesise(
     if device.type == "cpu" and not use_bf16(device, precision):
         batch_invariant = _without_onednn()
     with autocast, batch_invariant:
-        images = generator(label, z)
+        images = generator(label, z, *extra)
     return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)

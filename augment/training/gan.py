@@ -12,6 +12,11 @@ Every `sample_every` steps and at the end rank 0 refreshes the EMA's BatchNorm s
 maps, writes a sample sheet `samples/step-NNNNNN.png` and a checkpoint: `model.safetensors` holds only the EMA
 generator (keys `generator.*`, what `augment.synthesis.generate.load_generator` reads), `train_state.pt` holds G,
 D, the EMA, both optimizers, the step and every rank's RNG state for `--resume`.
+
+Crop mode (`crop`, `--crop SIZE`): the stream yields `augment.training.crops.ObjectCrop` crops (native
+resolution, around objects, rare classes more often) with their holes; the generator (GANConfig.context) paints
+the hole in context and the discriminator judges the composite (augment.models.gan.gan_train_step's `hole`). The
+card records the crop size and hole dilation; sample sheets show label | blanked | painted.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torch import nn
 from augment.data import fs as afs
 from augment.data.dataset import Dataset, decode_row, open_dataset
 from augment.errors import AugmentError
+from augment.models.context import context_input
 from augment.models.gan import (
     GANConfig,
     build_discriminator,
@@ -46,7 +52,7 @@ from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
 from augment.report.sheets import CAPTION_H, colorize, panel_size
 from augment.training import distributed as dist_utils
-from augment.training import seeding
+from augment.training import crops, seeding
 from augment.training.checkpoint import (
     CheckpointError,
     ModelCard,
@@ -60,7 +66,7 @@ from augment.training.checkpoint import (
     save_checkpoint,
 )
 from augment.training.data import BatchMixer, common_size, training_stream
-from augment.training.transforms import CoverCrop, apply_joint
+from augment.training.transforms import CoverCrop, apply_joint, normalize
 
 GAN_KIND = "gan"
 WEIGHTS_PREFIX = "generator."
@@ -68,6 +74,7 @@ SAMPLES_DIR = "samples"
 DEFAULT_SAMPLE_EVERY = 500
 SHEET_GAP = 2
 SHEET_COLUMNS = ("label", "EMA, noise 1", "EMA, noise 2")
+CROP_SHEET_COLUMNS = ("label", "blanked", "painted")
 STATE_KEYS = ("step", "generator", "discriminator", "ema", "opt_g", "opt_d")
 """What train_state.pt must hold for --resume."""
 
@@ -76,6 +83,7 @@ STATE_KEYS = ("step", "generator", "discriminator", "ema", "opt_g", "opt_d")
 class GANTrainConfig:
     """Everything a train-gan run needs.
 
+    `crop` (a square size) trains in crop mode (module docstring) with holes dilated by `hole_dilation` pixels.
     `sample_every` (default min(500, steps)) paces the sample sheets, `checkpoint_every` (default: `sample_every`)
     the checkpoints; both also happen at the last step. `model` overrides GANConfig fields (widths, z_dim,
     learning rates, ...). `bn_refresh_batches` recent label-map batches re-estimate the EMA's BatchNorm statistics
@@ -89,6 +97,8 @@ class GANTrainConfig:
     batch: int = 8
     l1: bool = False
     feature_matching: bool = False
+    crop: int | None = None
+    hole_dilation: int = crops.DEFAULT_DILATION
     sample_every: int | None = None
     checkpoint_every: int | None = None
     log_every: int = 50
@@ -112,6 +122,14 @@ class GANTrainConfig:
                 raise AugmentError(f"GAN training: {name} must be >= 1, got {getattr(self, name)}")
         if self.size is not None:
             self.size = (int(self.size[0]), int(self.size[1]))
+        if self.crop is not None:
+            if self.size is not None:
+                raise AugmentError("GAN training: --crop takes crops at the data's own resolution; drop --size")
+            if not crops.MIN_CROP <= int(self.crop) <= crops.MAX_CROP:
+                raise AugmentError(f"GAN training: --crop must be in {crops.MIN_CROP}..{crops.MAX_CROP}, "
+                                   f"got {self.crop}")
+        if int(self.hole_dilation) < 0:
+            raise AugmentError(f"GAN training: hole_dilation must be >= 0, got {self.hole_dilation}")
 
     @property
     def sample_interval(self) -> int:
@@ -136,7 +154,9 @@ def train_gan(config: GANTrainConfig) -> ModelCard:
     info = ds.info
     if info.num_rows == 0:
         raise AugmentError(f"{ds.uri}: dataset has no rows")
-    size = config.size or common_size([ds])
+    size = (config.crop, config.crop) if config.crop else config.size or common_size([ds])
+    if config.crop:
+        _check_crop_fits(ds, config.crop)
     if info.num_rows < config.batch * config.workers:
         raise AugmentError(
             f"{ds.uri} has {info.num_rows} rows, too few for one batch of {config.batch} on each of "
@@ -145,7 +165,7 @@ def train_gan(config: GANTrainConfig) -> ModelCard:
     try:
         gan_cfg = GANConfig(
             num_classes=info.num_classes, size=size, ignore_index=info.ignore_index,
-            use_l1=config.l1, use_feature_matching=config.feature_matching,
+            use_l1=config.l1, use_feature_matching=config.feature_matching, context=config.crop is not None,
             **{"ema_decay": default_ema_decay(config.steps), **config.model},
         )
     except (TypeError, ValueError) as exc:
@@ -165,12 +185,19 @@ def train_gan(config: GANTrainConfig) -> ModelCard:
     if start is None:
         return load_card(config.out)
 
+    if config.crop:
+        transform = _crop_transform(config, ds)
+        sample_images, sample_masks = _sample_inputs(ds, transform, config.sample_rows, config.seed)
+    else:
+        transform = CoverCrop(size, hflip=0.5)
+        sample_images, sample_masks = None, _sample_masks(ds, size, config.sample_rows)
     loop_config = {
         "config": asdict(config),
         "card": asdict(card),
-        "stream": training_stream(ds, CoverCrop(size, hflip=0.5), config.seed),
+        "stream": training_stream(ds, transform, config.seed),
         "start_step": start,
-        "sample_masks": _sample_masks(ds, size, config.sample_rows),
+        "sample_masks": sample_masks,
+        "sample_images": sample_images,
     }
     dist_utils.run_training(
         _train_loop, loop_config, config.workers, config.gpus_per_worker, None, config.out, address=config.address,
@@ -179,13 +206,32 @@ def train_gan(config: GANTrainConfig) -> ModelCard:
 
 
 def _training_record(config: GANTrainConfig) -> dict[str, Any]:
-    return {
+    record = {
         "steps": config.steps,
         "batch_per_worker": config.batch,
         "workers": config.workers,
         "seed": config.seed,
         "transform": "cover-resize, random crop, horizontal flip 0.5",
     }
+    if config.crop:
+        record.update(mode="crop", crop=config.crop, hole_dilation=config.hole_dilation,
+                      transform="object crops at native resolution, rare classes more often, horizontal flip 0.5")
+    return record
+
+
+def _check_crop_fits(ds: Dataset, crop: int) -> None:
+    """Refuse a crop larger than the dataset's smallest image side."""
+    short = min((min(s["height"], s["width"]) for s in ds.info.sizes), default=0)
+    if short < crop:
+        raise AugmentError(f"{ds.uri}: --crop {crop} does not fit its images (smallest side {short} px)")
+
+
+def _crop_transform(config: GANTrainConfig, ds: Dataset) -> crops.ObjectCrop:
+    """The crop-mode transform, its class weights from the dataset's pixel counts."""
+    if sum(ds.info.class_pixels) <= 0:
+        raise AugmentError(f"{ds.uri}: dataset.json counts no labelled pixels; crop mode needs objects")
+    return crops.ObjectCrop(config.crop, crops.rarity_weights(ds.info.class_pixels), dilation=config.hole_dilation,
+                            ignore_index=ds.info.ignore_index)
 
 
 def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | None:
@@ -222,18 +268,26 @@ def spread_rows(num_rows: int, count: int) -> list[int]:
 
 def _sample_masks(ds: Dataset, size: tuple[int, int], rows: int) -> np.ndarray:
     """`rows` label maps spread over the dataset, centre-cropped to `size`: the fixed sample-sheet inputs."""
-    crop = CoverCrop(size, random=False)
+    return _sample_inputs(ds, CoverCrop(size, random=False), rows, 0)[1]
+
+
+def _sample_inputs(ds: Dataset, transform: Any, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, masks) of `rows` samples spread over the dataset through `transform`, each drawing from a
+    generator seeded from `seed` and its id: the fixed sample-sheet inputs."""
     wanted = set(spread_rows(ds.info.num_rows, rows))
-    masks, index = [], 0
+    images, masks, index = [], [], 0
     for batch in ds.iter_batches(["id", "image", "mask"], batch_size=64):
         for row in batch.to_pylist():
             if index in wanted:
                 sample = decode_row(row, source=ds.uri)
-                masks.append(apply_joint(crop, sample["image"], sample["mask"])[1].numpy())
+                with seeding.seeded_rng(seeding.derive_seed(seed, "sheet", row["id"])):
+                    image, mask = apply_joint(transform, sample["image"], sample["mask"])
+                images.append(image.numpy())
+                masks.append(mask.numpy())
             index += 1
         if len(masks) == len(wanted):
             break
-    return np.stack(masks)
+    return np.stack(images), np.stack(masks)
 
 
 def _rank_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -297,7 +351,11 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     epoch_steps = max((stream.rows // world) // cfg.batch, 1)
     epoch = step // epoch_steps  # every pass is epoch_steps steps; a resumed run restarts its epoch's order
     sheet_masks = torch.tensor(loop_config["sample_masks"], dtype=torch.long)
-    recent_masks: collections.deque[torch.Tensor] = collections.deque(maxlen=cfg.bn_refresh_batches)
+    sheet_context = None
+    if gan_cfg.context:
+        sheet_context = context_input(*crops.split_hole(normalize(torch.from_numpy(loop_config["sample_images"]),
+                                                                   "tanh")))
+    recent: collections.deque[tuple[torch.Tensor, ...]] = collections.deque(maxlen=cfg.bn_refresh_batches)
     progress = dist_utils.Progress(cfg.steps, start_step=step, every_steps=cfg.log_every, prefix="[train-gan]")
     sums: dict[str, float] = collections.defaultdict(float)
     window_steps, window_images, window_start = 0, 0, time.monotonic()
@@ -306,15 +364,18 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     while step < cfg.steps:
         batches = 0
         for real, masks in mixer.epoch(epoch):
+            hole = None
+            if gan_cfg.context:
+                real, hole = crops.split_hole(real)
             if on_gpu:
                 real = real.contiguous(memory_format=torch.channels_last)
-            losses = gan_train_step(G, D, G_ema, opt_g, opt_d, real, masks, gan_cfg, rng, autocast_dtype)
+            losses = gan_train_step(G, D, G_ema, opt_g, opt_d, real, masks, gan_cfg, rng, autocast_dtype, hole)
             if not all(math.isfinite(v) for v in losses.values()):
                 raise dist_utils.TrainingError(f"GAN losses became non-finite at step {step + 1}: {losses}")
             step += 1
             batches += 1
             if rank == 0:
-                recent_masks.append(masks)
+                recent.append((masks,) if hole is None else (masks, context_input(real, hole)))
             for k, v in losses.items():
                 sums[k] += v
             window_steps += 1
@@ -336,9 +397,10 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             if sample_now or save_now:
                 rng_states = _gather_rng(rng, device) if save_now else []
                 if rank == 0:
-                    _refresh_ema(G_ema, recent_masks, gan_cfg, cfg.seed + step)
+                    _refresh_ema(G_ema, recent, gan_cfg, cfg.seed + step)
                     if sample_now:
-                        write_sample_sheet(cfg.out, step, G_ema.module, sheet_masks, gan_cfg, card.palette, cfg.seed)
+                        write_sample_sheet(cfg.out, step, G_ema.module, sheet_masks, gan_cfg, card.palette, cfg.seed,
+                                           sheet_context)
                     if save_now:
                         _save(cfg, card, G, D, G_ema, opt_g, opt_d, step, metrics, rng_states)
                 dist_utils.barrier()
@@ -350,16 +412,18 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def _refresh_ema(G_ema: nn.Module, masks: Sequence[torch.Tensor], gan_cfg: GANConfig, seed: int) -> None:
-    """Re-estimate the EMA's BatchNorm statistics on recent label maps with fresh noise (fp32)."""
+def _refresh_ema(G_ema: nn.Module, batches: Sequence[tuple[torch.Tensor, ...]], gan_cfg: GANConfig, seed: int) -> None:
+    """Re-estimate the EMA's BatchNorm statistics on recent label maps (each batch `(masks,)`, or `(masks,
+    context)` in crop mode) with fresh noise (fp32)."""
     rng = torch.Generator().manual_seed(seed)
     device = next(G_ema.parameters()).device
-    pairs = []
-    for m in masks:
+    inputs = []
+    for m, *context in batches:
         label = one_hot_labels(m.to(device), gan_cfg.num_classes, gan_cfg.ignore_index)
-        pairs.append((label, sample_noise(len(m), gan_cfg.z_dim, tuple(m.shape[-2:]), rng, device)))
-    if pairs:
-        refresh_ema_batchnorm(G_ema, pairs)
+        z = sample_noise(len(m), gan_cfg.z_dim, tuple(m.shape[-2:]), rng, device)
+        inputs.append((label, z, *(c.to(device).float() for c in context)))
+    if inputs:
+        refresh_ema_batchnorm(G_ema, inputs)
 
 
 def _save(cfg: GANTrainConfig, card: ModelCard, G, D, G_ema, opt_g, opt_d, step: int, metrics: dict[str, Any],
@@ -387,21 +451,28 @@ def ema_weights(G_ema: nn.Module) -> dict[str, torch.Tensor]:
     return {WEIGHTS_PREFIX + k: v for k, v in module.state_dict().items()}
 
 
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> uint8 on the CPU."""
+    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
+
+
 @torch.no_grad()
 def generate_sheet_images(
-    generator: nn.Module, masks: torch.Tensor, gan_cfg: GANConfig, seed: int, draws: int = 2
+    generator: nn.Module, masks: torch.Tensor, gan_cfg: GANConfig, seed: int, draws: int = 2,
+    context: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """`draws` uint8 image batches B x 3 x H x W of `generator` (in eval mode) for `masks`, fixed noise per draw."""
+    """`draws` uint8 image batches B x 3 x H x W of `generator` (in eval mode) for `masks` (and, in crop mode, its
+    `context`), fixed noise per draw."""
     was_training = generator.training
     generator.eval()
     device = next(generator.parameters()).device
     label = one_hot_labels(masks.to(device), gan_cfg.num_classes, gan_cfg.ignore_index)
+    extra = () if context is None else (context.to(device),)
     out = []
     for d in range(draws):
         rng = torch.Generator().manual_seed(seed + d)
         z = sample_noise(len(masks), gan_cfg.z_dim, tuple(masks.shape[-2:]), rng, device)
-        images = generator(label, z).float()
-        out.append(((images + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu())
+        out.append(_to_uint8(generator(label, z, *extra)))
     generator.train(was_training)
     return out
 
@@ -449,11 +520,16 @@ def _write_png(filesystem: Any, target: str, image: np.ndarray) -> None:
 
 def write_sample_sheet(
     run: str, step: int, generator: nn.Module, masks: torch.Tensor, gan_cfg: GANConfig,
-    palette: Sequence[Sequence[int]], seed: int,
+    palette: Sequence[Sequence[int]], seed: int, context: torch.Tensor | None = None,
 ) -> str:
-    """Write `<run>/samples/step-NNNNNN.png` (label | EMA noise 1 | EMA noise 2 per row); returns its path."""
-    draws = generate_sheet_images(generator, masks, gan_cfg, seed)
-    sheet = render_sample_sheet(masks.numpy(), [d.permute(0, 2, 3, 1).numpy() for d in draws], palette)
+    """Write `<run>/samples/step-NNNNNN.png` (label | EMA noise 1 | EMA noise 2 per row; in crop mode, with
+    `context`, label | blanked crop | painted); returns its path."""
+    if context is None:
+        draws, titles = generate_sheet_images(generator, masks, gan_cfg, seed), SHEET_COLUMNS
+    else:
+        draws = [_to_uint8(context[:, :3]), *generate_sheet_images(generator, masks, gan_cfg, seed, 1, context)]
+        titles = CROP_SHEET_COLUMNS
+    sheet = render_sample_sheet(masks.numpy(), [d.permute(0, 2, 3, 1).numpy() for d in draws], palette, titles)
     filesystem, root = afs.resolve(run)
     target = afs.join(root, SAMPLES_DIR, f"step-{step:06d}.png")
     _write_png(filesystem, target, sheet)
@@ -469,6 +545,7 @@ def train_gan_command(args: argparse.Namespace) -> int:
         batch=args.batch,
         l1=args.l1,
         feature_matching=args.feature_matching,
+        crop=args.crop,
         sample_every=args.sample_every,
         workers=args.workers,
         gpus_per_worker=args.gpus_per_worker,
