@@ -154,6 +154,17 @@ def test_plan_beyond_the_bound_is_refused_naming_the_key(runs, capsys):
     assert not (root / "out").exists()  # refused before the output is claimed
 
 
+def test_plan_bound_keeps_the_driver_plan_small(runs):
+    """Ten million samples at most: the plan is held whole in the driver and in plan.json, so 10^8 is too many."""
+    root, data, gan, seg = runs
+    assert MAX_PLAN_SAMPLES == 10**7
+    with pytest.raises(AugmentError, match=f"balance.total: {2 * 10**7} is more than the 10000000 samples"):
+        balance_quotas([10, 20], 2 * 10**7)  # quotas only: refused before any sample is planned
+    with pytest.raises(AugmentError, match=f"classes.class1: quota {5 * 10**7} is more than the 10000000"):
+        make_plan(open_dataset(data), {"class1": 5 * 10**7}, None, 0)
+    assert sum(balance_quotas([10, 20], MAX_PLAN_SAMPLES).values()) == MAX_PLAN_SAMPLES
+
+
 def test_balance_total_beyond_the_bound_is_refused_through_the_cli(runs, capsys):
     root, data, gan, seg = runs
     job = write_job(root / "job.yaml", data=data, generator=gan, segmenter=seg, output=str(root / "out"),
