@@ -13,13 +13,16 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from augment.cli import main
 from augment.data import fs as afs
 from augment.data.codec import MAX_PIXELS, decode_image, decode_mask, encode_mask
-from augment.data.dataset import StagedOutput, _host_tag, open_dataset, remove_stale_staging
+from augment.data.dataset import StagedOutput, _host_tag, open_dataset, parquet_write_options, remove_stale_staging
+from augment.data.schema import arrow_schema
 from augment.errors import AugmentError, BadSample, DatasetError
 from augment.runner.job import load_job, run_job
 from helpers import make_dataset
@@ -324,3 +327,58 @@ def test_voc_list_entry_leaving_the_root_is_quarantined(tmp_path):
     assert [p.id for p in found.pairs] == ["train/ok"]
     assert [(o["source"].rsplit(":", 1)[-1], "leaves the dataset root; not read" in o["reason"])
             for o in found.orphans] == [("2", True), ("3", True)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parquet layout: no whole PNGs in statistics, no dictionaries of unique bytes, page checksums on
+
+
+BYTES_COLUMNS = {"image.bytes", "mask.bytes"}
+
+
+def column_chunks(path) -> dict[str, list]:
+    """Every column chunk's metadata of a Parquet file, by column path."""
+    meta = pq.ParquetFile(path).metadata
+    chunks: dict[str, list] = {}
+    for g in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            chunk = meta.row_group(g).column(c)
+            chunks.setdefault(chunk.path_in_schema, []).append(chunk)
+    return chunks
+
+
+def test_dataset_parquet_has_no_statistics_or_dictionary_for_the_png_bytes(tmp_path):
+    out = make_dataset(tmp_path / "ds", 6)
+    chunks = column_chunks(open_dataset(out).files[0])
+    assert BYTES_COLUMNS <= set(chunks)
+    for path, per_group in chunks.items():
+        for chunk in per_group:
+            if path in BYTES_COLUMNS:
+                assert not chunk.is_stats_set and not chunk.has_dictionary_page, path
+                assert "RLE_DICTIONARY" not in chunk.encodings and "PLAIN_DICTIONARY" not in chunk.encodings
+            else:
+                assert chunk.is_stats_set, path
+    assert chunks["id"][0].statistics.min == "train/0-0" and chunks["split"][0].has_dictionary_page
+    rows = open_dataset(out).arrow.to_table()  # read back with page checksum verification
+    assert rows.num_rows == 6 and rows.column("image").combine_chunks().field("bytes")[0].as_py()[:4] == b"\x89PNG"
+
+
+def test_every_schema_augment_writes_gets_statistics_and_dictionaries_only_for_scalar_columns(tmp_path):
+    from augment.runner.shard import EXAMPLE_SCHEMA
+
+    png = {"bytes": b"\x89PNG" + os.urandom(64), "path": "a.png"}
+    cases = ((arrow_schema("synthetic"), {"id": "a", "image": png, "mask": png, "class_pixels": [1, 2]}, BYTES_COLUMNS),
+             (EXAMPLE_SCHEMA, {"id": "a", "image": png["bytes"], "mask": png["bytes"], "pred": png["bytes"]},
+              {"image", "mask", "pred"}))
+    for schema, row, binary in cases:
+        options = parquet_write_options(schema)
+        assert options["write_page_checksum"] and options["compression"] == "zstd"
+        path = tmp_path / "t.parquet"
+        pq.write_table(pa.Table.from_pylist([row, row], schema=schema), path, **options)
+        written = {name: chunks[0] for name, chunks in column_chunks(path).items()}
+        assert set(written) - set(options["write_statistics"]) == binary  # every other leaf, nested too, is listed
+        for name, chunk in written.items():
+            assert chunk.is_stats_set == (name not in binary), name
+            assert not (name in binary and chunk.has_dictionary_page), name
+        back = pq.ParquetFile(path, page_checksum_verification=True).read().to_pylist()
+        assert len(back) == 2 and all(back[1][key] == value for key, value in row.items())

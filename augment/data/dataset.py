@@ -39,8 +39,33 @@ QUARANTINE_FILE = "quarantine.jsonl"
 TARGET_FILE_BYTES = 256 << 20
 ROW_GROUP_BYTES = 32 << 20
 ROW_GROUP_ROWS = 256
-PARQUET_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
-"""Options of every Parquet file augment writes: zstd pages, each with a CRC that readers verify."""
+
+
+def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
+    """The `pq.ParquetWriter` / `pq.write_table` options of every Parquet file augment writes with `schema`.
+
+    zstd pages, each with a CRC that readers verify (see `open_parquet`). Statistics and dictionary encoding only for
+    the scalar columns: the binary ones (encoded PNGs) hold unique values, so a dictionary never pays, and their
+    min/max statistics would copy whole images into every page header and the footer.
+    """
+    scalar = [path for path, kind in _leaf_columns(schema)
+              if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind))]
+    return {"compression": "zstd", "write_page_checksum": True, "write_statistics": scalar, "use_dictionary": scalar}
+
+
+def _leaf_columns(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+    """The Parquet leaf columns of `schema` as (dotted path, Arrow type): `image.bytes`, `class_pixels.list.element`."""
+    out: list[tuple[str, pa.DataType]] = []
+    stack = [(f.name, f.type) for f in reversed(schema)]
+    while stack:
+        path, kind = stack.pop()
+        if pa.types.is_struct(kind):
+            stack += [(f"{path}.{f.name}", f.type) for f in reversed(list(kind))]
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            stack.append((f"{path}.list.element", kind.value_type))
+        else:
+            out.append((path, kind))
+    return out
 
 
 def open_parquet(source: Any) -> pq.ParquetFile:
@@ -218,7 +243,7 @@ class PartWriter:
         if self._writer is None:
             name = f"{self.prefix}-{len(self.stats.files):04d}.parquet"
             self._sink = self.fs.open_output_stream(afs.join(self.folder, name))
-            self._writer = pq.ParquetWriter(self._sink, self.schema, **PARQUET_WRITE_OPTIONS)
+            self._writer = pq.ParquetWriter(self._sink, self.schema, **parquet_write_options(self.schema))
             self.stats.files.append(name)
         self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
         self._file_bytes += self._buffered_bytes
