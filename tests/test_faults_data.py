@@ -133,6 +133,43 @@ def test_overwrite_refuses_a_dataset_json_listing_paths_outside_its_folder(tmp_p
     assert outside.read_bytes() == b"keep" and (out / "dataset.json").is_file()
 
 
+def forged_dataset(tmp_path: Path, out: Path, files: dict[str, bytes]) -> Path:
+    """`out` holding `files` and a valid dataset.json (a real one's) that lists them."""
+    info = json.loads((Path(make_dataset(tmp_path / "real", 2)) / "dataset.json").read_text())
+    for name, data in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    (out / "dataset.json").write_text(json.dumps({**info, "files": sorted(files)}))
+    return out
+
+
+def test_overwrite_refuses_a_dataset_json_listing_a_file_augment_never_writes(tmp_path, capsys):
+    victim = forged_dataset(tmp_path, tmp_path / "v2", {"notes.txt": b"my notes"})
+    before = snapshot(victim)
+    rc, err = run_cli(capsys, "example-data", str(victim), "--n", "2", "--size", "32x32", "--overwrite")
+    line = one_line_error(err)
+    assert rc == 2 and "v2: not an augment dataset (dataset.json lists 'notes.txt', which is not a name augment " \
+                       "gives its Parquet files" in line and line.endswith("refusing to overwrite")
+    assert snapshot(victim) == before
+
+
+@pytest.mark.parametrize("name", ["part-00000-0000.parquet", "data/shard-00003.parquet"])
+def test_overwrite_refuses_a_listed_file_that_is_not_parquet(tmp_path, name):
+    victim = forged_dataset(tmp_path, tmp_path / "v2", {name: b"not parquet, but named like it"})
+    before = snapshot(victim)
+    with pytest.raises(DatasetError, match=f"dataset.json lists '{name}', which is not a Parquet file \\(no PAR1"):
+        make_dataset(victim, 2, overwrite=True)
+    assert snapshot(victim) == before
+
+
+def test_overwrite_replaces_a_dataset_whose_files_are_shards(tmp_path):
+    parquet = (Path(make_dataset(tmp_path / "src", 2)) / "part-00000-0000.parquet").read_bytes()
+    out = forged_dataset(tmp_path, tmp_path / "ds", {"data/shard-00000.parquet": parquet})
+    make_dataset(out, 3, overwrite=True)
+    assert len(open_dataset(str(out))) == 3 and sorted(p.name for p in out.iterdir()) == [
+        "dataset.json", "part-00000-0000.parquet", "quarantine.jsonl"]
+
+
 def test_overwrite_replaces_a_dataset_deleting_only_its_files(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()  # an empty folder takes a dataset without --overwrite

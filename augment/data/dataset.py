@@ -39,6 +39,12 @@ QUARANTINE_FILE = "quarantine.jsonl"
 TARGET_FILE_BYTES = 256 << 20
 ROW_GROUP_BYTES = 32 << 20
 ROW_GROUP_ROWS = 256
+PART_FILE_PATTERN = r"part-\d{5,}-\d{4,}\.parquet"
+"""Names of the Parquet files a PartWriter with prefix `part-<chunk:05d>` writes into a dataset folder."""
+DATA_FILE = re.compile(PART_FILE_PATTERN + r"|data/shard-\d{5,}\.parquet")
+"""Names (relative to the dataset folder) of every Parquet file augment lists in a dataset.json: ingest's part files
+and an augmentation job's shards (augment.runner.markers)."""
+PARQUET_MAGIC = b"PAR1"
 
 
 def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
@@ -197,6 +203,9 @@ def _dataset_json_schema() -> dict[str, Any]:
 class PartWriter:
     """Writes rows of one schema to Parquet files `<prefix>-NNNN.parquet` in a folder.
 
+    A dataset's prefix is `part-<chunk:05d>` (one per writer), so the names match DATA_FILE: a later `--overwrite`
+    deletes only files of those names.
+
     Row groups hold about ROW_GROUP_BYTES (at most ROW_GROUP_ROWS rows) and a file rolls over past
     TARGET_FILE_BYTES, so files stream well: no giant file, no swarm of tiny ones.
     """
@@ -263,7 +272,7 @@ class PartWriter:
         return self.stats
 
 
-STAGING_FILE = re.compile(r"[\w-]+\.parquet|dataset\.json|quarantine\.jsonl")
+STAGING_FILE = re.compile(PART_FILE_PATTERN + r"|dataset\.json|quarantine\.jsonl")
 _SHOWN = 5
 
 
@@ -303,7 +312,12 @@ def _top_level(relative: list[str], dirs: set[str]) -> list[str]:
 
 def dataset_files(fs: pafs.FileSystem, path: str) -> set[str]:
     """The files (relative to `path`) an augment dataset folder owns: dataset.json, quarantine.jsonl and the Parquet
-    files its dataset.json lists. Raises DatasetError saying why `path` is not such a dataset."""
+    files its dataset.json lists.
+
+    A listed file counts as the dataset's only when its name is one augment writes (DATA_FILE) and, where it exists,
+    it starts with Parquet's magic bytes; a dataset.json that lists anything else (a hand-edited or forged one) makes
+    the folder not a dataset. Raises DatasetError naming the file and why `path` is not such a dataset.
+    """
     info_path = afs.join(path, INFO_FILE)
     if not afs.exists(fs, info_path):
         raise DatasetError(f"no {INFO_FILE}")
@@ -314,7 +328,26 @@ def dataset_files(fs: pafs.FileSystem, path: str) -> set[str]:
     for name in info.files:
         if posixpath.normpath(name) != name or name.startswith(("/", "../")) or name in (".", ".."):
             raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a file inside the folder")
+        if not DATA_FILE.fullmatch(name):
+            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a name augment gives its Parquet files "
+                               f"(part-NNNNN-NNNN.parquet or data/shard-NNNNN.parquet)")
+        head = _head(fs, afs.join(path, name), len(PARQUET_MAGIC))
+        if head is not None and head != PARQUET_MAGIC:
+            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a Parquet file (no {PARQUET_MAGIC.decode()} "
+                               f"magic)")
     return {INFO_FILE, QUARANTINE_FILE, *info.files}
+
+
+def _head(fs: pafs.FileSystem, path: str, size: int) -> bytes | None:
+    """The first `size` bytes of the file at `path` (fewer if it is shorter); None when nothing is there, b"" when
+    it is not a readable file (a folder)."""
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        return None
+    if kind != pafs.FileType.File:
+        return b""
+    with fs.open_input_stream(path) as handle:
+        return handle.read(size)
 
 
 def replaceable_files(fs: pafs.FileSystem, path: str, uri: str, overwrite: bool) -> list[str]:
