@@ -276,6 +276,109 @@ def test_stale_staging_of_a_dead_writer_is_removed_and_nothing_else(tmp_path, ca
     assert remove_stale_staging(afs.resolve(str(tmp_path / "out"))[0], str(tmp_path / "out")) == []
 
 
+def killed_mid_commit(tmp_path: Path, out: Path, lock_file: bool = True) -> str:
+    """What a writer killed between `move(out, old)` and `move(staging, out)` leaves: `out` missing, the dataset it
+    replaced (2 rows) in `out.old-<suffix>`, its complete new one (3 rows) in `out.tmp-<suffix>` and, where it
+    flocked one, its lock file (free now). Returns the suffix."""
+    make_dataset(out, 2, seed=1)
+    suffix = f"{_host_tag()}-{dead_pid()}-0000dead"
+    make_dataset(tmp_path / "new", 3, seed=2)
+    out.rename(tmp_path / f"{out.name}.old-{suffix}")
+    (tmp_path / "new").rename(tmp_path / f"{out.name}.tmp-{suffix}")
+    if lock_file:
+        (tmp_path / f"{out.name}.lock-{suffix}").touch()
+    return suffix
+
+
+@pytest.mark.parametrize("lock_file", [True, False])
+def test_writer_killed_between_its_two_moves_gets_the_old_dataset_back(tmp_path, capsys, lock_file):
+    out = tmp_path / "ds"
+    make_dataset(tmp_path / "ref", 2, seed=1)
+    suffix = killed_mid_commit(tmp_path, out, lock_file)
+    with pytest.raises(DatasetError, match="already holds a dataset; pass --overwrite"):
+        make_dataset(out, 4)  # the restored dataset is there again: replacing it needs --overwrite
+    err = capsys.readouterr().err
+    assert f"restored {out} from {out}.old-{suffix}: an earlier run (pid" in err and "was killed" in err
+    assert f"removed {out}.tmp-{suffix}: staging folder of an earlier run" in err
+    assert len(open_dataset(str(out))) == 2
+    assert (out / "part-00000-0000.parquet").read_bytes() == (tmp_path / "ref" / "part-00000-0000.parquet").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ref"]
+    killed_mid_commit(tmp_path, tmp_path / "ds2", lock_file)
+    make_dataset(tmp_path / "ds2", 4, overwrite=True)
+    assert len(open_dataset(str(tmp_path / "ds2"))) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ds2", "ref"]
+
+
+def test_two_killed_replacements_are_not_guessed_between(tmp_path):
+    import shutil
+
+    out = tmp_path / "ds"
+    suffix = killed_mid_commit(tmp_path, out)
+    shutil.copytree(tmp_path / f"ds.old-{suffix}", tmp_path / f"ds.old-{_host_tag()}-{dead_pid()}-0000beef")
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match=rf"{out} is missing and 2 earlier runs killed while replacing it left "
+                                           rf".*ds.old-.*, .*ds.old-.*; move the right one back to {out} by hand"):
+        make_dataset(out, 2, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_replaced_dataset_left_half_deleted_is_removed_unless_it_holds_other_files(tmp_path, capsys):
+    out = Path(make_dataset(tmp_path / "ds", 2))
+    prefix = f"ds.old-{_host_tag()}-{dead_pid()}"
+    half = Path(make_dataset(tmp_path / "half", 2, seed=3)).rename(tmp_path / f"{prefix}-00000001")
+    (half / "quarantine.jsonl").unlink()  # killed while deleting the replaced files: dataset.json still lists the rest
+    emptied = tmp_path / f"{prefix}-00000002" / "data"  # killed after the last file, before the folder went
+    emptied.mkdir(parents=True)
+    foreign = tmp_path / f"{prefix}-00000003"
+    foreign.mkdir()
+    (foreign / "part-00009-0000.parquet").write_bytes(b"PAR1 not listed by any dataset.json: not augment's")
+    make_dataset(out, 3, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", foreign.name]
+    assert f"kept {foreign}: it holds files that appeared in" in capsys.readouterr().err
+    assert (foreign / "part-00009-0000.parquet").is_file() and len(open_dataset(str(out))) == 3
+
+
+def test_liveness_goes_by_the_writers_flock_not_its_pid(tmp_path, monkeypatch):
+    import fcntl
+
+    from augment.data import dataset as dataset_module
+
+    host, dead, part = _host_tag(), dead_pid(), {"part-00000-0000.parquet": b"PAR1"}
+    out = str(tmp_path / "out")
+    fs = afs.resolve(out)[0]
+    reused = staging(tmp_path, "out", host, os.getpid(), "0000aaaa", part)  # its pid is someone else's now
+    lock_reused = tmp_path / f"out.lock-{host}-{os.getpid()}-0000aaaa"
+    lock_reused.touch()
+    hidden = staging(tmp_path, "out", host, dead, "0000bbbb", part)  # a live writer whose pid this container lacks
+    lock_hidden = tmp_path / f"out.lock-{host}-{dead}-0000bbbb"
+    with open(lock_hidden, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert remove_stale_staging(fs, out) == [str(reused)]
+    assert hidden.is_dir() and lock_hidden.is_file() and not lock_reused.exists()
+    alive = staging(tmp_path, "out", host, os.getpid(), "0000cccc", part)
+    (tmp_path / f"out.lock-{host}-{os.getpid()}-0000cccc").touch()
+    monkeypatch.setattr(dataset_module, "fcntl", None)  # no flock here: host and pid decide
+    assert remove_stale_staging(fs, out) == [str(hidden)] and alive.is_dir()
+    assert not lock_hidden.exists()
+
+
+def test_staged_output_holds_its_lock_while_it_runs(tmp_path, monkeypatch):
+    from augment.data import dataset as dataset_module
+
+    out = str(tmp_path / "deep" / "ds")  # the lock file's folder is made too
+    with StagedOutput(out) as staged:
+        lock = Path(f"{out}.lock-{staged.suffix}")
+        assert lock.is_file() and Path(staged.staging).is_dir()
+        monkeypatch.setattr(dataset_module, "_pid_alive", lambda pid: False)  # as seen from another container
+        assert remove_stale_staging(staged.fs, out) == [] and Path(staged.staging).is_dir()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == []  # staging and lock file gone
+    monkeypatch.setattr(dataset_module, "fcntl", None)  # where flock is not available: no lock file
+    with StagedOutput(out) as staged:
+        assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == [Path(staged.staging).name]
+        monkeypatch.setattr(dataset_module, "_pid_alive", lambda pid: True)
+        assert remove_stale_staging(staged.fs, out) == []
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Decompression bombs
 

@@ -7,6 +7,7 @@ per-part statistics into `dataset.json`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,11 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform: liveness by host and pid
+    fcntl = None  # type: ignore[assignment]
 
 import jsonschema
 import numpy as np
@@ -392,29 +398,150 @@ def _ancestors(relative: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """A folder `<out>.tmp-<suffix>` (staging) or `<out>.old-<suffix>` (a replaced dataset set aside) of one writer,
+    whose `suffix` is `<host>-<pid>-<hex>`."""
+
+    path: str
+    kind: str
+    host: str
+    pid: int
+    suffix: str
+
+
+def _lock_file(path: str, suffix: str) -> str:
+    """`<path>.lock-<suffix>`: the file whose flock the writer of `<path>.tmp-<suffix>` holds while it runs."""
+    return f"{path}.lock-{suffix}"
+
+
+def _lock_held(fs: pafs.FileSystem, lock: str) -> bool | None:
+    """Whether a process holds the flock on the file `lock`; None where that cannot be told (not a local filesystem,
+    no such file, no flock on this platform or filesystem)."""
+    if fcntl is None or not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
+
+
+def writer_gone(fs: pafs.FileSystem, path: str, leftover: Leftover) -> bool:
+    """Whether the writer of `leftover` (of the output `path`) is gone for sure.
+
+    Another host's writer never is. On this host the flock on its lock file decides where it can be told: a free lock
+    means its writer is gone, whatever process now has its pid (containers sharing a hostname do not share pids);
+    otherwise (no lock file, as for writers on filesystems without flock, or no flock) the writer is gone when no
+    process `pid` exists here.
+    """
+    if leftover.host != _host_tag():
+        return False
+    held = _lock_held(fs, _lock_file(path, leftover.suffix))
+    return not held if held is not None else not _pid_alive(leftover.pid)
+
+
+def leftovers(fs: pafs.FileSystem, path: str, kind: str) -> list[Leftover]:
+    """The `<path>.<kind>-<host>-<pid>-<hex>` folders next to `path` (kind "tmp" or "old"), by name."""
+    parent, base = posixpath.split(path)
+    pattern = re.compile(re.escape(base) + rf"\.{kind}-(([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{8}})")
+    found = []
+    for entry in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+        match = pattern.fullmatch(entry.base_name)
+        if match and entry.type == pafs.FileType.Directory:
+            found.append(Leftover(entry.path, kind, match[2], int(match[3]), match[1]))
+    return sorted(found, key=lambda f: f.path)
+
+
+def _holds_only_staging_files(fs: pafs.FileSystem, folder: str) -> bool:
+    """Whether `folder` holds only files a staging folder holds (STAGING_FILE, or their temporary files)."""
+    inside = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return all(i.type == pafs.FileType.File and STAGING_FILE.fullmatch(_strip_tmp(i.base_name)) for i in inside)
+
+
+def _forget(fs: pafs.FileSystem, path: str, leftover: Leftover) -> None:
+    """Remove a gone writer's lock file once neither of its folders is left."""
+    if not any(afs.exists(fs, f"{path}.{kind}-{leftover.suffix}") for kind in ("tmp", "old")):
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(_lock_file(path, leftover.suffix))
+
+
 def remove_stale_staging(fs: pafs.FileSystem, path: str) -> list[str]:
-    """Remove the staging folders `<path>.tmp-<host>-<pid>-<hex>` whose writer was on this host and is gone.
+    """Remove the staging folders `<path>.tmp-<host>-<pid>-<hex>` whose writer is gone (see `writer_gone`).
 
     Only folders of exactly that name holding only what a staging folder holds (Parquet parts, dataset.json,
     quarantine.jsonl, their temporary files) are removed; a live writer's, another host's and anything else are
     kept. Returns the folders removed.
     """
-    parent, base = posixpath.split(path)
-    pattern = re.compile(re.escape(base) + r"\.tmp-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}")
     removed = []
-    for entry in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-        match = pattern.fullmatch(entry.base_name)
-        if not match or entry.type != pafs.FileType.Directory:
+    for leftover in leftovers(fs, path, "tmp"):
+        if not writer_gone(fs, path, leftover) or not _holds_only_staging_files(fs, leftover.path):
             continue
-        if match[1] != _host_tag() or _pid_alive(int(match[2])):
-            continue
-        inside = fs.get_file_info(pafs.FileSelector(entry.path, recursive=True))
-        if not all(i.type == pafs.FileType.File and STAGING_FILE.fullmatch(_strip_tmp(i.base_name)) for i in inside):
-            continue
-        fs.delete_dir(entry.path)
-        print(f"removed {entry.path}: staging folder of an earlier run (pid {match[2]}) that is gone", file=sys.stderr)
-        removed.append(entry.path)
+        with contextlib.suppress(FileNotFoundError):  # another run removing it at the same time
+            fs.delete_dir(leftover.path)
+        _forget(fs, path, leftover)
+        print(f"removed {leftover.path}: staging folder of an earlier run (pid {leftover.pid}) that is gone",
+              file=sys.stderr)
+        removed.append(leftover.path)
     return removed
+
+
+def recover_interrupted(fs: pafs.FileSystem, path: str) -> list[str]:
+    """Put right what writers killed in the middle of a commit left of the output `path`; returns what it did.
+
+    A gone writer's set-aside folder `<path>.old-...` (the dataset it was replacing) while `path` is missing: the
+    writer died between moving the old dataset aside and moving its new one in, so the old one, the last committed
+    state, is moved back to `path` (its unfinished staging folder is then removed by `remove_stale_staging`). Two or
+    more such folders are not guessed between: DatasetError names them. While `path` exists, a gone writer's
+    set-aside folder is what remained of a replaced dataset while its files were being deleted (dataset.json goes
+    last, see `remove_replaced`): the files its dataset.json still lists are deleted, then the folder if nothing else
+    is left in it; otherwise it is kept, with a line saying so.
+    """
+    gone = [f for f in leftovers(fs, path, "old") if writer_gone(fs, path, f)]
+    done = []
+    if gone and not afs.exists(fs, path):
+        if len(gone) > 1:
+            raise DatasetError(f"{path} is missing and {len(gone)} earlier runs killed while replacing it left "
+                               f"{_describe([f.path for f in gone])}; move the right one back to {path} by hand")
+        fs.move(gone[0].path, path)
+        _forget(fs, path, gone[0])
+        print(f"restored {path} from {gone[0].path}: an earlier run (pid {gone[0].pid}) was killed while replacing "
+              f"it; its unfinished replacement is discarded", file=sys.stderr)
+        return [gone[0].path]
+    for leftover in gone:
+        try:
+            owned = dataset_files(fs, leftover.path)
+        except DatasetError:
+            owned = set()  # its dataset.json, deleted last, is gone: only an empty folder is left to remove
+        if remove_replaced(fs, leftover.path, sorted(owned), path):
+            _forget(fs, path, leftover)
+            done.append(leftover.path)
+    return done
+
+
+def remove_replaced(fs: pafs.FileSystem, old: str, owned: list[str], uri: str) -> bool:
+    """Delete a replaced dataset's files `owned` (relative) from its set-aside folder `old`, dataset.json last (so a
+    deletion cut short still lists what is left), then the folder if no file is left in it; True when it was removed.
+    A folder holding other files (ones that appeared in `uri` while it was being replaced) is kept, with a line
+    saying so."""
+    for rel in sorted(owned, key=lambda r: r == INFO_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(afs.join(old, rel))
+    left = afs.list_files(fs, old, recursive=True)
+    if left:
+        print(f"kept {old}: it holds files that appeared in {uri} while it was replaced "
+              f"({_describe([f[len(old) + 1:] for f in left])})", file=sys.stderr)
+        return False
+    fs.delete_dir(old)
+    return True
 
 
 def _strip_tmp(name: str) -> str:
@@ -429,8 +556,15 @@ class StagedOutput:
     Refuses, with or without `overwrite`: an empty path, the current folder or one above it, an output that is one of
     `inputs`, inside one or holds one, a folder that is not an augment dataset, and a dataset folder holding files
     its dataset.json does not list. An existing dataset is replaced only with `overwrite`, and only its own files are
-    deleted. Entering also removes staging folders of the same output left by writers that are gone. Leaving the
-    `with` block without committing removes the staging folder.
+    deleted. Leaving the `with` block without committing removes the staging folder.
+
+    On a local filesystem the writer holds an flock on `<out>.lock-<same suffix>` from entering to leaving, so a later
+    run can tell for sure whether it is gone (`writer_gone`; host and pid where flock is not available). Entering
+    first recovers what gone writers left (`recover_interrupted`): a writer killed between moving the dataset it
+    replaced aside to `<out>.old-<same suffix>` and moving its new one in left `<out>` missing; the old dataset, the
+    last committed state, is moved back, and only then is the killed writer's staging folder removed (its new dataset
+    was never committed; rerunning the command makes it again). Entering then removes staging folders of the same
+    output left by writers that are gone (`remove_stale_staging`), before any refusal.
     """
 
     def __init__(self, uri: str, overwrite: bool = False, inputs: Sequence[str] = ()) -> None:
@@ -439,21 +573,51 @@ class StagedOutput:
         self.fs, self.path = afs.resolve(uri)
         self.overwrite = overwrite
         self.inputs = tuple(inputs)
-        self.staging = f"{self.path}.tmp-{_owner_suffix()}"
+        self.suffix = _owner_suffix()
+        self.staging = f"{self.path}.tmp-{self.suffix}"
         self.committed = False
+        self._lock_fd: int | None = None
 
     def __enter__(self) -> "StagedOutput":
         for source in self.inputs:
             afs.check_apart(self.uri, source)
-        replaceable_files(self.fs, self.path, self.uri, self.overwrite)
+        recover_interrupted(self.fs, self.path)
         remove_stale_staging(self.fs, self.path)
-        self.fs.create_dir(self.staging, recursive=True)
+        replaceable_files(self.fs, self.path, self.uri, self.overwrite)
+        self._take_lock()
+        try:
+            self.fs.create_dir(self.staging, recursive=True)
+        except BaseException:
+            self._release_lock()
+            raise
         return self
+
+    def _take_lock(self) -> None:
+        """Create and flock this writer's lock file (local filesystems with flock; elsewhere nothing)."""
+        if fcntl is None or not isinstance(self.fs, pafs.LocalFileSystem):
+            return
+        lock = _lock_file(self.path, self.suffix)
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # no flock on this filesystem: later runs go by host and pid
+            os.close(fd)
+            os.unlink(lock)
+            return
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.unlink(_lock_file(self.path, self.suffix))  # while still held: no run ever sees it free too early
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def commit(self, info: DatasetInfo, quarantine: list[dict[str, str]]) -> None:
         """Write quarantine.jsonl and dataset.json (last), then move the folder into place.
 
-        A dataset already there (checked again now) is moved aside first, then only its own files are deleted.
+        A dataset already there (checked again now) is moved aside to `<out>.old-<suffix>` first (and back if the
+        new one cannot be moved in), then only its own files are deleted.
         """
         info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         lines = "".join(json.dumps(q) + "\n" for q in quarantine)
@@ -462,28 +626,24 @@ class StagedOutput:
         owned = replaceable_files(self.fs, self.path, self.uri, self.overwrite)
         old = None
         if afs.exists(self.fs, self.path):
-            old = f"{self.path}.old-{_owner_suffix()}"
+            old = f"{self.path}.old-{self.suffix}"
             self.fs.move(self.path, old)
-        self.fs.move(self.staging, self.path)
+        try:
+            self.fs.move(self.staging, self.path)
+        except BaseException:
+            if old is not None:
+                self.fs.move(old, self.path)
+            raise
         self.committed = True
         if old is not None:
-            self._remove_replaced(old, owned)
-
-    def _remove_replaced(self, old: str, owned: list[str]) -> None:
-        """Delete the replaced dataset's files from the set-aside folder, then the folder if nothing else is left."""
-        for rel in owned:
-            if afs.exists(self.fs, afs.join(old, rel)):
-                self.fs.delete_file(afs.join(old, rel))
-        left = afs.list_files(self.fs, old, recursive=True)
-        if left:
-            print(f"kept {old}: it holds files that appeared in {self.uri} while it was replaced "
-                  f"({_describe([f[len(old) + 1:] for f in left])})", file=sys.stderr)
-        else:
-            self.fs.delete_dir(old)
+            remove_replaced(self.fs, old, owned, self.uri)
 
     def __exit__(self, *exc: object) -> None:
-        if not self.committed and afs.exists(self.fs, self.staging):
-            self.fs.delete_dir(self.staging)
+        try:
+            if not self.committed and afs.exists(self.fs, self.staging):
+                self.fs.delete_dir(self.staging)
+        finally:
+            self._release_lock()
 
 
 def read_info(uri: str) -> DatasetInfo:
