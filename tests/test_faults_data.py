@@ -13,13 +13,16 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from augment.cli import main
 from augment.data import fs as afs
 from augment.data.codec import MAX_PIXELS, decode_image, decode_mask, encode_mask
-from augment.data.dataset import StagedOutput, _host_tag, open_dataset, remove_stale_staging
+from augment.data.dataset import StagedOutput, _host_tag, open_dataset, parquet_write_options, remove_stale_staging
+from augment.data.schema import arrow_schema
 from augment.errors import AugmentError, BadSample, DatasetError
 from augment.runner.job import load_job, run_job
 from helpers import make_dataset
@@ -130,6 +133,43 @@ def test_overwrite_refuses_a_dataset_json_listing_paths_outside_its_folder(tmp_p
     assert outside.read_bytes() == b"keep" and (out / "dataset.json").is_file()
 
 
+def forged_dataset(tmp_path: Path, out: Path, files: dict[str, bytes]) -> Path:
+    """`out` holding `files` and a valid dataset.json (a real one's) that lists them."""
+    info = json.loads((Path(make_dataset(tmp_path / "real", 2)) / "dataset.json").read_text())
+    for name, data in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    (out / "dataset.json").write_text(json.dumps({**info, "files": sorted(files)}))
+    return out
+
+
+def test_overwrite_refuses_a_dataset_json_listing_a_file_augment_never_writes(tmp_path, capsys):
+    victim = forged_dataset(tmp_path, tmp_path / "v2", {"notes.txt": b"my notes"})
+    before = snapshot(victim)
+    rc, err = run_cli(capsys, "example-data", str(victim), "--n", "2", "--size", "32x32", "--overwrite")
+    line = one_line_error(err)
+    assert rc == 2 and "v2: not an augment dataset (dataset.json lists 'notes.txt', which is not a name augment " \
+                       "gives its Parquet files" in line and line.endswith("refusing to overwrite")
+    assert snapshot(victim) == before
+
+
+@pytest.mark.parametrize("name", ["part-00000-0000.parquet", "data/shard-00003.parquet"])
+def test_overwrite_refuses_a_listed_file_that_is_not_parquet(tmp_path, name):
+    victim = forged_dataset(tmp_path, tmp_path / "v2", {name: b"not parquet, but named like it"})
+    before = snapshot(victim)
+    with pytest.raises(DatasetError, match=f"dataset.json lists '{name}', which is not a Parquet file \\(no PAR1"):
+        make_dataset(victim, 2, overwrite=True)
+    assert snapshot(victim) == before
+
+
+def test_overwrite_replaces_a_dataset_whose_files_are_shards(tmp_path):
+    parquet = (Path(make_dataset(tmp_path / "src", 2)) / "part-00000-0000.parquet").read_bytes()
+    out = forged_dataset(tmp_path, tmp_path / "ds", {"data/shard-00000.parquet": parquet})
+    make_dataset(out, 3, overwrite=True)
+    assert len(open_dataset(str(out))) == 3 and sorted(p.name for p in out.iterdir()) == [
+        "dataset.json", "part-00000-0000.parquet", "quarantine.jsonl"]
+
+
 def test_overwrite_replaces_a_dataset_deleting_only_its_files(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()  # an empty folder takes a dataset without --overwrite
@@ -236,6 +276,109 @@ def test_stale_staging_of_a_dead_writer_is_removed_and_nothing_else(tmp_path, ca
     assert remove_stale_staging(afs.resolve(str(tmp_path / "out"))[0], str(tmp_path / "out")) == []
 
 
+def killed_mid_commit(tmp_path: Path, out: Path, lock_file: bool = True) -> str:
+    """What a writer killed between `move(out, old)` and `move(staging, out)` leaves: `out` missing, the dataset it
+    replaced (2 rows) in `out.old-<suffix>`, its complete new one (3 rows) in `out.tmp-<suffix>` and, where it
+    flocked one, its lock file (free now). Returns the suffix."""
+    make_dataset(out, 2, seed=1)
+    suffix = f"{_host_tag()}-{dead_pid()}-0000dead"
+    make_dataset(tmp_path / "new", 3, seed=2)
+    out.rename(tmp_path / f"{out.name}.old-{suffix}")
+    (tmp_path / "new").rename(tmp_path / f"{out.name}.tmp-{suffix}")
+    if lock_file:
+        (tmp_path / f"{out.name}.lock-{suffix}").touch()
+    return suffix
+
+
+@pytest.mark.parametrize("lock_file", [True, False])
+def test_writer_killed_between_its_two_moves_gets_the_old_dataset_back(tmp_path, capsys, lock_file):
+    out = tmp_path / "ds"
+    make_dataset(tmp_path / "ref", 2, seed=1)
+    suffix = killed_mid_commit(tmp_path, out, lock_file)
+    with pytest.raises(DatasetError, match="already holds a dataset; pass --overwrite"):
+        make_dataset(out, 4)  # the restored dataset is there again: replacing it needs --overwrite
+    err = capsys.readouterr().err
+    assert f"restored {out} from {out}.old-{suffix}: an earlier run (pid" in err and "was killed" in err
+    assert f"removed {out}.tmp-{suffix}: staging folder of an earlier run" in err
+    assert len(open_dataset(str(out))) == 2
+    assert (out / "part-00000-0000.parquet").read_bytes() == (tmp_path / "ref" / "part-00000-0000.parquet").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ref"]
+    killed_mid_commit(tmp_path, tmp_path / "ds2", lock_file)
+    make_dataset(tmp_path / "ds2", 4, overwrite=True)
+    assert len(open_dataset(str(tmp_path / "ds2"))) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ds2", "ref"]
+
+
+def test_two_killed_replacements_are_not_guessed_between(tmp_path):
+    import shutil
+
+    out = tmp_path / "ds"
+    suffix = killed_mid_commit(tmp_path, out)
+    shutil.copytree(tmp_path / f"ds.old-{suffix}", tmp_path / f"ds.old-{_host_tag()}-{dead_pid()}-0000beef")
+    before = snapshot(tmp_path)
+    with pytest.raises(DatasetError, match=rf"{out} is missing and 2 earlier runs killed while replacing it left "
+                                           rf".*ds.old-.*, .*ds.old-.*; move the right one back to {out} by hand"):
+        make_dataset(out, 2, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_replaced_dataset_left_half_deleted_is_removed_unless_it_holds_other_files(tmp_path, capsys):
+    out = Path(make_dataset(tmp_path / "ds", 2))
+    prefix = f"ds.old-{_host_tag()}-{dead_pid()}"
+    half = Path(make_dataset(tmp_path / "half", 2, seed=3)).rename(tmp_path / f"{prefix}-00000001")
+    (half / "quarantine.jsonl").unlink()  # killed while deleting the replaced files: dataset.json still lists the rest
+    emptied = tmp_path / f"{prefix}-00000002" / "data"  # killed after the last file, before the folder went
+    emptied.mkdir(parents=True)
+    foreign = tmp_path / f"{prefix}-00000003"
+    foreign.mkdir()
+    (foreign / "part-00009-0000.parquet").write_bytes(b"PAR1 not listed by any dataset.json: not augment's")
+    make_dataset(out, 3, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", foreign.name]
+    assert f"kept {foreign}: it holds files that appeared in" in capsys.readouterr().err
+    assert (foreign / "part-00009-0000.parquet").is_file() and len(open_dataset(str(out))) == 3
+
+
+def test_liveness_goes_by_the_writers_flock_not_its_pid(tmp_path, monkeypatch):
+    import fcntl
+
+    from augment.data import dataset as dataset_module
+
+    host, dead, part = _host_tag(), dead_pid(), {"part-00000-0000.parquet": b"PAR1"}
+    out = str(tmp_path / "out")
+    fs = afs.resolve(out)[0]
+    reused = staging(tmp_path, "out", host, os.getpid(), "0000aaaa", part)  # its pid is someone else's now
+    lock_reused = tmp_path / f"out.lock-{host}-{os.getpid()}-0000aaaa"
+    lock_reused.touch()
+    hidden = staging(tmp_path, "out", host, dead, "0000bbbb", part)  # a live writer whose pid this container lacks
+    lock_hidden = tmp_path / f"out.lock-{host}-{dead}-0000bbbb"
+    with open(lock_hidden, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert remove_stale_staging(fs, out) == [str(reused)]
+    assert hidden.is_dir() and lock_hidden.is_file() and not lock_reused.exists()
+    alive = staging(tmp_path, "out", host, os.getpid(), "0000cccc", part)
+    (tmp_path / f"out.lock-{host}-{os.getpid()}-0000cccc").touch()
+    monkeypatch.setattr(dataset_module, "fcntl", None)  # no flock here: host and pid decide
+    assert remove_stale_staging(fs, out) == [str(hidden)] and alive.is_dir()
+    assert not lock_hidden.exists()
+
+
+def test_staged_output_holds_its_lock_while_it_runs(tmp_path, monkeypatch):
+    from augment.data import dataset as dataset_module
+
+    out = str(tmp_path / "deep" / "ds")  # the lock file's folder is made too
+    with StagedOutput(out) as staged:
+        lock = Path(f"{out}.lock-{staged.suffix}")
+        assert lock.is_file() and Path(staged.staging).is_dir()
+        monkeypatch.setattr(dataset_module, "_pid_alive", lambda pid: False)  # as seen from another container
+        assert remove_stale_staging(staged.fs, out) == [] and Path(staged.staging).is_dir()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == []  # staging and lock file gone
+    monkeypatch.setattr(dataset_module, "fcntl", None)  # where flock is not available: no lock file
+    with StagedOutput(out) as staged:
+        assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == [Path(staged.staging).name]
+        monkeypatch.setattr(dataset_module, "_pid_alive", lambda pid: True)
+        assert remove_stale_staging(staged.fs, out) == []
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Decompression bombs
 
@@ -324,3 +467,58 @@ def test_voc_list_entry_leaving_the_root_is_quarantined(tmp_path):
     assert [p.id for p in found.pairs] == ["train/ok"]
     assert [(o["source"].rsplit(":", 1)[-1], "leaves the dataset root; not read" in o["reason"])
             for o in found.orphans] == [("2", True), ("3", True)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parquet layout: no whole PNGs in statistics, no dictionaries of unique bytes, page checksums on
+
+
+BYTES_COLUMNS = {"image.bytes", "mask.bytes"}
+
+
+def column_chunks(path) -> dict[str, list]:
+    """Every column chunk's metadata of a Parquet file, by column path."""
+    meta = pq.ParquetFile(path).metadata
+    chunks: dict[str, list] = {}
+    for g in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            chunk = meta.row_group(g).column(c)
+            chunks.setdefault(chunk.path_in_schema, []).append(chunk)
+    return chunks
+
+
+def test_dataset_parquet_has_no_statistics_or_dictionary_for_the_png_bytes(tmp_path):
+    out = make_dataset(tmp_path / "ds", 6)
+    chunks = column_chunks(open_dataset(out).files[0])
+    assert BYTES_COLUMNS <= set(chunks)
+    for path, per_group in chunks.items():
+        for chunk in per_group:
+            if path in BYTES_COLUMNS:
+                assert not chunk.is_stats_set and not chunk.has_dictionary_page, path
+                assert "RLE_DICTIONARY" not in chunk.encodings and "PLAIN_DICTIONARY" not in chunk.encodings
+            else:
+                assert chunk.is_stats_set, path
+    assert chunks["id"][0].statistics.min == "train/0-0" and chunks["split"][0].has_dictionary_page
+    rows = open_dataset(out).arrow.to_table()  # read back with page checksum verification
+    assert rows.num_rows == 6 and rows.column("image").combine_chunks().field("bytes")[0].as_py()[:4] == b"\x89PNG"
+
+
+def test_every_schema_augment_writes_gets_statistics_and_dictionaries_only_for_scalar_columns(tmp_path):
+    from augment.runner.shard import EXAMPLE_SCHEMA
+
+    png = {"bytes": b"\x89PNG" + os.urandom(64), "path": "a.png"}
+    cases = ((arrow_schema("synthetic"), {"id": "a", "image": png, "mask": png, "class_pixels": [1, 2]}, BYTES_COLUMNS),
+             (EXAMPLE_SCHEMA, {"id": "a", "image": png["bytes"], "mask": png["bytes"], "pred": png["bytes"]},
+              {"image", "mask", "pred"}))
+    for schema, row, binary in cases:
+        options = parquet_write_options(schema)
+        assert options["write_page_checksum"] and options["compression"] == "zstd"
+        path = tmp_path / "t.parquet"
+        pq.write_table(pa.Table.from_pylist([row, row], schema=schema), path, **options)
+        written = {name: chunks[0] for name, chunks in column_chunks(path).items()}
+        assert set(written) - set(options["write_statistics"]) == binary  # every other leaf, nested too, is listed
+        for name, chunk in written.items():
+            assert chunk.is_stats_set == (name not in binary), name
+            assert not (name in binary and chunk.has_dictionary_page), name
+        back = pq.ParquetFile(path, page_checksum_verification=True).read().to_pylist()
+        assert len(back) == 2 and all(back[1][key] == value for key, value in row.items())

@@ -154,6 +154,17 @@ def test_plan_beyond_the_bound_is_refused_naming_the_key(runs, capsys):
     assert not (root / "out").exists()  # refused before the output is claimed
 
 
+def test_plan_bound_keeps_the_driver_plan_small(runs):
+    """Ten million samples at most: the plan is held whole in the driver and in plan.json, so 10^8 is too many."""
+    root, data, gan, seg = runs
+    assert MAX_PLAN_SAMPLES == 10**7
+    with pytest.raises(AugmentError, match=f"balance.total: {2 * 10**7} is more than the 10000000 samples"):
+        balance_quotas([10, 20], 2 * 10**7)  # quotas only: refused before any sample is planned
+    with pytest.raises(AugmentError, match=f"classes.class1: quota {5 * 10**7} is more than the 10000000"):
+        make_plan(open_dataset(data), {"class1": 5 * 10**7}, None, 0)
+    assert sum(balance_quotas([10, 20], MAX_PLAN_SAMPLES).values()) == MAX_PLAN_SAMPLES
+
+
 def test_balance_total_beyond_the_bound_is_refused_through_the_cli(runs, capsys):
     root, data, gan, seg = runs
     job = write_job(root / "job.yaml", data=data, generator=gan, segmenter=seg, output=str(root / "out"),
@@ -307,6 +318,63 @@ def test_weights_with_missing_keys_are_one_line(runs, capsys):
     job = write_job(root / "job.yaml", data=data, generator=gan, segmenter=seg, output=str(root / "out"),
                     classes={"class1": 4}, resources=SMALL)
     one_line_error(capsys, ["run", str(job)], "generator: weights do not fit its model_config", "1 missing")
+
+
+GOOD_GAN = {"num_classes": 3, "size": [32, 32], "z_dim": 8, "g_width": 8, "spade_hidden": 16}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"z_dim": "eight"}, "model_config.z_dim must be an integer >= 1, got 'eight'"),
+    ({"z_dim": 8.0}, "model_config.z_dim must be an integer >= 1, got 8.0"),
+    ({"num_classes": True}, "model_config.num_classes must be an integer >= 1, got True"),
+    ({"g_width": 0}, "model_config.g_width must be an integer >= 1 or null, got 0"),
+    ({"d_depth": 1}, "model_config.d_depth must be an integer >= 2 or null, got 1"),
+    ({"size": [32]}, "model_config.size must be [height, width], integers >= 16, got [32]"),
+    ({"size": "32x32"}, "model_config.size must be [height, width], integers >= 16, got '32x32'"),
+    ({"size": [8, 32]}, "model_config.size must be [height, width], integers >= 16, got [8, 32]"),
+    ({"g_norm": "layer"}, "model_config.g_norm must be 'batch' or 'instance', got 'layer'"),
+    ({"ignore_index": 256}, "model_config.ignore_index must be an integer in 0..255 or null, got 256"),
+    ({"use_l1": "yes"}, "model_config.use_l1 must be true or false, got 'yes'"),
+    ({"lambda_fm": -1}, "model_config.lambda_fm must be a number >= 0, got -1"),
+    ({"lr_g": 0}, "model_config.lr_g must be a number > 0, got 0"),
+    ({"ema_decay": float("nan")}, "model_config.ema_decay must be a number in [0, 1], got nan"),
+    ({"betas": [0.5, 1.0]}, "model_config.betas must be [beta1, beta2], numbers in [0, 1), got [0.5, 1.0]"),
+    ({"lr": 1.0}, "model_config: unknown GANConfig keys: ['lr']"),
+    ({"num_classes": None}, "model_config.num_classes must be an integer >= 1, got None"),
+])
+def test_gan_config_from_a_card_checks_every_field(change, expected):
+    from augment.models.gan import GANConfig, GANConfigError
+
+    with pytest.raises(GANConfigError) as caught:
+        GANConfig.from_dict({**GOOD_GAN, **change})
+    assert str(caught.value) == expected
+
+
+def test_gan_config_from_a_card_accepts_what_to_dict_writes_and_names_missing_keys():
+    import dataclasses
+
+    from augment.models.gan import _FIELD_CHECKS, GANConfig, GANConfigError
+    from augment.training.checkpoint import CheckpointError
+
+    assert set(_FIELD_CHECKS) == {f.name for f in dataclasses.fields(GANConfig)}  # every field is checked
+    cfg = GANConfig(**{**GOOD_GAN, "size": (32, 48)}, noise_stages=None, ignore_index=None, use_l1=True)
+    assert GANConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(CheckpointError, match="card.json model_config lacks key\\(s\\) size"):
+        GANConfig.from_dict({"num_classes": 3}, source="card.json model_config")
+    with pytest.raises(GANConfigError, match="model_config must be a JSON object, got list"):
+        GANConfig.from_dict([1, 2])
+
+
+def test_gan_card_with_a_mistyped_field_is_one_line_for_run(runs, capsys):
+    root, data, gan, seg = runs
+    card = json.loads((Path(gan) / CARD_FILE).read_text())
+    card["model_config"]["z_dim"] = "eight"
+    (Path(gan) / CARD_FILE).write_text(json.dumps(card))
+    job = write_job(root / "job.yaml", data=data, generator=gan, segmenter=seg, output=str(root / "out"),
+                    classes={"class1": 4}, resources=SMALL)
+    one_line_error(capsys, ["run", str(job)], f"{gan}: card.json model_config is not a GAN config",
+                   "model_config.z_dim must be an integer >= 1, got 'eight'")
+    assert not (root / "out").exists()
 
 
 # --- 5. a failed retrain leaves no folder that demands --resume ---------------------------------------------------

@@ -77,11 +77,11 @@ def assert_sound(out: Path, capsys) -> None:
 
 
 def flip_bytes(path: Path) -> None:
-    """Flip 8 bytes in the middle of the PNG values of the first row group's image column: its dictionary page
-    (bytes elsewhere may be a page header's statistics, which no page checksum covers and no read uses)."""
+    """Flip 8 bytes in the middle of the PNG values of the first row group's image column: inside its (compressed)
+    data page, past the small page header (the bytes columns carry no statistics and no dictionary page)."""
     chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)
-    assert chunk.path_in_schema == "image.bytes" and chunk.dictionary_page_offset
-    at = (chunk.dictionary_page_offset + chunk.data_page_offset) // 2
+    assert chunk.path_in_schema == "image.bytes" and not chunk.has_dictionary_page and not chunk.is_stats_set
+    at = chunk.data_page_offset + chunk.total_compressed_size // 2
     data = bytearray(path.read_bytes())
     for i in range(at, at + 8):
         data[i] ^= 0xFF

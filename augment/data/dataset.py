@@ -7,6 +7,7 @@ per-part statistics into `dataset.json`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,11 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform: liveness by host and pid
+    fcntl = None  # type: ignore[assignment]
 
 import jsonschema
 import numpy as np
@@ -39,8 +45,39 @@ QUARANTINE_FILE = "quarantine.jsonl"
 TARGET_FILE_BYTES = 256 << 20
 ROW_GROUP_BYTES = 32 << 20
 ROW_GROUP_ROWS = 256
-PARQUET_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
-"""Options of every Parquet file augment writes: zstd pages, each with a CRC that readers verify."""
+PART_FILE_PATTERN = r"part-\d{5,}-\d{4,}\.parquet"
+"""Names of the Parquet files a PartWriter with prefix `part-<chunk:05d>` writes into a dataset folder."""
+DATA_FILE = re.compile(PART_FILE_PATTERN + r"|data/shard-\d{5,}\.parquet")
+"""Names (relative to the dataset folder) of every Parquet file augment lists in a dataset.json: ingest's part files
+and an augmentation job's shards (augment.runner.markers)."""
+PARQUET_MAGIC = b"PAR1"
+
+
+def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
+    """The `pq.ParquetWriter` / `pq.write_table` options of every Parquet file augment writes with `schema`.
+
+    zstd pages, each with a CRC that readers verify (see `open_parquet`). Statistics and dictionary encoding only for
+    the scalar columns: the binary ones (encoded PNGs) hold unique values, so a dictionary never pays, and their
+    min/max statistics would copy whole images into every page header and the footer.
+    """
+    scalar = [path for path, kind in _leaf_columns(schema)
+              if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind))]
+    return {"compression": "zstd", "write_page_checksum": True, "write_statistics": scalar, "use_dictionary": scalar}
+
+
+def _leaf_columns(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+    """The Parquet leaf columns of `schema` as (dotted path, Arrow type): `image.bytes`, `class_pixels.list.element`."""
+    out: list[tuple[str, pa.DataType]] = []
+    stack = [(f.name, f.type) for f in reversed(schema)]
+    while stack:
+        path, kind = stack.pop()
+        if pa.types.is_struct(kind):
+            stack += [(f"{path}.{f.name}", f.type) for f in reversed(list(kind))]
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            stack.append((f"{path}.list.element", kind.value_type))
+        else:
+            out.append((path, kind))
+    return out
 
 
 def open_parquet(source: Any) -> pq.ParquetFile:
@@ -172,6 +209,9 @@ def _dataset_json_schema() -> dict[str, Any]:
 class PartWriter:
     """Writes rows of one schema to Parquet files `<prefix>-NNNN.parquet` in a folder.
 
+    A dataset's prefix is `part-<chunk:05d>` (one per writer), so the names match DATA_FILE: a later `--overwrite`
+    deletes only files of those names.
+
     Row groups hold about ROW_GROUP_BYTES (at most ROW_GROUP_ROWS rows) and a file rolls over past
     TARGET_FILE_BYTES, so files stream well: no giant file, no swarm of tiny ones.
     """
@@ -218,7 +258,7 @@ class PartWriter:
         if self._writer is None:
             name = f"{self.prefix}-{len(self.stats.files):04d}.parquet"
             self._sink = self.fs.open_output_stream(afs.join(self.folder, name))
-            self._writer = pq.ParquetWriter(self._sink, self.schema, **PARQUET_WRITE_OPTIONS)
+            self._writer = pq.ParquetWriter(self._sink, self.schema, **parquet_write_options(self.schema))
             self.stats.files.append(name)
         self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
         self._file_bytes += self._buffered_bytes
@@ -238,7 +278,7 @@ class PartWriter:
         return self.stats
 
 
-STAGING_FILE = re.compile(r"[\w-]+\.parquet|dataset\.json|quarantine\.jsonl")
+STAGING_FILE = re.compile(PART_FILE_PATTERN + r"|dataset\.json|quarantine\.jsonl")
 _SHOWN = 5
 
 
@@ -278,7 +318,12 @@ def _top_level(relative: list[str], dirs: set[str]) -> list[str]:
 
 def dataset_files(fs: pafs.FileSystem, path: str) -> set[str]:
     """The files (relative to `path`) an augment dataset folder owns: dataset.json, quarantine.jsonl and the Parquet
-    files its dataset.json lists. Raises DatasetError saying why `path` is not such a dataset."""
+    files its dataset.json lists.
+
+    A listed file counts as the dataset's only when its name is one augment writes (DATA_FILE) and, where it exists,
+    it starts with Parquet's magic bytes; a dataset.json that lists anything else (a hand-edited or forged one) makes
+    the folder not a dataset. Raises DatasetError naming the file and why `path` is not such a dataset.
+    """
     info_path = afs.join(path, INFO_FILE)
     if not afs.exists(fs, info_path):
         raise DatasetError(f"no {INFO_FILE}")
@@ -289,7 +334,26 @@ def dataset_files(fs: pafs.FileSystem, path: str) -> set[str]:
     for name in info.files:
         if posixpath.normpath(name) != name or name.startswith(("/", "../")) or name in (".", ".."):
             raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a file inside the folder")
+        if not DATA_FILE.fullmatch(name):
+            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a name augment gives its Parquet files "
+                               f"(part-NNNNN-NNNN.parquet or data/shard-NNNNN.parquet)")
+        head = _head(fs, afs.join(path, name), len(PARQUET_MAGIC))
+        if head is not None and head != PARQUET_MAGIC:
+            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a Parquet file (no {PARQUET_MAGIC.decode()} "
+                               f"magic)")
     return {INFO_FILE, QUARANTINE_FILE, *info.files}
+
+
+def _head(fs: pafs.FileSystem, path: str, size: int) -> bytes | None:
+    """The first `size` bytes of the file at `path` (fewer if it is shorter); None when nothing is there, b"" when
+    it is not a readable file (a folder)."""
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        return None
+    if kind != pafs.FileType.File:
+        return b""
+    with fs.open_input_stream(path) as handle:
+        return handle.read(size)
 
 
 def replaceable_files(fs: pafs.FileSystem, path: str, uri: str, overwrite: bool) -> list[str]:
@@ -334,29 +398,150 @@ def _ancestors(relative: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """A folder `<out>.tmp-<suffix>` (staging) or `<out>.old-<suffix>` (a replaced dataset set aside) of one writer,
+    whose `suffix` is `<host>-<pid>-<hex>`."""
+
+    path: str
+    kind: str
+    host: str
+    pid: int
+    suffix: str
+
+
+def _lock_file(path: str, suffix: str) -> str:
+    """`<path>.lock-<suffix>`: the file whose flock the writer of `<path>.tmp-<suffix>` holds while it runs."""
+    return f"{path}.lock-{suffix}"
+
+
+def _lock_held(fs: pafs.FileSystem, lock: str) -> bool | None:
+    """Whether a process holds the flock on the file `lock`; None where that cannot be told (not a local filesystem,
+    no such file, no flock on this platform or filesystem)."""
+    if fcntl is None or not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
+
+
+def writer_gone(fs: pafs.FileSystem, path: str, leftover: Leftover) -> bool:
+    """Whether the writer of `leftover` (of the output `path`) is gone for sure.
+
+    Another host's writer never is. On this host the flock on its lock file decides where it can be told: a free lock
+    means its writer is gone, whatever process now has its pid (containers sharing a hostname do not share pids);
+    otherwise (no lock file, as for writers on filesystems without flock, or no flock) the writer is gone when no
+    process `pid` exists here.
+    """
+    if leftover.host != _host_tag():
+        return False
+    held = _lock_held(fs, _lock_file(path, leftover.suffix))
+    return not held if held is not None else not _pid_alive(leftover.pid)
+
+
+def leftovers(fs: pafs.FileSystem, path: str, kind: str) -> list[Leftover]:
+    """The `<path>.<kind>-<host>-<pid>-<hex>` folders next to `path` (kind "tmp" or "old"), by name."""
+    parent, base = posixpath.split(path)
+    pattern = re.compile(re.escape(base) + rf"\.{kind}-(([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{8}})")
+    found = []
+    for entry in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+        match = pattern.fullmatch(entry.base_name)
+        if match and entry.type == pafs.FileType.Directory:
+            found.append(Leftover(entry.path, kind, match[2], int(match[3]), match[1]))
+    return sorted(found, key=lambda f: f.path)
+
+
+def _holds_only_staging_files(fs: pafs.FileSystem, folder: str) -> bool:
+    """Whether `folder` holds only files a staging folder holds (STAGING_FILE, or their temporary files)."""
+    inside = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return all(i.type == pafs.FileType.File and STAGING_FILE.fullmatch(_strip_tmp(i.base_name)) for i in inside)
+
+
+def _forget(fs: pafs.FileSystem, path: str, leftover: Leftover) -> None:
+    """Remove a gone writer's lock file once neither of its folders is left."""
+    if not any(afs.exists(fs, f"{path}.{kind}-{leftover.suffix}") for kind in ("tmp", "old")):
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(_lock_file(path, leftover.suffix))
+
+
 def remove_stale_staging(fs: pafs.FileSystem, path: str) -> list[str]:
-    """Remove the staging folders `<path>.tmp-<host>-<pid>-<hex>` whose writer was on this host and is gone.
+    """Remove the staging folders `<path>.tmp-<host>-<pid>-<hex>` whose writer is gone (see `writer_gone`).
 
     Only folders of exactly that name holding only what a staging folder holds (Parquet parts, dataset.json,
     quarantine.jsonl, their temporary files) are removed; a live writer's, another host's and anything else are
     kept. Returns the folders removed.
     """
-    parent, base = posixpath.split(path)
-    pattern = re.compile(re.escape(base) + r"\.tmp-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}")
     removed = []
-    for entry in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-        match = pattern.fullmatch(entry.base_name)
-        if not match or entry.type != pafs.FileType.Directory:
+    for leftover in leftovers(fs, path, "tmp"):
+        if not writer_gone(fs, path, leftover) or not _holds_only_staging_files(fs, leftover.path):
             continue
-        if match[1] != _host_tag() or _pid_alive(int(match[2])):
-            continue
-        inside = fs.get_file_info(pafs.FileSelector(entry.path, recursive=True))
-        if not all(i.type == pafs.FileType.File and STAGING_FILE.fullmatch(_strip_tmp(i.base_name)) for i in inside):
-            continue
-        fs.delete_dir(entry.path)
-        print(f"removed {entry.path}: staging folder of an earlier run (pid {match[2]}) that is gone", file=sys.stderr)
-        removed.append(entry.path)
+        with contextlib.suppress(FileNotFoundError):  # another run removing it at the same time
+            fs.delete_dir(leftover.path)
+        _forget(fs, path, leftover)
+        print(f"removed {leftover.path}: staging folder of an earlier run (pid {leftover.pid}) that is gone",
+              file=sys.stderr)
+        removed.append(leftover.path)
     return removed
+
+
+def recover_interrupted(fs: pafs.FileSystem, path: str) -> list[str]:
+    """Put right what writers killed in the middle of a commit left of the output `path`; returns what it did.
+
+    A gone writer's set-aside folder `<path>.old-...` (the dataset it was replacing) while `path` is missing: the
+    writer died between moving the old dataset aside and moving its new one in, so the old one, the last committed
+    state, is moved back to `path` (its unfinished staging folder is then removed by `remove_stale_staging`). Two or
+    more such folders are not guessed between: DatasetError names them. While `path` exists, a gone writer's
+    set-aside folder is what remained of a replaced dataset while its files were being deleted (dataset.json goes
+    last, see `remove_replaced`): the files its dataset.json still lists are deleted, then the folder if nothing else
+    is left in it; otherwise it is kept, with a line saying so.
+    """
+    gone = [f for f in leftovers(fs, path, "old") if writer_gone(fs, path, f)]
+    done = []
+    if gone and not afs.exists(fs, path):
+        if len(gone) > 1:
+            raise DatasetError(f"{path} is missing and {len(gone)} earlier runs killed while replacing it left "
+                               f"{_describe([f.path for f in gone])}; move the right one back to {path} by hand")
+        fs.move(gone[0].path, path)
+        _forget(fs, path, gone[0])
+        print(f"restored {path} from {gone[0].path}: an earlier run (pid {gone[0].pid}) was killed while replacing "
+              f"it; its unfinished replacement is discarded", file=sys.stderr)
+        return [gone[0].path]
+    for leftover in gone:
+        try:
+            owned = dataset_files(fs, leftover.path)
+        except DatasetError:
+            owned = set()  # its dataset.json, deleted last, is gone: only an empty folder is left to remove
+        if remove_replaced(fs, leftover.path, sorted(owned), path):
+            _forget(fs, path, leftover)
+            done.append(leftover.path)
+    return done
+
+
+def remove_replaced(fs: pafs.FileSystem, old: str, owned: list[str], uri: str) -> bool:
+    """Delete a replaced dataset's files `owned` (relative) from its set-aside folder `old`, dataset.json last (so a
+    deletion cut short still lists what is left), then the folder if no file is left in it; True when it was removed.
+    A folder holding other files (ones that appeared in `uri` while it was being replaced) is kept, with a line
+    saying so."""
+    for rel in sorted(owned, key=lambda r: r == INFO_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(afs.join(old, rel))
+    left = afs.list_files(fs, old, recursive=True)
+    if left:
+        print(f"kept {old}: it holds files that appeared in {uri} while it was replaced "
+              f"({_describe([f[len(old) + 1:] for f in left])})", file=sys.stderr)
+        return False
+    fs.delete_dir(old)
+    return True
 
 
 def _strip_tmp(name: str) -> str:
@@ -371,8 +556,15 @@ class StagedOutput:
     Refuses, with or without `overwrite`: an empty path, the current folder or one above it, an output that is one of
     `inputs`, inside one or holds one, a folder that is not an augment dataset, and a dataset folder holding files
     its dataset.json does not list. An existing dataset is replaced only with `overwrite`, and only its own files are
-    deleted. Entering also removes staging folders of the same output left by writers that are gone. Leaving the
-    `with` block without committing removes the staging folder.
+    deleted. Leaving the `with` block without committing removes the staging folder.
+
+    On a local filesystem the writer holds an flock on `<out>.lock-<same suffix>` from entering to leaving, so a later
+    run can tell for sure whether it is gone (`writer_gone`; host and pid where flock is not available). Entering
+    first recovers what gone writers left (`recover_interrupted`): a writer killed between moving the dataset it
+    replaced aside to `<out>.old-<same suffix>` and moving its new one in left `<out>` missing; the old dataset, the
+    last committed state, is moved back, and only then is the killed writer's staging folder removed (its new dataset
+    was never committed; rerunning the command makes it again). Entering then removes staging folders of the same
+    output left by writers that are gone (`remove_stale_staging`), before any refusal.
     """
 
     def __init__(self, uri: str, overwrite: bool = False, inputs: Sequence[str] = ()) -> None:
@@ -381,21 +573,51 @@ class StagedOutput:
         self.fs, self.path = afs.resolve(uri)
         self.overwrite = overwrite
         self.inputs = tuple(inputs)
-        self.staging = f"{self.path}.tmp-{_owner_suffix()}"
+        self.suffix = _owner_suffix()
+        self.staging = f"{self.path}.tmp-{self.suffix}"
         self.committed = False
+        self._lock_fd: int | None = None
 
     def __enter__(self) -> "StagedOutput":
         for source in self.inputs:
             afs.check_apart(self.uri, source)
-        replaceable_files(self.fs, self.path, self.uri, self.overwrite)
+        recover_interrupted(self.fs, self.path)
         remove_stale_staging(self.fs, self.path)
-        self.fs.create_dir(self.staging, recursive=True)
+        replaceable_files(self.fs, self.path, self.uri, self.overwrite)
+        self._take_lock()
+        try:
+            self.fs.create_dir(self.staging, recursive=True)
+        except BaseException:
+            self._release_lock()
+            raise
         return self
+
+    def _take_lock(self) -> None:
+        """Create and flock this writer's lock file (local filesystems with flock; elsewhere nothing)."""
+        if fcntl is None or not isinstance(self.fs, pafs.LocalFileSystem):
+            return
+        lock = _lock_file(self.path, self.suffix)
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # no flock on this filesystem: later runs go by host and pid
+            os.close(fd)
+            os.unlink(lock)
+            return
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.unlink(_lock_file(self.path, self.suffix))  # while still held: no run ever sees it free too early
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def commit(self, info: DatasetInfo, quarantine: list[dict[str, str]]) -> None:
         """Write quarantine.jsonl and dataset.json (last), then move the folder into place.
 
-        A dataset already there (checked again now) is moved aside first, then only its own files are deleted.
+        A dataset already there (checked again now) is moved aside to `<out>.old-<suffix>` first (and back if the
+        new one cannot be moved in), then only its own files are deleted.
         """
         info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         lines = "".join(json.dumps(q) + "\n" for q in quarantine)
@@ -404,28 +626,24 @@ class StagedOutput:
         owned = replaceable_files(self.fs, self.path, self.uri, self.overwrite)
         old = None
         if afs.exists(self.fs, self.path):
-            old = f"{self.path}.old-{_owner_suffix()}"
+            old = f"{self.path}.old-{self.suffix}"
             self.fs.move(self.path, old)
-        self.fs.move(self.staging, self.path)
+        try:
+            self.fs.move(self.staging, self.path)
+        except BaseException:
+            if old is not None:
+                self.fs.move(old, self.path)
+            raise
         self.committed = True
         if old is not None:
-            self._remove_replaced(old, owned)
-
-    def _remove_replaced(self, old: str, owned: list[str]) -> None:
-        """Delete the replaced dataset's files from the set-aside folder, then the folder if nothing else is left."""
-        for rel in owned:
-            if afs.exists(self.fs, afs.join(old, rel)):
-                self.fs.delete_file(afs.join(old, rel))
-        left = afs.list_files(self.fs, old, recursive=True)
-        if left:
-            print(f"kept {old}: it holds files that appeared in {self.uri} while it was replaced "
-                  f"({_describe([f[len(old) + 1:] for f in left])})", file=sys.stderr)
-        else:
-            self.fs.delete_dir(old)
+            remove_replaced(self.fs, old, owned, self.uri)
 
     def __exit__(self, *exc: object) -> None:
-        if not self.committed and afs.exists(self.fs, self.staging):
-            self.fs.delete_dir(self.staging)
+        try:
+            if not self.committed and afs.exists(self.fs, self.staging):
+                self.fs.delete_dir(self.staging)
+        finally:
+            self._release_lock()
 
 
 def read_info(uri: str) -> DatasetInfo:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +30,11 @@ from augment.models.losses import (
     one_hot_labels,
     real_class_loss,
 )
+from augment.training.checkpoint import CheckpointError
 
 __all__ = [
     "GANConfig",
+    "GANConfigError",
     "build_discriminator",
     "build_ema",
     "build_generator",
@@ -72,6 +75,61 @@ def parse_widths(text: str) -> dict[str, int]:
         raise ValueError(f"GAN widths are three positive integers G,D,HIDDEN "
                          f"({', '.join(WIDTH_KEYS)}), got {text!r}")
     return dict(zip(WIDTH_KEYS, values))
+
+
+SPADE_NORMS = ("batch", "instance")
+
+
+class GANConfigError(CheckpointError, ValueError):
+    """A GAN model_config (from a card) that does not describe networks augment can build: one line naming the field.
+
+    A CheckpointError, so the CLI prints it on one line, and a ValueError, so callers that add the run's name to a
+    bad config's message keep doing so.
+    """
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pair(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, (list, tuple)) and len(value) == 2 and all(map(check, value))
+
+
+def _or_none(what: str, check: Callable[[Any], bool]) -> tuple[str, Callable[[Any], bool]]:
+    return f"{what} or null", lambda value: value is None or check(value)
+
+
+_POSITIVE_INT = ("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+_NON_NEGATIVE = ("a number >= 0", lambda v: _is_number(v) and v >= 0)
+_POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+_FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "num_classes": _POSITIVE_INT,
+    "size": ("[height, width], integers >= 16", _pair(lambda v: _is_int(v) and v >= 16)),
+    "z_dim": _POSITIVE_INT,
+    "g_width": _or_none(*_POSITIVE_INT),
+    "d_width": _or_none(*_POSITIVE_INT),
+    "spade_hidden": _or_none(*_POSITIVE_INT),
+    "d_depth": _or_none("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "g_norm": (" or ".join(map(repr, SPADE_NORMS)), lambda v: isinstance(v, str) and v in SPADE_NORMS),
+    "noise_stages": _or_none(*_POSITIVE_INT),
+    "ignore_index": _or_none("an integer in 0..255", lambda v: _is_int(v) and 0 <= v <= 255),
+    "lambda_labelmix": _NON_NEGATIVE,
+    "use_l1": _BOOL,
+    "lambda_l1": _NON_NEGATIVE,
+    "use_feature_matching": _BOOL,
+    "lambda_fm": _NON_NEGATIVE,
+    "ema_decay": ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+    "lr_g": _POSITIVE,
+    "lr_d": _POSITIVE,
+    "betas": ("[beta1, beta2], numbers in [0, 1)", _pair(lambda v: _is_number(v) and 0 <= v < 1)),
+}
+"""What each GANConfig field read from a card must be (JSON types: lists for tuples, null for None)."""
 
 
 @dataclass
@@ -129,11 +187,22 @@ class GANConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GANConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Any, source: str = "model_config") -> GANConfig:
+        """The config in `data` (a card's model_config, parsed JSON). GANConfigError naming `source` and the field
+        for anything but a mapping, an unknown or missing key, or a value of the wrong type or out of range."""
+        if not isinstance(data, dict):
+            raise GANConfigError(f"{source} must be a JSON object, got {type(data).__name__}")
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(data) - {f.name for f in fields})
         if unknown:
-            raise ValueError(f"unknown GANConfig keys: {unknown}")
+            raise GANConfigError(f"{source}: unknown GANConfig keys: {unknown}")
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise GANConfigError(f"{source} lacks key(s) {', '.join(missing)}")
+        for key, value in data.items():
+            what, ok = _FIELD_CHECKS[key]
+            if not ok(value):
+                raise GANConfigError(f"{source}.{key} must be {what}, got {value!r}")
         return cls(**data)
 
 

@@ -14,7 +14,7 @@ Layout (local folder or pyarrow URI such as s3://bucket/prefix)::
     summary.json                  the run's summary (counts, images/s, wall time)
     dataset.json                  written last, once every planned shard is complete: the output is then a dataset
 
-Every Parquet file is written with page checksums (augment.data.dataset.PARQUET_WRITE_OPTIONS) and read with their
+Every Parquet file is written with page checksums (augment.data.dataset.parquet_write_options) and read with their
 verification.
 
 Content-checked shards

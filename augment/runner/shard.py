@@ -38,7 +38,7 @@ import torch
 from augment.data.codec import class_pixels, decode_image, decode_mask, encode_image, encode_mask
 from augment.data import fs as afs
 from augment.data.dataset import (
-    PARQUET_WRITE_OPTIONS, ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset, open_parquet,
+    ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset, open_parquet, parquet_write_options,
 )
 from augment.data.schema import arrow_schema
 from augment.device import pick_device
@@ -241,7 +241,7 @@ class ShardProcessor:
         self.out.fs.create_dir(self.out.full(DATA_DIR), recursive=True)
         try:
             with self.out.fs.open_output_stream(tmp) as sink, \
-                    pq.ParquetWriter(sink, self.schema, **PARQUET_WRITE_OPTIONS) as writer:
+                    pq.ParquetWriter(sink, self.schema, **parquet_write_options(self.schema)) as writer:
                 self._write_rows(planned, writer, tally)
             size, sha256 = afs.size_and_sha256(self.out.fs, tmp)
         except BaseException as exc:
@@ -461,7 +461,8 @@ class ShardProcessor:
 
     def _write_examples(self, shard: int, examples: list[dict[str, Any]]) -> None:
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(examples, schema=EXAMPLE_SCHEMA), buf, **PARQUET_WRITE_OPTIONS)
+        pq.write_table(pa.Table.from_pylist(examples, schema=EXAMPLE_SCHEMA), buf,
+                       **parquet_write_options(EXAMPLE_SCHEMA))
         self.out.write_bytes(examples_file(shard), buf.getvalue())
 
 

@@ -47,9 +47,11 @@ PLAN_VERSION = 1
 DEFAULT_BALANCE_POWER = 0.5
 PASTE_DEFAULTS: dict[str, float] = {"prob": 0.0, "max": 1, "max_dy": 0.1, "max_dx": 0.5, "below": 1.0}
 EDIT_KEYS = ("flip", "scale", "paste")
-MAX_PLAN_SAMPLES = 10**8
-"""The most samples one plan may hold: a plan lives in the driver's memory, one entry per sample, so a larger job
-is refused before any work; split it into several jobs."""
+MAX_PLAN_SAMPLES = 10**7
+"""The most samples one plan may hold. The whole plan lives in the driver's memory (a PlannedSample per sample) and
+is written whole to plan.json (a JSON object per sample), so this bound is what keeps the driver's memory and
+plan.json within what an ordinary driver machine holds; it is far beyond any real augmentation job. A larger job is
+refused before any work: split it into several jobs."""
 
 
 @dataclass
