@@ -124,6 +124,8 @@ def test_the_plan_round_trips_through_json_with_its_context(world, world_context
     (lambda d: d["insertions"][0].update(scale=0), "ins/a/000000: placement: scale must be positive"),
     (lambda d: d["insertions"][0].update(class_index=7), "class index 7"),
     (lambda d: d["place_options"].update(jitter=1), "unknown option"),
+    (lambda d: d["insertions"].append(dict(d["insertions"][0])), "sample id ins/a/000000 appears twice"),
+    (lambda d: d["insertions"].pop(), "class a has 1 insertions and 0 unplaced, its quota is 2"),
 ])
 def test_a_malformed_plan_gets_a_one_line_error(world, world_context, change, message):
     d = json.loads(_plan(world, world_context, {A: 2}).to_json())

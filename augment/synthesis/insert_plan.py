@@ -93,8 +93,9 @@ class PlannedInsertion:
 class InsertionPlan:
     """All insertions of a job, ordered by class then index, plus how they were chosen (module docstring).
 
-    `candidates[c]` is the number of candidate objects of class c, `unplaced[c]` the number of its planned samples
-    no host gave a placement for; len(insertions of c) + unplaced[c] == quotas[c].
+    `candidates[c]` is the number of candidate objects of class c (0 for a quota of 0: not searched), `unplaced[c]`
+    the number of its planned samples no host gave a placement for; len(insertions of c) + unplaced[c] ==
+    quotas[c], which `from_dict` checks, with every sample id appearing once.
     """
 
     insertions: list[PlannedInsertion]
@@ -202,10 +203,20 @@ def _plan_from_dict(d: Any) -> InsertionPlan:
     bad = next((p for p in insertions if not 0 <= p.target_class < len(classes)), None)
     if bad is not None:
         raise AugmentError(f"insertion plan: {bad.sample_id} has class index {bad.target_class}, outside the classes")
+    seen: set[str] = set()
+    for p in insertions:
+        if p.sample_id in seen:
+            raise AugmentError(f"insertion plan: sample id {p.sample_id} appears twice")
+        seen.add(p.sample_id)
     n = len(classes)
-    return InsertionPlan(insertions, context, _counts(d["quotas"], "quotas", n), d["seed"], list(classes),
-                         d["min_pixels"], d["weighting"], d["max_hosts"], options,
-                         _counts(d["candidates"], "candidates", n), _counts(d["unplaced"], "unplaced", n))
+    quotas, unplaced = _counts(d["quotas"], "quotas", n), _counts(d["unplaced"], "unplaced", n)
+    for c in sorted(set(quotas) | {p.target_class for p in insertions}):
+        planned = sum(p.target_class == c for p in insertions)
+        if planned + unplaced.get(c, 0) != quotas.get(c, 0):
+            raise AugmentError(f"insertion plan: class {classes[c]} has {planned} insertions and "
+                               f"{unplaced.get(c, 0)} unplaced, its quota is {quotas.get(c, 0)}")
+    return InsertionPlan(insertions, context, quotas, d["seed"], list(classes), d["min_pixels"], d["weighting"],
+                         d["max_hosts"], options, _counts(d["candidates"], "candidates", n), unplaced)
 
 
 def _check_place_options(options: Any) -> dict[str, Any]:
