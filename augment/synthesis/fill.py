@@ -73,8 +73,10 @@ def _paste_one(host_image: np.ndarray, host_mask: np.ndarray, source_image: np.n
     return paste(host_image, host_mask, pixels, shape, planned.placement, band, ignore_index)
 
 
-def _scene(generator: Any, host_masks: Sequence[np.ndarray], source_masks: Sequence[np.ndarray],
-           planned: Sequence[PlannedInsertion], ignore_index: int, precision: str) -> list[tuple[np.ndarray, np.ndarray]]:
+def _scene(
+    generator: Any, host_masks: Sequence[np.ndarray], source_masks: Sequence[np.ndarray],
+    planned: Sequence[PlannedInsertion], ignore_index: int, precision: str,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     import torch
 
     from augment.synthesis.generate import synthesise

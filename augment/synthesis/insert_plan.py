@@ -182,7 +182,8 @@ def _plan_from_dict(d: Any) -> InsertionPlan:
         raise AugmentError("insertion plan: must be a JSON object")
     missing, unknown = sorted(set(_PLAN_KEYS) - set(d)), sorted(set(d) - set(_PLAN_KEYS))
     if missing or unknown:
-        raise AugmentError(f"insertion plan: {'missing keys ' + str(missing) if missing else 'unknown keys ' + str(unknown)}")
+        what = f"missing keys {missing}" if missing else f"unknown keys {unknown}"
+        raise AugmentError(f"insertion plan: {what}")
     if d["version"] != INSERT_PLAN_VERSION:
         raise AugmentError(f"insertion plan: version {d['version']!r} is not {INSERT_PLAN_VERSION}")
     classes = d["classes"]
