@@ -13,7 +13,7 @@ from augment.data.dataset import open_dataset
 from augment.data.formats import camvid, cityscapes, folder, voc
 from augment.data.formats.base import SourcePair
 from augment.data.ingest import chunk_rows, ingest, ingest_pair, write_example_data
-from augment.errors import BadSample, DatasetError
+from augment.core.errors import BadSample, DatasetError
 
 RNG = np.random.default_rng(0)
 
