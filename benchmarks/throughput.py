@@ -51,8 +51,8 @@ from augment.data import example
 from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask
 from augment.data.dataset import make_row, open_dataset
 from augment.data.schema import arrow_schema
-from augment.device import PRECISIONS, pick_device, use_bf16
-from augment.errors import BadSample
+from augment.core.device import PRECISIONS, pick_device, use_bf16
+from augment.core.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GANConfig, build_generator
 from augment.models.losses import one_hot_labels
@@ -62,7 +62,7 @@ from augment.runner.jobfile import JobConfig, job_from_document
 from augment.synthesis.edit import apply_edits
 from augment.synthesis.generate import load_generator, sample_noises, synthesise
 from augment.synthesis.plan import make_plan
-from augment.training.checkpoint import ModelCard, save_checkpoint
+from augment.models.store import ModelCard, save_checkpoint
 from augment.training.transforms import normalize
 
 STAGES = ("decode", "generate", "segment", "score", "encode", "write")

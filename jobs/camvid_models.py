@@ -36,12 +36,12 @@ import torch
 from augment.data.codec import parse_size
 from augment.data.dataset import read_info
 from augment.data.ingest import ingest
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.models.gan import WIDTH_KEYS, parse_widths
-from augment.runner.cluster import init_ray
+from augment.core.cluster import init_ray
 from augment.training.evaluate import evaluate_segmenter, format_table
 from augment.training.gan import GANTrainConfig, train_gan
-from augment.training.gan_eval import evaluate_generator
+from augment.synthesis.gan_eval import evaluate_generator
 from augment.training.segmenter import SegTrainConfig, train_segmenter
 
 DEFAULTS = {

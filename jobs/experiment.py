@@ -58,7 +58,7 @@ import numpy as np
 from augment.data import fs as afs
 from augment.data.codec import parse_size
 from augment.data.dataset import INFO_FILE, DatasetInfo, PartWriter, StagedOutput, open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.models.gan import WIDTH_KEYS, parse_widths
 from augment.training import CLASS_WEIGHTS
 from augment.report.page import Page, mean_spread, pct
@@ -231,7 +231,7 @@ def stage_synth(x: Experiment, f: float, seed: int) -> None:
 
 
 def stage_retrain(x: Experiment, f: float, seed: int) -> None:
-    from augment.report.retrain import MixError, RetrainConfig, retrain
+    from augment.pipelines.retrain import MixError, RetrainConfig, retrain
 
     folder = x.path(tag(f), f"seed{seed}")
     for key, run in RUN_NAMES.items():
@@ -309,7 +309,7 @@ def _targeted_mean(cell: dict[str, Any], targets: list[str]) -> float | None:
 def control_agreement(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per fraction whose control arm is trained: how far (a) and (a) again with the same seed agree (weights
     sha256, mIoU, pixel accuracy and every class's IoU on val)."""
-    from augment.training.checkpoint import load_card
+    from augment.models.store import load_card
     from augment.training.evaluate import evaluate_segmenter
 
     by = {(c["fraction"], c["seed"], c["setting"]): c for c in cells}
@@ -490,7 +490,7 @@ def record_settings(x: Experiment) -> None:
 
 def run(x: Experiment, stages: list[str]) -> None:
     if any(s != "report" for s in stages):
-        from augment.runner.cluster import init_ray
+        from augment.core.cluster import init_ray
 
         record_settings(x)
         init_ray(x.address)

@@ -13,7 +13,7 @@ from augment.data.codec import class_pixels, encode_image, encode_mask
 from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, read_info
 from augment.models.gan import GANConfig, build_generator
 from augment.models.segmenter import build_segmenter, segmenter_config
-from augment.training.checkpoint import ModelCard, save_checkpoint
+from augment.models.store import ModelCard, save_checkpoint
 
 SEGMENTER = "lraspp_mobilenet_v3_large"
 

@@ -7,7 +7,7 @@ import pytest
 from augment.data.codec import class_pixels, decode_image, decode_mask, encode_image, encode_mask
 from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, open_dataset
 from augment.data.schema import arrow_schema
-from augment.errors import BadSample, DatasetError
+from augment.core.errors import BadSample, DatasetError
 
 CLASSES = ["a", "b", "c"]
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]

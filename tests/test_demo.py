@@ -9,8 +9,8 @@ import yaml
 
 from augment.cli import main
 from augment.data.dataset import open_dataset, read_info
-from augment.report.demo import DEMO_FILE, rarest_classes
-from augment.training.checkpoint import load_card
+from augment.pipelines.demo import DEMO_FILE, rarest_classes
+from augment.models.store import load_card
 from augment.training.evaluate import evaluate_segmenter
 
 TINY = ["--size", "32x32", "--steps", "20", "--n", "24"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from augment.data.example import CLASSES, IGNORE_INDEX, PALETTE, generate, render_sample, render_scene
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 RARE = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 

@@ -23,7 +23,7 @@ from augment.data import fs as afs
 from augment.data.codec import MAX_PIXELS, decode_image, decode_mask, encode_mask
 from augment.data.dataset import StagedOutput, _host_tag, open_dataset, parquet_write_options, remove_stale_staging
 from augment.data.schema import arrow_schema
-from augment.errors import AugmentError, BadSample, DatasetError
+from augment.core.errors import AugmentError, BadSample, DatasetError
 from augment.runner.job import load_job, run_job
 from helpers import make_dataset
 from job_helpers import write_job

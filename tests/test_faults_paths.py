@@ -17,13 +17,13 @@ import torch
 
 from augment.cli import build_parser, main
 from augment.data.dataset import open_dataset, read_info
-from augment.errors import AugmentError
-from augment.report.retrain import MixError, RetrainConfig, _prepare_out
-from augment.runner import cluster
-from augment.runner.cluster import JOB_RESOURCE_NAMES, check_placeable
+from augment.core.errors import AugmentError
+from augment.pipelines.retrain import MixError, RetrainConfig, _prepare_out
+from augment.core import cluster
+from augment.core.cluster import JOB_RESOURCE_NAMES, check_placeable
 from augment.runner.jobfile import job_from_document
 from augment.synthesis.plan import MAX_PLAN_SAMPLES, balance_quotas, make_plan
-from augment.training.checkpoint import CARD_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_card
+from augment.models.store import CARD_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_card
 from helpers import make_dataset
 from job_helpers import make_tiny_runs, write_job
 
@@ -306,7 +306,7 @@ def test_truncated_empty_or_forged_safetensors_is_one_line(runs, capsys):
 def test_weights_with_missing_keys_are_one_line(runs, capsys):
     from safetensors.torch import load_file
 
-    from augment.training.checkpoint import save_checkpoint
+    from augment.models.store import save_checkpoint
 
     root, data, gan, seg = runs
     for run, key in ((seg, "backbone"), (gan, "generator.")):
@@ -354,7 +354,7 @@ def test_gan_config_from_a_card_accepts_what_to_dict_writes_and_names_missing_ke
     import dataclasses
 
     from augment.models.gan import _FIELD_CHECKS, GANConfig, GANConfigError
-    from augment.training.checkpoint import CheckpointError
+    from augment.models.store import CheckpointError
 
     assert set(_FIELD_CHECKS) == {f.name for f in dataclasses.fields(GANConfig)}  # every field is checked
     cfg = GANConfig(**{**GOOD_GAN, "size": (32, 48)}, noise_stages=None, ignore_index=None, use_l1=True)

@@ -16,7 +16,7 @@ import pytest
 
 from augment.cli import main
 from augment.data.dataset import open_dataset, open_parquet
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.runner.job import claim_output, load_job, prepare_job, run_job, shard_settings
 from augment.runner.markers import (
     OutputFolder, claim_run, marker_file, read_marker, shard_file, temporary_shard_file,

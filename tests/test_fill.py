@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from augment.data import example
-from augment.errors import AugmentError, BadSample
+from augment.core.errors import AugmentError, BadSample
 from augment.models.gan import GANConfig, build_generator
 from augment.report.insertion_sheets import (
     BOX_RGB, COLUMNS, InsertionRow, insertion_row, insertion_sheets, object_panel, render_insertion_sheet,
 )
-from augment.report.sheets import ACCEPTED_RGB, BORDER, CAPTION_H, REJECTED_RGB, panel_size
+from augment.data.drawing import ACCEPTED_RGB, BORDER, CAPTION_H, REJECTED_RGB, panel_size
 from augment.synthesis import inpaint
 from augment.synthesis.composite import placed_region
 from augment.synthesis.fill import (

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
-from augment.report.sheets import BORDER, CAPTION_H, contact_sheet, colorize, render_sheet
+from augment.data.drawing import BORDER, CAPTION_H, contact_sheet, colorize, render_sheet
 
 C, IGNORE = 3, 255
 MASK = torch.tensor(

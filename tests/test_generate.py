@@ -4,9 +4,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.optim.swa_utils import AveragedModel
 
-from augment.device import use_bf16
+from augment.core.device import use_bf16
 from augment.models.gan import GANConfig, build_generator
-from augment.training.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from augment.models.store import CheckpointError, ModelCard, save_checkpoint
 from augment.synthesis.generate import load_generator, sample_noises, synthesise
 
 NUM_CLASSES, IGNORE, SIZE = 4, 255, (32, 32)

@@ -15,7 +15,7 @@ from augment.data.formats.base import SourcePair
 from augment.data.ingest import (
     chunk_rows, ingest, ingest_pair, pairs_per_sequence, select_pairs, write_example_data,
 )
-from augment.errors import AugmentError, BadSample, DatasetError
+from augment.core.errors import AugmentError, BadSample, DatasetError
 
 RNG = np.random.default_rng(0)
 

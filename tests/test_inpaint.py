@@ -21,7 +21,7 @@ from augment.synthesis.composite import feather_alpha, placed_region
 from augment.synthesis.generate import load_generator
 from augment.synthesis.inpaint import paint, paint_batch
 from augment.synthesis.placement import Placement, find_objects
-from augment.training.checkpoint import load_card
+from augment.models.store import load_card
 from augment.training.crops import ObjectCrop, choose_object, crop_window, object_map, rarity_weights, split_hole
 from augment.training.data import _decode_batch
 from augment.training.seeding import seeded_rng

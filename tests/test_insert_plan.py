@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from augment.data import example
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.synthesis.composite import placed_region
 from augment.synthesis.fill import fill_insertion
 from augment.synthesis.insert_plan import InsertionPlan, PlannedInsertion, component_of, plan_insertions

@@ -16,11 +16,11 @@ import pytest
 
 from augment.data.codec import decode_mask
 from augment.data.dataset import open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.runner.job import load_job, prepare_job, run_job
 from augment.runner.markers import OutputFolder, read_marker
 from augment.synthesis.plan import Plan
-from augment.training.checkpoint import load_card
+from augment.models.store import load_card
 from job_helpers import make_example_dataset, make_job_env, make_tiny_runs, write_job
 
 QUOTAS = {"pedestrian": 6, "car": 5, "bicyclist": 3}

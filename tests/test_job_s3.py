@@ -58,7 +58,7 @@ def test_job_writes_to_s3_and_reads_back(tmp_path, s3_base):
     summary = run_job(load_job(str(path)))
     assert summary["shards"] == 3 and summary["rows"] == 8
 
-    from augment.training.checkpoint import METRICS_FILE, append_metrics
+    from augment.models.store import METRICS_FILE, append_metrics
 
     run = s3_base("runs/seg")
     append_metrics(run, {"epoch": 1})
@@ -72,7 +72,7 @@ def test_job_writes_to_s3_and_reads_back(tmp_path, s3_base):
     assert {f"data/shard-{k:05d}.parquet" for k in range(3)} <= names
     assert not any(n.startswith("data/.shard-") for n in names)
     assert isinstance(filesystem, pafs.S3FileSystem)
-    from augment.errors import AugmentError
+    from augment.core.errors import AugmentError
     from augment.runner.markers import OutputFolder, claim_run
 
     folder = OutputFolder(out_uri)

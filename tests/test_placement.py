@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from augment.data import example
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.synthesis.composite import placed_region
 from augment.synthesis.placement import (
     Placement, PlacementContext, contact_pixels, find_objects, fit_context, perspective_scale, place, scale_shape,

@@ -5,7 +5,7 @@ import pytest
 
 from augment.data.codec import class_pixels, encode_image, encode_mask
 from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.synthesis.edit import apply_edits, paste_regions, scale_crop
 from augment.synthesis.plan import Plan, balance_quotas, derive_seed, make_plan
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.filtering.quality import score_batch
 from augment.filtering.region import (
     accept_regions,

@@ -11,9 +11,9 @@ import pytest
 
 from augment.cli import main
 from augment.data.dataset import open_dataset
-from augment.report.retrain import MixError, RetrainConfig, baseline_recipe, check_mix, retrain
+from augment.pipelines.retrain import MixError, RetrainConfig, baseline_recipe, check_mix, retrain
 from augment.runner.job import load_job, run_job
-from augment.training.checkpoint import load_card
+from augment.models.store import load_card
 from augment.training.data import read_units
 from augment.training.evaluate import evaluate_segmenter
 from helpers import make_dataset

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from augment.cli import main
 from augment.training import distributed as dist_utils
-from augment.training.checkpoint import CheckpointError, load_card
+from augment.models.store import CheckpointError, load_card
 from augment.training.data import BatchMixer, TrainingStream, row_run, training_stream
 from augment.training.gan import GANTrainConfig, train_gan
 from augment.training.seeding import derive_seed, seeded_rng

@@ -7,10 +7,10 @@ import torch
 
 from augment.cli import main
 from augment.data.dataset import open_dataset
-from augment.errors import AugmentError, DatasetError
+from augment.core.errors import AugmentError, DatasetError
 from augment.models.segmenter import SEGMENTERS, build_segmenter, load_segmenter, predict_logits, segmenter_config
 from augment.training import distributed as dist_utils
-from augment.training.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from augment.models.store import CheckpointError, ModelCard, save_checkpoint
 from augment.training.data import (
     BatchMixer,
     batch_shares,
@@ -313,7 +313,7 @@ def test_train_ddp_resume_and_evaluate(tmp_path, ray_session, capsys):
 def test_worker_errors_reach_the_cli_as_one_line():
     import ray.exceptions
 
-    from augment.errors import BadSample
+    from augment.core.errors import BadSample
 
     class WorkerGroupError(Exception):  # the shape of Ray Train's error: worker rank -> exception
         def __init__(self, message, worker_failures):

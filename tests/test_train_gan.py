@@ -14,15 +14,15 @@ from PIL import Image
 from augment.cli import main
 from augment.data.codec import class_pixels, encode_image, encode_mask
 from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.models.gan import GANConfig, build_ema, build_generator
 from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
-from augment.report.sheets import CAPTION_H, colorize, panel_size
+from augment.data.drawing import CAPTION_H, colorize, panel_size
 from augment.synthesis.generate import load_generator
-from augment.training.checkpoint import load_card, load_train_state, load_weights
+from augment.models.store import load_card, load_train_state, load_weights
 from augment.training.gan import SHEET_GAP, GANTrainConfig, _sample_masks, ema_weights, train_gan
-from augment.training.gan_eval import evaluate_generator
+from augment.synthesis.gan_eval import evaluate_generator
 from augment.training.transforms import CoverCrop, apply_joint
 from conftest import ensure_local_ray
 from helpers import PALETTE, blob_sample, make_dataset

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from augment.errors import BadSample
+from augment.core.errors import BadSample
 
 IMAGE_FORMATS = ("png", "jpeg")
 # The most pixels (width x height) a decoded source image or mask may have: well above 4K and 8K frames, far below

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from augment.data import fs as afs
 from augment.data.codec import decode_image, decode_mask
 from augment.data.schema import SCHEMA_VERSION, arrow_schema, check_schema
-from augment.errors import DatasetError
+from augment.core.errors import DatasetError
 
 INFO_FILE = "dataset.json"
 QUARANTINE_FILE = "quarantine.jsonl"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 CLASSES: tuple[str, ...] = (
     "sky", "building", "pole", "road", "pavement", "tree",

@@ -9,7 +9,7 @@ import urllib.parse
 
 import pyarrow.fs as pafs
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:

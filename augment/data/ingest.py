@@ -48,8 +48,8 @@ from augment.data.codec import (
 )
 from augment.data.dataset import QUARANTINE_FILE, DatasetInfo, PartStats, PartWriter, StagedOutput, make_row
 from augment.data.formats.base import Discovery, LabelSet, SourcePair
-from augment.errors import AugmentError, BadSample, DatasetError
-from augment.runner.cluster import cluster_cpus, imap_unordered, init_ray
+from augment.core.errors import AugmentError, BadSample, DatasetError
+from augment.core.cluster import cluster_cpus, imap_unordered, init_ray
 
 FORMATS = ("camvid", "cityscapes", "voc", "folder")
 DEFAULT_SPLIT = "train"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from augment.data import fs as afs
 from augment.data.dataset import Dataset, open_parquet
 from augment.data.schema import check_schema
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 
 @dataclass

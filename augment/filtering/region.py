@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.models.segmenter import segment
 from augment.synthesis.placement import Placement, scaled_size
 

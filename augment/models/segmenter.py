@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import segmentation as tvseg
 
-from augment.errors import AugmentError
-from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_into, load_weights
+from augment.core.errors import AugmentError
+from augment.models.store import CheckpointError, ModelCard, load_card, load_into, load_weights
 
 SEGMENTER_KIND = "segmenter"
 

@@ -1,6 +1,6 @@
 """Contact sheets for insertions: a row per inserted object, host | object | result | prediction.
 
-Layout (sizes in pixels; `augment.report.sheets`' constants, colours and `colorize`; panels scaled up, nearest,
+Layout (sizes in pixels; `augment.data.drawing`' constants, colours and `colorize`; panels scaled up, nearest,
 to at least MIN_PANEL on their short side by `panel_size` of the first row's host):
     a header strip of CAPTION_H naming the columns, then per insertion a caption strip of CAPTION_H and four panels
     side by side, each row framed BORDER wide, green for accepted and red for rejected:
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from augment.report.sheets import (
+from augment.data.drawing import (
     ACCEPTED_RGB, BACKGROUND_RGB, BORDER, CAPTION_H, REJECTED_RGB, colorize, panel_size,
 )
 from augment.synthesis.composite import placed_region

@@ -47,10 +47,10 @@ from PIL import Image
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, Dataset, DatasetInfo, PartStats, open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.filtering.quality import FilterConfig
 from augment.models.segmenter import load_segmenter
-from augment.report.sheets import render_sheet
+from augment.data.drawing import render_sheet
 from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
 from augment.runner.markers import (
     JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, is_run_claim,
@@ -60,7 +60,7 @@ from augment.runner.shard import ShardProcessor, ShardSettings, read_examples
 from augment.runner.verify import id_problem
 from augment.synthesis.generate import load_generator
 from augment.synthesis.plan import Plan, PlannedSample, make_plan
-from augment.training.checkpoint import CheckpointError, ModelCard, check_compatible
+from augment.models.store import CheckpointError, ModelCard, check_compatible
 
 FINGERPRINT_VERSION = 1
 PROGRESS_INTERVAL_S = 10.0
@@ -330,7 +330,7 @@ def _run_shards(
     import ray
     from ray.exceptions import RayActorError, RayError
 
-    from augment.runner.cluster import JOB_RESOURCE_NAMES, check_placeable
+    from augment.core.cluster import JOB_RESOURCE_NAMES, check_placeable
 
     res = job.cfg.resources
     shards = job.shards
@@ -531,7 +531,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     made: set[int] = set()
     run_start = time.perf_counter()
     if todo:
-        from augment.runner.cluster import init_ray
+        from augment.core.cluster import init_ray
 
         init_ray(address)
         local = address in (None, "local") and not _ray_address()

@@ -21,7 +21,7 @@ import jsonschema
 import yaml
 
 from augment.data import fs as afs
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 SCHEMA_FILE = "job-v1.schema.json"
 NOISE_MODES = ("target", "global", "both")

@@ -67,7 +67,7 @@ import pyarrow.fs as pafs
 
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, PartStats
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 JOB_FILE = "job.json"
 PLAN_FILE = "plan.json"

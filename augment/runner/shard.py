@@ -41,8 +41,8 @@ from augment.data.dataset import (
     ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset, open_parquet, parquet_write_options,
 )
 from augment.data.schema import arrow_schema
-from augment.device import pick_device
-from augment.errors import BadSample
+from augment.core.device import pick_device
+from augment.core.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.segmenter import load_segmenter, segment
 from augment.runner.markers import (
@@ -52,7 +52,7 @@ from augment.runner.markers import (
 from augment.synthesis.edit import apply_edits
 from augment.synthesis.generate import load_generator, synthesise
 from augment.synthesis.plan import PlannedSample
-from augment.training.checkpoint import CheckpointError
+from augment.models.store import CheckpointError
 from augment.training.transforms import normalize
 
 SYNTHETIC_SPLIT = "train"

@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, parquet_format
 from augment.data.verify import Findings, verify_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.runner.markers import (
     JOB_FILE, PLAN_FILE, OutputFolder, ShardStats, is_temporary, read_marker, shard_file, shard_name, shard_problem,
 )

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from augment.errors import AugmentError, BadSample
+from augment.core.errors import AugmentError, BadSample
 from augment.synthesis.composite import label_placed, paste, placed_region
 from augment.synthesis.insert_plan import PlannedInsertion, component_of
 from augment.synthesis.placement import ObjectComponent

@@ -1,6 +1,6 @@
 """Images from label maps with the trained (EMA) OASIS generator.
 
-Checkpoint layout read by `load_generator` (a train-gan run folder, see augment.training.checkpoint):
+Checkpoint layout read by `load_generator` (a train-gan run folder, see augment.models.store):
     card.json          kind "gan", model_config = GANConfig.to_dict()
     model.safetensors  the EMA generator's state dict with keys prefixed "generator." (a further "module." prefix,
                        as torch.optim.swa_utils.AveragedModel adds, and its "n_averaged" counter are accepted and
@@ -23,11 +23,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from augment.device import use_bf16
+from augment.core.device import use_bf16
 from augment.models.gan import GANConfig, build_generator
 from augment.models.generator import resample_noise_in_region, sample_noise
 from augment.models.losses import one_hot_labels
-from augment.training.checkpoint import CheckpointError, ModelCard, load_card, load_into, load_weights
+from augment.models.store import CheckpointError, ModelCard, load_card, load_into, load_weights
 
 NOISE_MODES = ("target", "global", "both")
 WEIGHTS_PREFIX = "generator."
@@ -126,7 +126,7 @@ def synthesise(
     `context` (B x 4 x H x W, augment.models.context.context_input) is what a crop-mode generator paints in.
 
     `base_seeds` (default 0 for all) only matter in noise_mode "target"; pass `PlannedSample.base_seed`.
-    Inputs are channels_last; `precision` (see `augment.device.use_bf16`) picks bf16 autocast, by default where the
+    Inputs are channels_last; `precision` (see `augment.core.device.use_bf16`) picks bf16 autocast, by default where the
     device computes bf16 natively (images within a couple of grey levels of fp32's on average).
     On a CPU in fp32, oneDNN is off for the generator call: its convolutions pick kernels by batch shape, which moves
     the odd pixel by a grey level, while the reference kernels compute each sample alone. So an fp32 image on a CPU

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.synthesis.placement import ObjectComponent, Placement, PlacementContext, find_objects, place
 from augment.synthesis.plan import MAX_PLAN_SAMPLES, derive_seed
 

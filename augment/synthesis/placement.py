@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from augment.data.codec import resize_mask
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 _NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # with their opposites: the 8-neighbourhood
 

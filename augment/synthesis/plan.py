@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from augment.data.dataset import Dataset
-from augment.errors import AugmentError, DatasetError
+from augment.core.errors import AugmentError, DatasetError
 
 PLAN_VERSION = 1
 DEFAULT_BALANCE_POWER = 0.5

@@ -26,7 +26,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from augment.data.dataset import Dataset, DatasetInfo, decode_row, open_dataset, open_parquet
-from augment.errors import DatasetError
+from augment.core.errors import DatasetError
 from augment.training.seeding import derive_seed, seeded_rng
 from augment.training.transforms import JointTransform, apply_joint, normalize
 

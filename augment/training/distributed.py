@@ -4,7 +4,7 @@ A train loop is a plain function `loop(config: dict)` run by every worker. It re
 `TrainingStream`s of its config (augment.training.data: each worker runs its own seeded Ray Data pipeline per
 pass, rather than a shard of Ray Train's `datasets`, so it knows which pass it reads), wraps its model with
 `prepare_model`, and lets rank 0 (`is_rank_zero()`) write checkpoints straight into the run folder with
-`augment.training.checkpoint`; Ray's own checkpoint storage is not used, so `--resume` reads `load_train_state(run)`. The run folder must therefore be reachable from the
+`augment.models.store`; Ray's own checkpoint storage is not used, so `--resume` reads `load_train_state(run)`. The run folder must therefore be reachable from the
 rank-0 worker (local disk on one machine, shared or object storage on a cluster).
 """
 
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from augment.data import fs as afs
-from augment.errors import AugmentError
-from augment.runner.cluster import check_placeable, init_ray, is_local
+from augment.core.errors import AugmentError
+from augment.core.cluster import check_placeable, init_ray, is_local
 from augment.training.seeding import nondeterministic_op_message
 
 RAY_STORAGE_DIR = "ray"

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.data.dataset import Dataset, open_dataset
-from augment.device import pick_device
+from augment.core.device import pick_device
 from augment.models.segmenter import load_segmenter, predict_logits
-from augment.training.checkpoint import check_compatible
+from augment.models.store import check_compatible
 from augment.training.data import iter_eval_batches
 from augment.training.metrics import ConfusionMatrix
 from augment.training.transforms import normalize

@@ -37,7 +37,7 @@ from torch import nn
 
 from augment.data import fs as afs
 from augment.data.dataset import Dataset, decode_row, open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.models.context import context_input
 from augment.models.gan import (
     GANConfig,
@@ -50,10 +50,10 @@ from augment.models.gan import (
 )
 from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
-from augment.report.sheets import CAPTION_H, colorize, panel_size
+from augment.data.drawing import CAPTION_H, colorize, panel_size
 from augment.training import distributed as dist_utils
 from augment.training import crops, seeding
-from augment.training.checkpoint import (
+from augment.models.store import (
     CheckpointError,
     ModelCard,
     append_metrics,
@@ -483,7 +483,7 @@ def render_sample_sheet(
 ) -> np.ndarray:
     """H x W x 3 sheet: a header of `titles`, then per label map a row `label | column 1 | column 2 ...`.
 
-    `masks` B x h x w, each column B x h x w x 3 uint8. Panels are scaled up (nearest) as in augment.report.sheets:
+    `masks` B x h x w, each column B x h x w x 3 uint8. Panels are scaled up (nearest) as in augment.data.drawing:
     with n = 1 + len(columns) panels of ph x pw, width = n * pw + (n + 1) * SHEET_GAP and
     height = CAPTION_H + B * ph + (B + 1) * SHEET_GAP.
     """

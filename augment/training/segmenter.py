@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from augment.data.dataset import Dataset, DatasetInfo, open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.models.segmenter import SEGMENTER_KIND, build_segmenter, segmenter_config
 from augment.training import CLASS_WEIGHTS
 from augment.training import distributed as dist_utils
 from augment.training import seeding
-from augment.training.checkpoint import (
+from augment.models.store import (
     CheckpointError,
     ModelCard,
     append_metrics,

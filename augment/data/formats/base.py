@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from augment.data.fs import is_within
-from augment.errors import BadSample, DatasetError
+from augment.core.errors import BadSample, DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_ORDER = ("train", "val", "test")

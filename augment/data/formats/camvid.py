@@ -25,7 +25,7 @@ from augment.data.formats.base import (
     order_splits,
     pair_by_key,
 )
-from augment.errors import AugmentError, DatasetError
+from augment.core.errors import AugmentError, DatasetError
 
 CLASSES = [
     "sky", "building", "pole", "road", "pavement", "tree",

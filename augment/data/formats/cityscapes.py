@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from augment.data.formats.base import Discovery, LabelSet, files_by_stem, make_lut, order_splits, pair_by_key
-from augment.errors import DatasetError
+from augment.core.errors import DatasetError
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIX = "_leftImg8bit"

@@ -22,7 +22,7 @@ from augment.data.formats.base import (
     order_splits,
     pair_by_key,
 )
-from augment.errors import DatasetError
+from augment.core.errors import DatasetError
 
 CLASSES_FILE = "classes.json"
 

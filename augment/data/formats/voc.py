@@ -21,7 +21,7 @@ from augment.data.formats.base import (
     inside,
     order_splits,
 )
-from augment.errors import DatasetError
+from augment.core.errors import DatasetError
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -31,8 +31,8 @@ from typing import Any, Callable
 import yaml
 
 from augment.data.dataset import read_info
-from augment.errors import AugmentError
-from augment.report.retrain import REPORT_MD, RetrainConfig, format_summary, retrain
+from augment.core.errors import AugmentError
+from augment.pipelines.retrain import REPORT_MD, RetrainConfig, format_summary, retrain
 
 DEMO_FILE = "demo.json"
 DEFAULT_SIZE = (48, 64)
@@ -122,7 +122,7 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
              address: str | None = None) -> dict[str, Any]:
     """Run every stage (see the module docstring); returns the retrain report plus the stage timings."""
     from augment.data.ingest import write_example_data
-    from augment.runner.cluster import init_ray
+    from augment.core.cluster import init_ray
     from augment.runner.job import format_summary as job_summary
     from augment.runner.job import load_job, run_job
     from augment.training.gan import GANTrainConfig, train_gan

@@ -28,7 +28,7 @@ from safetensors.torch import save as st_save
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import DatasetInfo
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from augment.data.codec import MAX_PIXELS, parse_size
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.training import CLASS_WEIGHTS
 
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss class weights (default: the baseline's, else none); from --real's pixel counts")
     _add_training_resources(p)
     p.set_defaults(workers=None)
-    p.set_defaults(handler="augment.report.retrain:retrain_command")
+    p.set_defaults(handler="augment.pipelines.retrain:retrain_command")
 
     p = sub.add_parser("demo", help="the whole chain on built-in example data, end to end")
     p.add_argument("--out", type=_path, default="demo-out", help="output folder (default: demo-out)")
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="example training scenes (default: 96); validation gets n/3, each rare class n/6 samples")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo in --out and start over")
     p.add_argument("--resume", action="store_true", help="finish a previous demo in --out, keeping complete stages")
-    p.set_defaults(handler="augment.report.demo:demo_command")
+    p.set_defaults(handler="augment.pipelines.demo:demo_command")
     return parser
 
 

@@ -19,11 +19,11 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from augment.data.dataset import open_dataset
-from augment.device import pick_device
+from augment.core.device import pick_device
 from augment.models.segmenter import load_segmenter, predict_logits
-from augment.report.sheets import colorize
+from augment.data.drawing import colorize
 from augment.synthesis.generate import load_generator, synthesise
-from augment.training.checkpoint import CheckpointError, check_compatible
+from augment.models.store import CheckpointError, check_compatible
 from augment.training.data import iter_eval_batches
 from augment.training.evaluate import autocast
 from augment.training.gan import render_sample_sheet, save_png, spread_rows

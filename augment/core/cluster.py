@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import ray
 
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:

@@ -44,12 +44,12 @@ from PIL import Image
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, Dataset, decode_row, open_dataset
-from augment.errors import AugmentError
+from augment.core.errors import AugmentError
 from augment.models.segmenter import SEGMENTER_KIND
 from augment.report.figures import iou_bar_chart
 from augment.report.page import Page, pct
-from augment.report.sheets import render_pairs
-from augment.training.checkpoint import CARD_FILE, METRICS_FILE, CheckpointError, ModelCard, load_card
+from augment.data.drawing import render_pairs
+from augment.models.store import CARD_FILE, METRICS_FILE, CheckpointError, ModelCard, load_card
 from augment.training.data import steps_per_epoch
 from augment.training.evaluate import evaluate_segmenter
 from augment.training.segmenter import DEFAULT_LR, SegTrainConfig, train_segmenter
