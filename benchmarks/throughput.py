@@ -56,13 +56,13 @@ from augment.core.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GANConfig, build_generator
 from augment.models.losses import one_hot_labels
-from augment.models.segmenter import build_segmenter, load_segmenter, segment, segmenter_config
+from augment.models.segmenter import build_segmenter, segment, segmenter_config
 from augment.runner import shard as shard_mod
 from augment.runner.jobfile import JobConfig, job_from_document
 from augment.synthesis.edit import apply_edits
-from augment.synthesis.generate import load_generator, sample_noises, synthesise
+from augment.synthesis.generate import sample_noises, synthesise
 from augment.synthesis.plan import make_plan
-from augment.models.store import ModelCard, save_checkpoint
+from augment.models.store import ModelCard, load_generator, load_segmenter, save_checkpoint
 from augment.training.transforms import normalize
 
 STAGES = ("decode", "generate", "segment", "score", "encode", "write")

@@ -7,7 +7,8 @@ from torch.optim.swa_utils import AveragedModel
 from augment.core.device import use_bf16
 from augment.models.gan import GANConfig, build_generator
 from augment.models.store import CheckpointError, ModelCard, save_checkpoint
-from augment.synthesis.generate import load_generator, sample_noises, synthesise
+from augment.models.store import load_generator
+from augment.synthesis.generate import sample_noises, synthesise
 
 NUM_CLASSES, IGNORE, SIZE = 4, 255, (32, 32)
 CLASSES = ["road", "car", "person", "sign"]

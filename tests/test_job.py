@@ -321,7 +321,8 @@ def test_unreadable_source_map_is_quarantined_and_counted(tmp_path, ray_session)
 
 
 def test_shard_that_keeps_failing_stops_the_job_with_its_cause(env, tmp_path, ray_session):
-    from augment.runner.job import Progress, _run_shards, prepare_job, shard_settings
+    from augment.runner.job import prepare_job, shard_settings
+    from augment.runner.pool import Progress, run_shards
 
     path = job_file(env, tmp_path / "job.yaml", tmp_path / "out",
                     resources={"workers": 1, "samples_per_shard": 14, "max_shard_attempts": 2})
@@ -329,7 +330,7 @@ def test_shard_that_keeps_failing_stops_the_job_with_its_cause(env, tmp_path, ra
     settings = shard_settings(job, "r000001-00000000")
     settings.generator_sha256 = "0" * 64
     with pytest.raises(AugmentError, match="shard 0 failed 2 times; last error: .*weights changed"):
-        _run_shards(job, settings, [0], Progress(1, 0, len(job.plan), 0), local=True)
+        run_shards(job.shards, settings, [0], job.cfg.resources, Progress(1, 0, len(job.plan), 0), local=True)
     assert not (tmp_path / "out").exists()
 
 
@@ -345,7 +346,7 @@ def test_example_job_file_is_valid():
 def test_gpu_workers_get_their_node_share_of_cpus(monkeypatch):
     import ray
 
-    from augment.runner.job import _worker_resources, gpu_worker_cpus
+    from augment.runner.pool import gpu_worker_cpus, worker_resources
     from augment.runner.jobfile import Resources
 
     def node(cpus, gpus=0.0, alive=True):
@@ -359,10 +360,10 @@ def test_gpu_workers_get_their_node_share_of_cpus(monkeypatch):
 
     monkeypatch.setattr(ray, "nodes", lambda: [node(16, 1)])
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    assert _worker_resources(Resources(), pending=10, local=True) == (1, 1.0, 16.0)
-    assert _worker_resources(Resources(gpus_per_worker=0.5), pending=10, local=True) == (2, 0.5, 8.0)
-    assert _worker_resources(Resources(cpus_per_worker=2), pending=10, local=True) == (1, 1.0, 2.0)
+    assert worker_resources(Resources(), pending=10, local=True) == (1, 1.0, 16.0)
+    assert worker_resources(Resources(gpus_per_worker=0.5), pending=10, local=True) == (2, 0.5, 8.0)
+    assert worker_resources(Resources(cpus_per_worker=2), pending=10, local=True) == (1, 1.0, 2.0)
     monkeypatch.setattr(ray, "nodes", lambda: [node(4)])
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
-    assert _worker_resources(Resources(), pending=10, local=True) == (4, 0.0, 1.0)
-    assert _worker_resources(Resources(), pending=3, local=True) == (3, 0.0, 1.0)
+    assert worker_resources(Resources(), pending=10, local=True) == (4, 0.0, 1.0)
+    assert worker_resources(Resources(), pending=3, local=True) == (3, 0.0, 1.0)

@@ -8,7 +8,8 @@ import torch
 from augment.cli import main
 from augment.data.dataset import open_dataset
 from augment.core.errors import AugmentError, DatasetError
-from augment.models.segmenter import SEGMENTERS, build_segmenter, load_segmenter, predict_logits, segmenter_config
+from augment.models.segmenter import SEGMENTERS, build_segmenter, predict_logits, segmenter_config
+from augment.models.store import load_segmenter
 from augment.training import distributed as dist_utils
 from augment.models.store import CheckpointError, ModelCard, save_checkpoint
 from augment.training.data import (

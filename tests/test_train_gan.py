@@ -18,10 +18,9 @@ from augment.core.errors import AugmentError
 from augment.models.gan import GANConfig, build_ema, build_generator
 from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
-from augment.data.drawing import CAPTION_H, colorize, panel_size
-from augment.synthesis.generate import load_generator
-from augment.models.store import load_card, load_train_state, load_weights
-from augment.training.gan import SHEET_GAP, GANTrainConfig, _sample_masks, ema_weights, train_gan
+from augment.data.drawing import CAPTION_H, SHEET_GAP, colorize, panel_size
+from augment.models.store import load_card, load_generator, load_train_state, load_weights
+from augment.training.gan import GANTrainConfig, _sample_masks, ema_weights, train_gan
 from augment.synthesis.gan_eval import evaluate_generator
 from augment.training.transforms import CoverCrop, apply_joint
 from conftest import ensure_local_ray

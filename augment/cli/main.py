@@ -1,4 +1,5 @@
-"""The `augment` command line. Each subcommand parses its options here and calls one function elsewhere.
+"""The `augment` command line. Each subcommand parses its options here; its adapter (`augment.cli.data`,
+`.training`, `.jobs`, `.pipelines`) builds the typed config and calls the domain code.
 
 Every local path option is made absolute here, against the driver's current folder (`_path`), so the commands and
 their Ray workers (whose working folder is Ray's session folder) never see a relative path; URIs pass unchanged.
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the augment dataset already in --out (only its own files are deleted)")
     p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
-    p.set_defaults(handler="augment.data.ingest:ingest_command")
+    p.set_defaults(handler="augment.cli.data:ingest_command")
 
     p = sub.add_parser("example-data", help="write the built-in procedural street-scene dataset")
     p.add_argument("out", type=_path, help="output dataset folder or URI")
@@ -94,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the augment dataset already in OUT (only its own files are deleted)")
     p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
-    p.set_defaults(handler="augment.data.ingest:example_data_command")
+    p.set_defaults(handler="augment.cli.data:example_data_command")
 
     p = sub.add_parser("info", help="print a dataset's rows, sizes, classes and class shares")
     p.add_argument("dataset", type=_path)
     p.add_argument("--json", action="store_true", help="print dataset.json instead of the table")
-    p.set_defaults(handler="augment.data.info:info_command")
+    p.set_defaults(handler="augment.cli.data:info_command")
 
     p = sub.add_parser("train-gan", help="train the label-map-conditioned GAN (OASIS) on Ray Train")
     p.add_argument("--data", type=_path, required=True, help="training dataset")
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of data order, crops, initialisation and noise: same seed, same weights")
     _add_deterministic(p)
     _add_training_resources(p)
-    p.set_defaults(handler="augment.training.gan:train_gan_command")
+    p.set_defaults(handler="augment.cli.training:train_gan_command")
 
     p = sub.add_parser("train-seg", help="train a torchvision segmenter on Ray Train")
     p.add_argument("--data", type=_paths, required=True, help="training dataset(s), comma-separated")
@@ -137,25 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross-entropy class weights; median-frequency (from the first dataset's pixel counts) "
                         "lets rare, thin classes be learned (default: none)")
     _add_training_resources(p)
-    p.set_defaults(handler="augment.training.segmenter:train_seg_command")
+    p.set_defaults(handler="augment.cli.training:train_seg_command")
 
     p = sub.add_parser("evaluate", help="per-class IoU, mIoU and pixel accuracy of a segmenter on a dataset")
     p.add_argument("--model", type=_path, required=True, help="train-seg run folder")
     p.add_argument("--data", type=_path, required=True)
     p.add_argument("--json", type=_path, default=None, metavar="FILE", help="also write the metrics as JSON")
     p.add_argument("--batch", type=_positive, default=8)
-    p.set_defaults(handler="augment.training.evaluate:evaluate_command")
+    p.set_defaults(handler="augment.cli.training:evaluate_command")
 
     p = sub.add_parser("run", help="run an augmentation job file on a local or existing Ray cluster")
     p.add_argument("job", type=_path, help="job file (YAML or JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace another job's output at the output location")
     p.add_argument("--address", default=None)
-    p.set_defaults(handler="augment.runner.job:run_command")
+    p.set_defaults(handler="augment.cli.jobs:run_command")
 
     p = sub.add_parser("verify", help="check a finished job output or a dataset (files, sizes, checksums, rows) "
                                       "without running anything")
     p.add_argument("output", help="job output or dataset folder or URI")
-    p.set_defaults(handler="augment.runner.verify:verify_command")
+    p.set_defaults(handler="augment.cli.jobs:verify_command")
 
     p = sub.add_parser("retrain", help="retrain the segmenter on real + synthetic data and report per-class gains")
     p.add_argument("--real", type=_path, required=True, help="real training dataset")
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss class weights (default: the baseline's, else none); from --real's pixel counts")
     _add_training_resources(p)
     p.set_defaults(workers=None)
-    p.set_defaults(handler="augment.pipelines.retrain:retrain_command")
+    p.set_defaults(handler="augment.cli.pipelines:retrain_command")
 
     p = sub.add_parser("demo", help="the whole chain on built-in example data, end to end")
     p.add_argument("--out", type=_path, default="demo-out", help="output folder (default: demo-out)")
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="example training scenes (default: 96); validation gets n/3, each rare class n/6 samples")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo in --out and start over")
     p.add_argument("--resume", action="store_true", help="finish a previous demo in --out, keeping complete stages")
-    p.set_defaults(handler="augment.pipelines.demo:demo_command")
+    p.set_defaults(handler="augment.cli.pipelines:demo_command")
     return parser
 
 

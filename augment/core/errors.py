@@ -9,6 +9,10 @@ class DatasetError(AugmentError):
     """A dataset on disk is missing, malformed or does not fit its use."""
 
 
+class CheckpointError(AugmentError):
+    """A checkpoint is missing, corrupt, or does not fit the data it is used with."""
+
+
 class BadSample(AugmentError):
     """One sample cannot be used (corrupt image, size mismatch, label out of range...).
 

@@ -1,13 +1,11 @@
-"""`augment info`: a dataset's rows, sizes, splits, classes with their pixel and image shares, and lineage."""
+"""The `augment info` table: a dataset's rows, sizes, splits, classes with their pixel and image shares, and lineage."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
-from augment.data import fs as afs
-from augment.data.dataset import INFO_FILE, Dataset, DatasetInfo, open_dataset
+from augment.data.dataset import Dataset, DatasetInfo
 
 _LINEAGE_WIDTH = 110
 
@@ -66,12 +64,3 @@ def format_info(ds: Dataset) -> str:
     lines += [f"lineage      {key}: {_lineage_value(value)}" for key, value in info.lineage.items()]
     lines += ["", f"classes      {info.num_classes} (ignore index {info.ignore_index})", *class_table(info)]
     return "\n".join(lines)
-
-
-def info_command(args: argparse.Namespace) -> int:
-    ds = open_dataset(args.dataset)
-    if args.json:
-        print(afs.read_bytes(ds.fs, afs.join(ds.path, INFO_FILE)).decode())
-    else:
-        print(format_info(ds))
-    return 0

@@ -13,11 +13,9 @@ per sequence (a pair quarantined there still counts: the counts are of the selec
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import re
-import shlex
 import sys
 import threading
 import time
@@ -46,7 +44,7 @@ from augment.data.codec import (
     resize_image,
     resize_mask,
 )
-from augment.data.dataset import QUARANTINE_FILE, DatasetInfo, PartStats, PartWriter, StagedOutput, make_row
+from augment.data.dataset import DatasetInfo, PartStats, PartWriter, StagedOutput, make_row
 from augment.data.formats.base import Discovery, LabelSet, SourcePair
 from augment.core.errors import AugmentError, BadSample, DatasetError
 from augment.core.cluster import cluster_cpus, imap_unordered, init_ray
@@ -311,22 +309,6 @@ def _run_chunks(
     return merged
 
 
-def _command_line(args: argparse.Namespace, positional: Sequence[str], options: Sequence[str]) -> str:
-    words = ["augment", args.command, *(str(getattr(args, p)) for p in positional)]
-    for name in options:
-        value = getattr(args, name, None)
-        if value is None or value is False:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            words.append(flag)
-        elif isinstance(value, tuple):
-            words += [flag, f"{value[0]}x{value[1]}"]
-        else:
-            words += [flag, str(value)]
-    return shlex.join(words)
-
-
 def _pick_splits(fmt: ModuleType, root: Path, split: str) -> list[str]:
     found = fmt.find_splits(root)
     if not found:
@@ -482,27 +464,3 @@ def write_example_data(
     )
     return write_parallel(out, _example_chunk, make_chunks, n, info, workers=workers, overwrite=overwrite,
                           desc="example-data")
-
-
-def _report(result: WriteResult, verb: str) -> None:
-    print(result.summary(verb))
-    if result.quarantined:
-        print(f"quarantined samples and reasons: {result.out}/{QUARANTINE_FILE}")
-
-
-def ingest_command(args: argparse.Namespace) -> int:
-    command = _command_line(args, ["src"], ["format", "out", "split", "size", "classes", "match", "max_pixels",
-                                            "overwrite", "workers"])
-    result = ingest(args.src, args.format, args.out, split=args.split, size=args.size, classes=args.classes,
-                    overwrite=args.overwrite, workers=args.workers, command=command, max_pixels=args.max_pixels,
-                    match=args.match)
-    _report(result, "ingested")
-    return 0
-
-
-def example_data_command(args: argparse.Namespace) -> int:
-    command = _command_line(args, ["out"], ["n", "size", "seed", "split", "overwrite", "workers"])
-    result = write_example_data(args.out, args.n, args.size, args.seed, args.split, overwrite=args.overwrite,
-                                workers=args.workers, command=command)
-    _report(result, "wrote")
-    return 0

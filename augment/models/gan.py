@@ -30,7 +30,7 @@ from augment.models.losses import (
     one_hot_labels,
     real_class_loss,
 )
-from augment.models.store import CheckpointError
+from augment.core.errors import CheckpointError
 
 __all__ = [
     "GANConfig",

@@ -1,4 +1,5 @@
-"""torchvision segmenters, built from scratch (no pretrained weights), and loading them from a train-seg run."""
+"""torchvision segmenters, built from scratch (no pretrained weights); augment.models.store loads them from a
+train-seg run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from torch import nn
 from torchvision.models import segmentation as tvseg
 
 from augment.core.errors import AugmentError
-from augment.models.store import CheckpointError, ModelCard, load_card, load_into, load_weights
 
 SEGMENTER_KIND = "segmenter"
 
@@ -78,16 +78,3 @@ def segment(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def segmenter_config(name: str, num_classes: int, aux_loss: bool = False, normalize: str = "imagenet") -> dict:
     """The card's `model_config` for a segmenter: what `load_segmenter` rebuilds it from."""
     return {"name": name, "num_classes": num_classes, "aux_loss": aux_loss, "normalize": normalize}
-
-
-def load_segmenter(run: str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild a train-seg model from its card, load its sha256-verified weights, and put it in eval mode."""
-    card = load_card(run)
-    if card.kind != SEGMENTER_KIND:
-        raise CheckpointError(f"{run}: a {card.kind!r} checkpoint, not a segmenter (train one with train-seg)")
-    cfg = card.model_config
-    if "name" not in cfg:
-        raise CheckpointError(f"{run}: card.json model_config has no model name")
-    model = build_segmenter(cfg["name"], len(card.classes), aux_loss=bool(cfg.get("aux_loss", False)))
-    load_into(model, load_weights(run, card), run, cfg["name"])
-    return model.to(device).eval(), card

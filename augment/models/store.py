@@ -6,6 +6,13 @@ A run folder holds:
     train_state.pt      full training state (torch.save, loaded with weights_only=True) for --resume
     metrics.jsonl       one JSON line per logged step
 
+Loading a model from its run folder (`load_generator`, `load_segmenter`) is the store's too. A train-gan run as
+`load_generator` reads it:
+    card.json          kind "gan", model_config = GANConfig.to_dict()
+    model.safetensors  the EMA generator's state dict with keys prefixed "generator." (a further "module." prefix,
+                       as torch.optim.swa_utils.AveragedModel adds, and its "n_averaged" counter are accepted and
+                       dropped); any other prefix (e.g. "discriminator.") is ignored.
+
 Every reader raises CheckpointError, one line naming the file and the problem, for a missing, empty, truncated,
 malformed or tampered card, weights file or training state.
 """
@@ -28,16 +35,16 @@ from safetensors.torch import save as st_save
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import DatasetInfo
-from augment.core.errors import AugmentError
+from augment.core.errors import AugmentError, CheckpointError
+from augment.models.gan import GANConfig, build_generator
+from augment.models.segmenter import SEGMENTER_KIND, build_segmenter
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
-
-
-class CheckpointError(AugmentError):
-    """A checkpoint is missing, corrupt, or does not fit the data it is used with."""
+WEIGHTS_PREFIX = "generator."
+"""Key prefix of the EMA generator's weights in a train-gan run's model.safetensors."""
 
 
 @dataclass
@@ -257,3 +264,43 @@ def existing_run(run: str, resume: bool, kind: str, command: str) -> ModelCard |
         raise CheckpointError(f"run {run} is a {existing.kind!r} run, not a {kind!r} run")
     return existing
 
+
+def generator_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The generator's own state dict out of a checkpoint's weights (layout in the module docstring)."""
+    state = {k[len(WEIGHTS_PREFIX):]: v for k, v in weights.items() if k.startswith(WEIGHTS_PREFIX)}
+    state.pop("n_averaged", None)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_generator(run: str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:
+    """The EMA generator of a train-gan run, in eval mode and channels_last on `device`, and its card."""
+    card = load_card(run)
+    if card.kind != "gan":
+        raise CheckpointError(f"{run}: a {card.kind!r} checkpoint, not a GAN (train-gan) run")
+    try:
+        cfg = GANConfig.from_dict(card.model_config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{run}: card.json model_config is not a GAN config ({exc})") from None
+    generator = build_generator(cfg)
+    state = generator_state_dict(load_weights(run, card))
+    if not state:
+        raise CheckpointError(f"{run}: model.safetensors holds no '{WEIGHTS_PREFIX}*' weights")
+    load_into(generator, state, f"{run}: generator", "its model_config")
+    device = torch.device(device)
+    generator.requires_grad_(False).eval().to(device, memory_format=torch.channels_last)
+    return generator, card
+
+
+def load_segmenter(run: str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Rebuild a train-seg model from its card, load its sha256-verified weights, and put it in eval mode."""
+    card = load_card(run)
+    if card.kind != SEGMENTER_KIND:
+        raise CheckpointError(f"{run}: a {card.kind!r} checkpoint, not a segmenter (train one with train-seg)")
+    cfg = card.model_config
+    if "name" not in cfg:
+        raise CheckpointError(f"{run}: card.json model_config has no model name")
+    model = build_segmenter(cfg["name"], len(card.classes), aux_loss=bool(cfg.get("aux_loss", False)))
+    load_into(model, load_weights(run, card), run, cfg["name"])
+    return model.to(device).eval(), card

@@ -20,7 +20,6 @@ OUT/demo.json).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ import yaml
 
 from augment.data.dataset import read_info
 from augment.core.errors import AugmentError
-from augment.pipelines.retrain import REPORT_MD, RetrainConfig, format_summary, retrain
+from augment.pipelines.retrain import RetrainConfig, retrain
 
 DEMO_FILE = "demo.json"
 DEFAULT_SIZE = (48, 64)
@@ -192,15 +191,3 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
     with open(os.path.join(out, "timings.json"), "w") as f:
         json.dump(report["demo_timings"], f, indent=2)
     return report
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    settings = DemoSettings(size=tuple(args.size), steps=args.steps or DEFAULT_STEPS, n=args.n or DEFAULT_N)
-    report = run_demo(args.out, settings, overwrite=args.overwrite, resume=getattr(args, "resume", False))
-    print()
-    print(format_summary(report))
-    timings = report["demo_timings"]
-    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if k != "total_s")
-          + f"; total {timings['total_s']:.0f} s")
-    print(f"demo: report in {os.path.join(os.path.abspath(args.out), 'retrain', REPORT_MD)}")
-    return 0

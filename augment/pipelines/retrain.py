@@ -25,30 +25,24 @@ left behind counts as empty.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import io
 import json
 import math
-import os
 import posixpath
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-from PIL import Image
 
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, Dataset, decode_row, open_dataset
 from augment.core.errors import AugmentError
 from augment.models.segmenter import SEGMENTER_KIND
-from augment.report.figures import iou_bar_chart
-from augment.report.page import Page, pct
-from augment.data.drawing import render_pairs
+from augment.report.retrain import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD, iou_chart_png, report_page
+from augment.data.drawing import png_bytes, render_pairs
 from augment.models.store import CARD_FILE, METRICS_FILE, CheckpointError, ModelCard, load_card
 from augment.training.data import steps_per_epoch
 from augment.training.evaluate import evaluate_segmenter
@@ -57,10 +51,6 @@ from augment.training.segmenter import DEFAULT_LR, SegTrainConfig, train_segment
 REPORT_VERSION = 1
 BASELINE_DIR = "baseline"
 AUGMENTED_DIR = "augmented"
-FIGURES_DIR = "figures"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
 DEFAULT_MODEL = "lraspp_mobilenet_v3_large"
 SHEET_PER_CLASS = 4
 
@@ -504,148 +494,15 @@ def _write(out: str, rel: str, data: bytes) -> None:
     afs.write_bytes_atomic(filesystem, target, data)
 
 
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def iou_chart_png(report: dict[str, Any]) -> bytes:
-    rows = report["per_class"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "iou.png")
-        iou_bar_chart(
-            [r["class"] for r in rows],
-            {"baseline (real only)": [_nan(r["baseline"]) for r in rows],
-             f"augmented ({report['mix']['ratio']:.0%} synthetic)": [_nan(r["augmented"]) for r in rows]},
-            path, title=f"Per-class IoU on {os.path.basename(report['val']['uri'].rstrip('/'))} (targeted in bold)",
-            highlight=report["targeted"]["classes"],
-        )
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
 def write_report(out: str, report: dict[str, Any], mix: Mix) -> None:
     """Figures, report.md and report.html, then report.json last (its presence means the report is complete)."""
     _write(out, report["figures"]["iou"], iou_chart_png(report))
-    _write(out, report["figures"]["synthetic"], _png(synthetic_sheet(mix)))
+    _write(out, report["figures"]["synthetic"], png_bytes(synthetic_sheet(mix)))
     page = report_page(report)
     _write(out, REPORT_MD, page.to_markdown().encode())
     _write(out, REPORT_HTML, page.to_html().encode())
     _write(out, REPORT_JSON, json.dumps(report, indent=2).encode())
 
 
-def report_page(report: dict[str, Any]) -> Page:
-    miou, acc, mix = report["miou"], report["pixel_accuracy"], report["mix"]
-    targeted = report["targeted"]
-    page = Page("Retraining with synthetic data: per-class IoU before and after")
-    page.paragraph(
-        f"Validation data `{report['val']['uri']}` ({report['val']['rows']} rows). mIoU {pct(miou['baseline'])} -> "
-        f"{pct(miou['augmented'])} ({pct(miou['delta'], signed=True)} points); pixel accuracy "
-        f"{pct(acc['baseline'])} -> {pct(acc['augmented'])} ({pct(acc['delta'], signed=True)}). Targeted classes "
-        f"({', '.join(targeted['classes']) or 'none'}): mean IoU change {pct(targeted['mean_delta'], signed=True)} "
-        f"points."
-    )
-    page.paragraph(
-        f"Both runs: {report['recipe']['model']}, {mix['steps']} optimizer steps of {mix['batch_per_worker']} images "
-        f"x {mix['workers']} worker(s) at {mix['size'][0]}x{mix['size'][1]}, seed {report['recipe']['seed']}"
-        f"{' with deterministic algorithms' if report['recipe'].get('deterministic') else ''}, class "
-        f"weights {mix.get('class_weights', 'none')}; the "
-        f"augmented run took {mix['ratio']:.0%} of every batch from the synthetic data. Numbers are "
-        f"`augment evaluate`'s (IoU in %, '-': class in neither masks nor predictions)."
-    )
-    page.paragraph(
-        f"Each change is one paired difference: both runs share seed {report['recipe']['seed']} (initial weights, "
-        "order and augmentations of the real data), so rerunning this command reproduces it, but one seed does not "
-        "say how much of it another seed would keep. `augment retrain` trains one seed; for the per-seed "
-        "differences, their mean and a 95% confidence interval run `jobs/experiment.py --seeds` (it marks a change "
-        "whose interval contains 0 as within noise)."
-    )
-    rows = report["per_class"]
-    page.heading("Per-class IoU")
-    page.table(
-        ["class", "baseline", "augmented", "change", "synthetic rows", "val pixels"],
-        [[r["class"] + (" (targeted)" if r["targeted"] else ""), pct(r["baseline"]), pct(r["augmented"]),
-          pct(r["delta"], signed=True), r["synthetic_accepted"], r["val_pixels"]] for r in rows]
-        + [["mIoU", pct(miou["baseline"]), pct(miou["augmented"]), pct(miou["delta"], signed=True), "", ""],
-           ["pixel accuracy", pct(acc["baseline"]), pct(acc["augmented"]), pct(acc["delta"], signed=True), "", ""]],
-        bold_rows=[i for i, r in enumerate(rows) if r["targeted"]],
-    )
-    page.image(report["figures"]["iou"], "per-class IoU, baseline vs augmented")
-    page.heading("Data mix")
-    page.table(
-        ["dataset", "role", "rows", "accepted rows", "share of each batch"],
-        [[f"`{d['uri']}`", d["role"], d["rows"], d.get("accepted_rows", "-"), f"{d['share']:.1%}"]
-         for d in mix["datasets"]],
-    )
-    synthetic = [d for d in mix["datasets"] if d["role"] == "synthetic"]
-    classes = [r["class"] for r in rows if r["synthetic_accepted"]]
-    page.table(["class"] + [f"accepted in `{d['uri']}`" for d in synthetic],
-               [[c] + [d["accepted_per_class"].get(c, 0) for d in synthetic] for c in classes])
-    page.heading("Synthetic samples used")
-    page.image(report["figures"]["synthetic"], "accepted synthetic samples: image | label map")
-    page.heading("Lineage")
-    runs = report["runs"]
-    items = [
-        f"baseline `{runs['baseline']['run']}` (weights sha256 `{runs['baseline']['weights_sha256']}`, "
-        f"{'trained by this retrain' if runs['baseline']['trained_here'] else 'given with --baseline'})",
-        f"augmented `{runs['augmented']['run']}` (weights sha256 `{runs['augmented']['weights_sha256']}`)",
-        f"real `{report['lineage']['real']['uri']}` (dataset.json sha256 "
-        f"`{report['lineage']['real']['dataset_json_sha256']}`)",
-    ]
-    for s in report["lineage"]["synthetic"]:
-        lin = s["lineage"] or {}
-        items.append(
-            f"synthetic `{s['uri']}`: job fingerprint `{lin.get('job_fingerprint', '?')}`, generator "
-            f"`{lin.get('generator', '?')}` (sha256 `{lin.get('generator_sha256', '?')}`), filter segmenter "
-            f"`{lin.get('segmenter', '?')}` (sha256 `{lin.get('segmenter_sha256', '?')}`), source "
-            f"`{lin.get('source', '?')}`" + ("" if s["derived_from_real"] else " (not --real)")
-        )
-        if s.get("job"):
-            items.append(f"job file of `{s['uri']}`: `{json.dumps(s['job'], sort_keys=True)}`")
-    page.bullets(items)
-    if report["warnings"]:
-        page.heading("Warnings")
-        page.bullets(report["warnings"])
-    return page
-
-
-def format_summary(report: dict[str, Any]) -> str:
-    """The per-class table printed at the end of `augment retrain` (IoU in %)."""
-    rows = report["per_class"]
-    width = max(len("pixel accuracy"), *(len(r["class"]) + 2 for r in rows))
-    lines = [f"{'class':<{width}}  {'baseline':>8}  {'augmented':>9}  {'change':>7}"]
-    for r in rows:
-        name = r["class"] + (" *" if r["targeted"] else "")
-        lines.append(f"{name:<{width}}  {pct(r['baseline']):>8}  {pct(r['augmented']):>9}  "
-                     f"{pct(r['delta'], signed=True):>7}")
-    for label, key in (("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy")):
-        m = report[key]
-        lines.append(f"{label:<{width}}  {pct(m['baseline']):>8}  {pct(m['augmented']):>9}  "
-                     f"{pct(m['delta'], signed=True):>7}")
-    lines.append("* targeted by the augmentation job")
-    return "\n".join(lines)
-
-
 def _say(line: str) -> None:
     print(f"retrain: {line}", flush=True)
-
-
-def retrain_command(args: argparse.Namespace) -> int:
-    cfg = RetrainConfig(
-        real=args.real,
-        synthetic=list(args.synthetic),
-        out=args.out, val=args.val, ratio=args.ratio, model=args.model, size=args.size, epochs=args.epochs,
-        batch=args.batch, lr=args.lr, seed=args.seed, deterministic=args.deterministic,
-        class_weights=args.class_weights, baseline=args.baseline,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker, resume=args.resume, address=args.address,
-    )
-    report = retrain(cfg)
-    print(format_summary(report))
-    print(f"retrain: report in {afs.join(cfg.out, REPORT_MD)} (also {REPORT_HTML}, {REPORT_JSON}, {FIGURES_DIR}/)")
-    return 0

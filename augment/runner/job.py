@@ -10,9 +10,9 @@
     which fences off every older run's writers; only then does `overwrite` remove the other job's files (only the
     names in augment.runner.markers' layout, listed on stdout). Temporary shard files of older runs are removed.
  3. `plan.json`; the resume check: every shard with a marker of this job is verified (file present, size and
-    sha256 as the marker says), and every shard not complete and sound is run on an actor pool
-    (augment.runner.shard) whose workers carry the run id. A shard found missing, truncated or corrupt is named
-    ("shard-00003: checksum mismatch, remaking") and remade, only it.
+    sha256 as the marker says), and every shard not complete and sound is run on the worker pool
+    (augment.runner.pool, augment.runner.shard) whose workers carry the run id. A shard found missing, truncated
+    or corrupt is named ("shard-00003: checksum mismatch, remaking") and remade, only it.
  4. the final verify: size and sha256 of every shard again (a shard that fails is remade, up to
     MAX_SHARD_ROUNDS rounds), then a check that the shard files hold every planned sample exactly once (minus
     rejected ones unless keep_rejected, minus quarantined ones); then, if this run still owns the output, shard
@@ -29,45 +29,36 @@ it: moving the inputs or running with other resources resumes the same job and w
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
 import os
 import platform
 import re
-import sys
 import time
-from argparse import Namespace
-from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
-
-from PIL import Image
 
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, Dataset, DatasetInfo, PartStats, open_dataset
 from augment.core.errors import AugmentError
 from augment.filtering.quality import FilterConfig
-from augment.models.segmenter import load_segmenter
-from augment.data.drawing import render_sheet
-from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
+from augment.data.drawing import png_bytes, render_sheet
+from augment.runner.jobfile import JobConfig, job_schema, load_job
 from augment.runner.markers import (
     JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, is_run_claim,
     is_temporary, shard_file, shard_name,
 )
-from augment.runner.shard import ShardProcessor, ShardSettings, read_examples
+from augment.runner.pool import Progress, run_shards
+from augment.runner.shard import ShardSettings, read_examples
 from augment.runner.verify import id_problem
-from augment.synthesis.generate import load_generator
 from augment.synthesis.plan import Plan, PlannedSample, make_plan
-from augment.models.store import CheckpointError, ModelCard, check_compatible
+from augment.models.store import CheckpointError, ModelCard, check_compatible, load_generator, load_segmenter
 
 FINGERPRINT_VERSION = 1
-PROGRESS_INTERVAL_S = 10.0
 MAX_SHARD_ROUNDS = 3
 
 __all__ = [
-    "Claim", "JobConfig", "PreparedJob", "claim_output", "job_fingerprint", "load_job", "prepare_job", "run_command",
+    "Claim", "JobConfig", "PreparedJob", "claim_output", "job_fingerprint", "load_job", "prepare_job",
     "run_job", "job_schema",
 ]
 
@@ -227,48 +218,6 @@ def _write_plan(out: OutputFolder, plan: Plan) -> None:
     out.write_bytes(PLAN_FILE, text.encode())
 
 
-class Progress:
-    """Shards done, images generated and accepted, images/s and ETA: a tqdm bar on a terminal, else log lines."""
-
-    def __init__(self, total_shards: int, done_shards: int, total_samples: int, done_samples: int) -> None:
-        self.total_shards, self.done_shards = total_shards, done_shards
-        self.total_samples, self.done_samples = total_samples, done_samples
-        self.generated = self.accepted = 0
-        self.start = self.last_print = time.perf_counter()
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_shards, initial=done_shards, unit="shard", desc="augment run")
-
-    def rate(self) -> float:
-        return self.generated / max(time.perf_counter() - self.start, 1e-9)
-
-    def line(self) -> str:
-        rate = self.rate()
-        remaining = self.total_samples - self.done_samples
-        eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
-        return (f"shards {self.done_shards}/{self.total_shards}, generated {self.generated}, accepted "
-                f"{self.accepted}, {rate:.1f} images/s, ETA {eta}")
-
-    def update(self, stats: ShardStats, planned: int) -> None:
-        self.done_shards += 1
-        self.done_samples += planned
-        self.generated += stats.generated
-        self.accepted += sum(stats.accepted.values())
-        now = time.perf_counter()
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"gen {self.generated} acc {self.accepted} {self.rate():.1f} img/s")
-        elif now - self.last_print >= PROGRESS_INTERVAL_S or self.done_shards == self.total_shards:
-            print(f"augment run: {self.line()}", flush=True)
-            self.last_print = now
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def shard_settings(job: PreparedJob, run_id: str) -> ShardSettings:
     """What every worker of this job gets; `run_id` is the run's claim on the output (Claim.run.run_id)."""
     cfg, info = job.cfg, job.dataset.info
@@ -281,111 +230,6 @@ def shard_settings(job: PreparedJob, run_id: str) -> ShardSettings:
         precision=cfg.precision,
         batch_size=cfg.resources.batch_size, sheets=cfg.sheets,
     )
-
-
-def gpu_worker_cpus(nodes: list[dict[str, Any]], gpus_per_worker: float) -> float:
-    """CPUs for a worker holding `gpus_per_worker` GPUs: its share of the CPUs of the GPU node with the fewest CPUs
-    per GPU (so it fits on every GPU node), at least 1; 1 when no GPU node is up yet (an autoscaling cluster).
-
-    A GPU worker encodes its images and masks to PNG on a thread pool sized by its CPUs: at 256x512 one thread
-    encodes well under the ~hundreds of images/s a GPU generates, so one CPU per worker would starve the GPU.
-    """
-    ratios = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
-              if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
-    return max(1.0, float(math.floor(min(ratios) * gpus_per_worker))) if ratios else 1.0
-
-
-def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, float, float]:
-    """(workers, gpus_per_worker, cpus_per_worker) for the cluster Ray is connected to."""
-    import ray
-
-    total = ray.cluster_resources()
-    cluster_gpus = float(total.get("GPU", 0))
-    gpus = res.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if cluster_gpus > 0 else 0.0
-    elif gpus > 0 and cluster_gpus == 0:
-        if local:
-            print(f"augment run: no GPU in this Ray instance; running {res.gpus_per_worker} GPU(s)/worker on CPU",
-                  flush=True)
-            gpus = 0.0
-        else:
-            print("augment run: the cluster has no GPU yet; waiting for the autoscaler to add GPU workers", flush=True)
-    cpus = res.cpus_per_worker
-    if cpus is None:
-        cpus = gpu_worker_cpus(ray.nodes(), gpus) if gpus > 0 else 1.0
-    workers = res.workers
-    if workers is None:
-        by_gpu = int(cluster_gpus // gpus) if gpus > 0 else 0
-        workers = max(1, by_gpu if gpus > 0 else int(float(total.get("CPU", 1)) // cpus))
-    return max(1, min(workers, pending)), gpus, cpus
-
-
-def _run_shards(
-    job: PreparedJob, settings: ShardSettings, todo: list[int], progress: Progress, local: bool
-) -> set[int]:
-    """Run the shards `todo` on an actor pool; returns those made here (not found done by a worker).
-
-    A worker reporting its run stale (a newer run claimed the output) stops the run with AugmentError."""
-    import ray
-    from ray.exceptions import RayActorError, RayError
-
-    from augment.core.cluster import JOB_RESOURCE_NAMES, check_placeable
-
-    res = job.cfg.resources
-    shards = job.shards
-    n_workers, gpus, cpus = _worker_resources(res, len(todo), local)
-    check_placeable({"CPU": cpus, "GPU": gpus}, n_workers, JOB_RESOURCE_NAMES, local)
-    settings.threads = max(1, int(cpus))
-    actor_cls = ray.remote(ShardProcessor).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=res.max_shard_attempts, max_task_retries=res.max_shard_attempts,
-    )
-    settings_dict = asdict(settings)
-    actors = [actor_cls.remote(settings_dict) for _ in range(n_workers)]
-    depth = 2
-    queue = deque(todo)
-    attempts: dict[int, int] = {}
-    in_flight: dict[Any, tuple[int, int]] = {}
-    made: set[int] = set()
-    print(f"augment run: {len(todo)} shards on {n_workers} workers ({gpus:g} GPU, {cpus:g} CPU each)", flush=True)
-    try:
-        while queue or in_flight:
-            for slot in range(n_workers):
-                while queue and sum(1 for a, _ in in_flight.values() if a == slot) < depth:
-                    k = queue.popleft()
-                    payload = [asdict(p) for p in shards[k]]
-                    in_flight[actors[slot].run.remote(k, payload)] = (slot, k)
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_INTERVAL_S)
-            if not ready:
-                if progress.bar is None:
-                    print(f"augment run: {progress.line()}", flush=True)
-                continue
-            ref = ready[0]
-            slot, k = in_flight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayError as exc:
-                attempts[k] = attempts.get(k, 0) + 1
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                if attempts[k] >= res.max_shard_attempts:
-                    raise AugmentError(f"shard {k} failed {attempts[k]} times; last error: {reason}") from None
-                print(f"augment run: shard {k} failed ({reason}); trying again", flush=True)
-                if isinstance(exc, RayActorError):
-                    ray.kill(actors[slot], no_restart=True)
-                    actors[slot] = actor_cls.remote(settings_dict)
-                queue.appendleft(k)
-                continue
-            if result.get("stale"):
-                raise AugmentError(f"{settings.output}: this run was taken over by a newer run and stopped "
-                                   f"(a worker reports {result['message']})")
-            skipped = result.pop("skipped", False)
-            if not skipped:
-                made.add(k)
-            progress.update(ShardStats(**result), len(shards[k]))
-    finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-    return made
 
 
 def _sound_shards(out: OutputFolder, job: PreparedJob) -> dict[int, ShardStats]:
@@ -445,10 +289,8 @@ def _write_sheets(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStat
         sheet_rows = rows[c][True] + rows[c][False]
         if not sheet_rows:
             continue
-        buf = io.BytesIO()
-        Image.fromarray(render_sheet(sheet_rows, info.palette)).save(buf, format="PNG")
         rel = f"{SHEETS_DIR}/{_safe_name(info.classes[c])}.png"
-        out.write_bytes(rel, buf.getvalue())
+        out.write_bytes(rel, png_bytes(render_sheet(sheet_rows, info.palette)))
         written.append(rel)
     return written
 
@@ -538,7 +380,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
         settings = shard_settings(job, claim.run.run_id)
         try:
             for _ in range(MAX_SHARD_ROUNDS):
-                made |= _run_shards(job, settings, todo, progress, local=local)
+                made |= run_shards(shards, settings, todo, cfg.resources, progress, local=local)
                 done = _sound_shards(out, job)  # the final verify (again after a remake)
                 todo = [k for k in range(len(shards)) if k not in done]
                 if not todo:
@@ -585,11 +427,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append(f"output: {summary['output']}")
     return "\n".join(lines)
-
-
-def run_command(args: Namespace) -> int:
-    """`augment run JOB [--overwrite] [--address]`."""
-    cfg = load_job(args.job)
-    summary = run_job(cfg, overwrite=args.overwrite, address=args.address)
-    print(format_summary(summary), flush=True)
-    return 0

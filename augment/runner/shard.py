@@ -44,15 +44,15 @@ from augment.data.schema import arrow_schema
 from augment.core.device import pick_device
 from augment.core.errors import BadSample
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
-from augment.models.segmenter import load_segmenter, segment
+from augment.models.segmenter import segment
 from augment.runner.markers import (
     DATA_DIR, OutputFolder, ShardStats, delete_quietly, examples_file, marker_done, shard_file, shard_name,
     temporary_shard_file, write_marker,
 )
 from augment.synthesis.edit import apply_edits
-from augment.synthesis.generate import load_generator, synthesise
+from augment.synthesis.generate import synthesise
 from augment.synthesis.plan import PlannedSample
-from augment.models.store import CheckpointError
+from augment.models.store import CheckpointError, load_generator, load_segmenter
 from augment.training.transforms import normalize
 
 SYNTHETIC_SPLIT = "train"

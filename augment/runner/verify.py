@@ -14,7 +14,6 @@ is sound, else raises AugmentError with a one-line summary (exit 2).
 
 from __future__ import annotations
 
-from argparse import Namespace
 from dataclasses import dataclass, field
 
 import pyarrow.dataset as pads
@@ -142,14 +141,4 @@ def verify_output(uri: str) -> Findings:
     return found
 
 
-def verify_command(args: Namespace) -> int:
-    """`augment verify OUTPUT`: exit 0 when sound, else AugmentError (one line, exit 2)."""
-    found = verify_output(args.output)
-    if found.problems:
-        more = f" (and {len(found.problems) - 1} more)" if len(found.problems) > 1 else ""
-        raise AugmentError(f"{args.output}: {len(found.problems)} problems: {found.problems[0]}{more}")
-    print(f"augment verify: {args.output} is sound ({len(found.checked)} checks)", flush=True)
-    return 0
-
-
-__all__ = ["JobRecord", "id_problem", "verify_command", "verify_job_output", "verify_output"]
+__all__ = ["JobRecord", "id_problem", "verify_job_output", "verify_output"]

@@ -20,13 +20,13 @@ from torchvision.transforms.v2 import functional as TF
 
 from augment.data.dataset import open_dataset
 from augment.core.device import pick_device
-from augment.models.segmenter import load_segmenter, predict_logits
-from augment.data.drawing import colorize
-from augment.synthesis.generate import load_generator, synthesise
-from augment.models.store import CheckpointError, check_compatible
+from augment.models.segmenter import predict_logits
+from augment.data.drawing import colorize, render_sample_sheet, save_png
+from augment.synthesis.generate import synthesise
+from augment.models.store import CheckpointError, check_compatible, load_generator, load_segmenter
 from augment.training.data import iter_eval_batches
 from augment.training.evaluate import autocast
-from augment.training.gan import render_sample_sheet, save_png, spread_rows
+from augment.training.gan import spread_rows
 from augment.training.metrics import ConfusionMatrix
 from augment.training.transforms import normalize
 

@@ -1,11 +1,5 @@
 """Images from label maps with the trained (EMA) OASIS generator.
 
-Checkpoint layout read by `load_generator` (a train-gan run folder, see augment.models.store):
-    card.json          kind "gan", model_config = GANConfig.to_dict()
-    model.safetensors  the EMA generator's state dict with keys prefixed "generator." (a further "module." prefix,
-                       as torch.optim.swa_utils.AveragedModel adds, and its "n_averaged" counter are accepted and
-                       dropped); any other prefix (e.g. "discriminator.") is ignored.
-
 Noise (`synthesise`): every sample draws its noise from its own CPU torch.Generator, so an image depends only on its
 mask and seeds, never on the rest of its batch. Modes:
     "global"  one noise vector from `seed` over the whole image
@@ -24,41 +18,10 @@ import torch
 from torch import nn
 
 from augment.core.device import use_bf16
-from augment.models.gan import GANConfig, build_generator
 from augment.models.generator import resample_noise_in_region, sample_noise
 from augment.models.losses import one_hot_labels
-from augment.models.store import CheckpointError, ModelCard, load_card, load_into, load_weights
 
 NOISE_MODES = ("target", "global", "both")
-WEIGHTS_PREFIX = "generator."
-
-
-def generator_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The generator's own state dict out of a checkpoint's weights (layout in the module docstring)."""
-    state = {k[len(WEIGHTS_PREFIX):]: v for k, v in weights.items() if k.startswith(WEIGHTS_PREFIX)}
-    state.pop("n_averaged", None)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def load_generator(run: str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:
-    """The EMA generator of a train-gan run, in eval mode and channels_last on `device`, and its card."""
-    card = load_card(run)
-    if card.kind != "gan":
-        raise CheckpointError(f"{run}: a {card.kind!r} checkpoint, not a GAN (train-gan) run")
-    try:
-        cfg = GANConfig.from_dict(card.model_config)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{run}: card.json model_config is not a GAN config ({exc})") from None
-    generator = build_generator(cfg)
-    state = generator_state_dict(load_weights(run, card))
-    if not state:
-        raise CheckpointError(f"{run}: model.safetensors holds no '{WEIGHTS_PREFIX}*' weights")
-    load_into(generator, state, f"{run}: generator", "its model_config")
-    device = torch.device(device)
-    generator.requires_grad_(False).eval().to(device, memory_format=torch.channels_last)
-    return generator, card
 
 
 def sample_noises(

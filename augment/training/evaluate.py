@@ -8,9 +8,7 @@ excluded; see `augment.training.metrics` for the IoU conventions.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 from typing import Any
 
@@ -20,8 +18,8 @@ from torch import nn
 
 from augment.data.dataset import Dataset, open_dataset
 from augment.core.device import pick_device
-from augment.models.segmenter import load_segmenter, predict_logits
-from augment.models.store import check_compatible
+from augment.models.segmenter import predict_logits
+from augment.models.store import check_compatible, load_segmenter
 from augment.training.data import iter_eval_batches
 from augment.training.metrics import ConfusionMatrix
 from augment.training.transforms import normalize
@@ -98,16 +96,3 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def _pct(value: float | None) -> str:
     return "     -" if value is None or math.isnan(value) else f"{value * 100:6.2f}"
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    metrics = evaluate_segmenter(args.model, args.data, batch=args.batch)
-    print(f"{metrics['model_name']} from {args.model} on {args.data} ({metrics['rows']} rows, model input "
-          f"{metrics['size'][0]}x{metrics['size'][1]}, scored at the masks' resolution, ignore pixels excluded)")
-    print(format_table(metrics))
-    print("IoU '-': class in neither the masks nor the predictions (left out of mIoU)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f, indent=2)
-        print(f"wrote {args.json}")
-    return 0

@@ -10,7 +10,7 @@ on GPU, fp32 on CPU.
 
 Every `sample_every` steps and at the end rank 0 refreshes the EMA's BatchNorm statistics on a few recent label
 maps, writes a sample sheet `samples/step-NNNNNN.png` and a checkpoint: `model.safetensors` holds only the EMA
-generator (keys `generator.*`, what `augment.synthesis.generate.load_generator` reads), `train_state.pt` holds G,
+generator (keys `generator.*`, what `augment.models.store.load_generator` reads), `train_state.pt` holds G,
 D, the EMA, both optimizers, the step and every rank's RNG state for `--resume`.
 
 Crop mode (`crop`, `--crop SIZE`): the stream yields `augment.training.crops.ObjectCrop` crops (native
@@ -21,9 +21,7 @@ card records the crop size and hole dilation; sample sheets show label | blanked
 
 from __future__ import annotations
 
-import argparse
 import collections
-import io
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +30,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image, ImageDraw
 from torch import nn
 
 from augment.data import fs as afs
@@ -50,11 +47,12 @@ from augment.models.gan import (
 )
 from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
-from augment.data.drawing import CAPTION_H, colorize, panel_size
+from augment.data.drawing import SAMPLE_SHEET_COLUMNS, render_sample_sheet, write_png
 from augment.training import distributed as dist_utils
 from augment.training import crops, seeding
 from augment.models.store import (
     CheckpointError,
+    WEIGHTS_PREFIX,
     ModelCard,
     append_metrics,
     check_compatible,
@@ -69,11 +67,8 @@ from augment.training.data import BatchMixer, common_size, training_stream
 from augment.training.transforms import CoverCrop, apply_joint, normalize
 
 GAN_KIND = "gan"
-WEIGHTS_PREFIX = "generator."
 SAMPLES_DIR = "samples"
 DEFAULT_SAMPLE_EVERY = 500
-SHEET_GAP = 2
-SHEET_COLUMNS = ("label", "EMA, noise 1", "EMA, noise 2")
 CROP_SHEET_COLUMNS = ("label", "blanked", "painted")
 STATE_KEYS = ("step", "generator", "discriminator", "ema", "opt_g", "opt_d")
 """What train_state.pt must hold for --resume."""
@@ -477,47 +472,6 @@ def generate_sheet_images(
     return out
 
 
-def render_sample_sheet(
-    masks: np.ndarray, columns: Sequence[np.ndarray], palette: Sequence[Sequence[int]],
-    titles: Sequence[str] = SHEET_COLUMNS,
-) -> np.ndarray:
-    """H x W x 3 sheet: a header of `titles`, then per label map a row `label | column 1 | column 2 ...`.
-
-    `masks` B x h x w, each column B x h x w x 3 uint8. Panels are scaled up (nearest) as in augment.data.drawing:
-    with n = 1 + len(columns) panels of ph x pw, width = n * pw + (n + 1) * SHEET_GAP and
-    height = CAPTION_H + B * ph + (B + 1) * SHEET_GAP.
-    """
-    b, h, w = masks.shape
-    ph, pw = panel_size(h, w)
-    n = 1 + len(columns)
-    sheet = Image.new("RGB", (n * pw + (n + 1) * SHEET_GAP, CAPTION_H + b * ph + (b + 1) * SHEET_GAP), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for i, title in enumerate(titles[:n]):
-        draw.text((SHEET_GAP + i * (pw + SHEET_GAP) + 2, 1), title, fill=(0, 0, 0))
-    for r in range(b):
-        panels = [colorize(masks[r], palette)] + [np.ascontiguousarray(c[r], dtype=np.uint8) for c in columns]
-        top = CAPTION_H + SHEET_GAP + r * (ph + SHEET_GAP)
-        for i, panel in enumerate(panels):
-            tile = Image.fromarray(panel, "RGB").resize((pw, ph), Image.NEAREST)
-            sheet.paste(tile, (SHEET_GAP + i * (pw + SHEET_GAP), top))
-    return np.asarray(sheet)
-
-
-def save_png(path: str, image: np.ndarray) -> None:
-    """Write an H x W x 3 uint8 array as a PNG to a local path or URI, atomically."""
-    filesystem, target = afs.resolve(path)
-    _write_png(filesystem, target, image)
-
-
-def _write_png(filesystem: Any, target: str, image: np.ndarray) -> None:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    parent = target.rsplit("/", 1)[0]
-    if parent:
-        filesystem.create_dir(parent, recursive=True)
-    afs.write_bytes_atomic(filesystem, target, buf.getvalue())
-
-
 def write_sample_sheet(
     run: str, step: int, generator: nn.Module, masks: torch.Tensor, gan_cfg: GANConfig,
     palette: Sequence[Sequence[int]], seed: int, context: torch.Tensor | None = None,
@@ -525,37 +479,12 @@ def write_sample_sheet(
     """Write `<run>/samples/step-NNNNNN.png` (label | EMA noise 1 | EMA noise 2 per row; in crop mode, with
     `context`, label | blanked crop | painted); returns its path."""
     if context is None:
-        draws, titles = generate_sheet_images(generator, masks, gan_cfg, seed), SHEET_COLUMNS
+        draws, titles = generate_sheet_images(generator, masks, gan_cfg, seed), SAMPLE_SHEET_COLUMNS
     else:
         draws = [_to_uint8(context[:, :3]), *generate_sheet_images(generator, masks, gan_cfg, seed, 1, context)]
         titles = CROP_SHEET_COLUMNS
     sheet = render_sample_sheet(masks.numpy(), [d.permute(0, 2, 3, 1).numpy() for d in draws], palette, titles)
     filesystem, root = afs.resolve(run)
     target = afs.join(root, SAMPLES_DIR, f"step-{step:06d}.png")
-    _write_png(filesystem, target, sheet)
+    write_png(filesystem, target, sheet)
     return target
-
-
-def train_gan_command(args: argparse.Namespace) -> int:
-    config = GANTrainConfig(
-        data=args.data,
-        out=args.out,
-        size=args.size,
-        steps=args.steps,
-        batch=args.batch,
-        l1=args.l1,
-        feature_matching=args.feature_matching,
-        crop=args.crop,
-        sample_every=args.sample_every,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        resume=args.resume,
-        address=args.address,
-        seed=args.seed,
-        deterministic=args.deterministic,
-        model={"ema_decay": args.ema_decay} if args.ema_decay is not None else {},
-    )
-    card = train_gan(config)
-    losses = ", ".join(f"{k} {card.metrics[k]:.4f}" for k in ("d_total", "g_total") if k in card.metrics)
-    print(f"train-gan: {config.out}: step {card.step}/{config.steps}" + (f" ({losses})" if losses else ""))
-    return 0

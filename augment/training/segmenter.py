@@ -19,7 +19,6 @@ and rare classes (pole, sign, pedestrian, bicyclist, fence) stay at 0 IoU: the s
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -381,28 +380,3 @@ def _save_epoch(cfg, card, model, optimizer, scheduler, record: dict[str, Any], 
         miou = record["val_miou"]
         line += f", val mIoU {'-' if miou is None else f'{miou * 100:.2f}'}"
     dist_utils.say(line + f" ({record['epoch_s']:.1f}s); checkpoint in {cfg.out}")
-
-
-def train_seg_command(args: argparse.Namespace) -> int:
-    config = SegTrainConfig(
-        data=list(args.data),
-        out=args.out,
-        val=args.val,
-        model=args.model,
-        size=args.size,
-        epochs=args.epochs,
-        batch=args.batch,
-        lr=args.lr,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        resume=args.resume,
-        address=args.address,
-        seed=getattr(args, "seed", 0),
-        deterministic=args.deterministic,
-        class_weights=args.class_weights,
-    )
-    card = train_segmenter(config)
-    miou = card.metrics.get("val_miou")
-    tail = f", val mIoU {miou * 100:.2f}" if isinstance(miou, float) else ""
-    print(f"train-seg: {config.out}: {card.metrics.get('epoch', 0)} epochs, step {card.step}{tail}")
-    return 0

@@ -1,0 +1,41 @@
+"""Adapters of the multi-step commands: `retrain` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def retrain_command(args: argparse.Namespace) -> int:
+    from augment.data import fs as afs
+    from augment.pipelines.retrain import RetrainConfig, retrain
+    from augment.report.retrain import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD, format_summary
+
+    cfg = RetrainConfig(
+        real=args.real,
+        synthetic=list(args.synthetic),
+        out=args.out, val=args.val, ratio=args.ratio, model=args.model, size=args.size, epochs=args.epochs,
+        batch=args.batch, lr=args.lr, seed=args.seed, deterministic=args.deterministic,
+        class_weights=args.class_weights, baseline=args.baseline,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, resume=args.resume, address=args.address,
+    )
+    report = retrain(cfg)
+    print(format_summary(report))
+    print(f"retrain: report in {afs.join(cfg.out, REPORT_MD)} (also {REPORT_HTML}, {REPORT_JSON}, {FIGURES_DIR}/)")
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from augment.pipelines.demo import DEFAULT_N, DEFAULT_STEPS, DemoSettings, run_demo
+    from augment.report.retrain import REPORT_MD, format_summary
+
+    settings = DemoSettings(size=tuple(args.size), steps=args.steps or DEFAULT_STEPS, n=args.n or DEFAULT_N)
+    report = run_demo(args.out, settings, overwrite=args.overwrite, resume=args.resume)
+    print()
+    print(format_summary(report))
+    timings = report["demo_timings"]
+    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if k != "total_s")
+          + f"; total {timings['total_s']:.0f} s")
+    print(f"demo: report in {os.path.join(os.path.abspath(args.out), 'retrain', REPORT_MD)}")
+    return 0

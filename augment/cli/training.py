@@ -1,0 +1,76 @@
+"""Adapters of the training commands: `train-gan`, `train-seg`, `evaluate` (typed configs built here from the
+parsed options; torch and Ray are imported only when a command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def train_gan_command(args: argparse.Namespace) -> int:
+    from augment.training.gan import GANTrainConfig, train_gan
+
+    config = GANTrainConfig(
+        data=args.data,
+        out=args.out,
+        size=args.size,
+        steps=args.steps,
+        batch=args.batch,
+        l1=args.l1,
+        feature_matching=args.feature_matching,
+        crop=args.crop,
+        sample_every=args.sample_every,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        resume=args.resume,
+        address=args.address,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        model={"ema_decay": args.ema_decay} if args.ema_decay is not None else {},
+    )
+    card = train_gan(config)
+    losses = ", ".join(f"{k} {card.metrics[k]:.4f}" for k in ("d_total", "g_total") if k in card.metrics)
+    print(f"train-gan: {config.out}: step {card.step}/{config.steps}" + (f" ({losses})" if losses else ""))
+    return 0
+
+
+def train_seg_command(args: argparse.Namespace) -> int:
+    from augment.training.segmenter import SegTrainConfig, train_segmenter
+
+    config = SegTrainConfig(
+        data=list(args.data),
+        out=args.out,
+        val=args.val,
+        model=args.model,
+        size=args.size,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        resume=args.resume,
+        address=args.address,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        class_weights=args.class_weights,
+    )
+    card = train_segmenter(config)
+    miou = card.metrics.get("val_miou")
+    tail = f", val mIoU {miou * 100:.2f}" if isinstance(miou, float) else ""
+    print(f"train-seg: {config.out}: {card.metrics.get('epoch', 0)} epochs, step {card.step}{tail}")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from augment.training.evaluate import evaluate_segmenter, format_table
+
+    metrics = evaluate_segmenter(args.model, args.data, batch=args.batch)
+    print(f"{metrics['model_name']} from {args.model} on {args.data} ({metrics['rows']} rows, model input "
+          f"{metrics['size'][0]}x{metrics['size'][1]}, scored at the masks' resolution, ignore pixels excluded)")
+    print(format_table(metrics))
+    print("IoU '-': class in neither the masks nor the predictions (left out of mIoU)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(metrics, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
