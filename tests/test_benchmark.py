@@ -3,6 +3,8 @@ size: it runs every contender and writes the JSON it promises."""
 
 from __future__ import annotations
 
+import json
+
 from augment.pipelines import benchmark as bench
 from augment.pipelines.benchmark import BenchmarkSettings, run_benchmark
 
