@@ -113,3 +113,8 @@ def test_cli_help_imports_neither_torch_nor_ray():
             "print(','.join(heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
     assert out.stdout.strip() == ""
+
+
+def test_python_m_augment_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "augment", "--help"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert out.returncode == 0 and "usage: augment" in out.stdout and "retrain" in out.stdout

@@ -1,31 +1,21 @@
-"""Smoke test of benchmarks/throughput.py at a tiny size: it runs every contender and writes the JSON it promises."""
+"""Smoke test of the throughput benchmark (augment.pipelines.benchmark, run by benchmarks/throughput.py) at a tiny
+size: it runs every contender and writes the JSON it promises."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
-from conftest import PROJECT_ROOT
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("throughput", PROJECT_ROOT / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from augment.pipelines import benchmark as bench
+from augment.pipelines.benchmark import BenchmarkSettings, run_benchmark
 
 
 def test_throughput_benchmark_runs_tiny_and_writes_json(tmp_path, ray_session, capsys):
-    bench = load_benchmark()
     out = tmp_path / "bench.json"
-    bench.main([
-        "--size", "32x32", "--n", "8", "--batch", "4", "--samples-per-shard", "4", "--source-maps", "8",
-        "--workers", "1,2", "--threads", "1", "--repeats", "1", "--no-warmup", "--model", "tiny",
-        "--device-section", "cpu", "--gpu-sizes", "32x32", "--gpu-batch", "2", "--gpu-iters", "1",
-        "--gpu-model", "tiny", "--workdir", str(tmp_path), "--json", str(out), "--compare-precision",
-    ])
+    run_benchmark(BenchmarkSettings(
+        size="32x32", n=8, batch=4, samples_per_shard=4, source_maps=8, workers=[1, 2], threads=1, repeats=1,
+        warmup=False, model="tiny", device_section="cpu", gpu_sizes="32x32", gpu_batch=2, gpu_iters=1,
+        gpu_model="tiny", workdir=str(tmp_path), json=str(out), compare_precision=True,
+    ))
     report = json.loads(out.read_text())
     for key in ("pipeline_images_per_s", "plain_loop_images_per_s", "in_process_images_per_s"):
         assert report[key] > 0, key
@@ -50,3 +40,14 @@ def test_throughput_benchmark_runs_tiny_and_writes_json(tmp_path, ray_session, c
     assert dev["sizes"][0]["generator_gflops_per_image"] > 0
     assert not list(tmp_path.glob("augment-bench-*")), "the work folder is removed"
     assert "images/s" in capsys.readouterr().out
+
+
+def test_throughput_script_defaults_are_the_settings_defaults():
+    import runpy
+
+    from conftest import PROJECT_ROOT
+
+    script = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "throughput.py"), run_name="throughput_script")
+    assert script["parse_args"]([]) == BenchmarkSettings()
+    parsed = script["parse_args"](["--workers", "1,3", "--no-warmup", "--size", "32x48"])
+    assert (parsed.workers, parsed.warmup, parsed.size) == ([1, 3], False, "32x48")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pyarrow.compute as pc
 import pytest
 
 from augment.cli import main
 from augment.data.dataset import open_dataset
+from augment.pipelines import experiment as exp
 from augment.pipelines.retrain import MixError, RetrainConfig, baseline_recipe, check_mix, retrain
 from augment.runner.job import load_job, run_job
 from augment.models.store import load_card
@@ -204,20 +204,7 @@ def test_unfitting_baseline_is_refused(env, first, tmp_path):
     assert SEGMENTER == load_card(baseline).model_config["name"]
 
 
-def _experiment_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "jobs" / "experiment.py"
-    spec = importlib.util.spec_from_file_location("experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["experiment"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_experiment_subset_and_summary(tmp_path):
-    exp = _experiment_module()
     src = make_example_dataset(tmp_path / "train", n=20, size=(32, 32))
     a = exp.subset_dataset(src, str(tmp_path / "a"), 0.25, seed=3)
     b = exp.subset_dataset(src, str(tmp_path / "b"), 0.25, seed=3)
@@ -255,7 +242,6 @@ def test_experiment_subset_and_summary(tmp_path):
 
 
 def test_experiment_control_arm_reports_agreement(tmp_path):
-    exp = _experiment_module()
     x = exp.Experiment(camvid="", out=str(tmp_path / "x"), fractions=[0.25], seeds=[0, 1], targets=["pole"])
     data = make_example_dataset(x.val_data, n=4, size=(32, 32))
     folder = tmp_path / "x" / "f25" / "seed0"
@@ -274,7 +260,6 @@ def test_experiment_control_arm_reports_agreement(tmp_path):
 
 
 def test_experiment_report_describes_the_settings_the_runs_used(tmp_path):
-    exp = _experiment_module()
     ran = exp.Experiment(camvid="c", out=str(tmp_path), size=(64, 96), seg_steps=60, gan_steps=40, per_class=8)
     exp.record_settings(ran)
     report_only = exp.Experiment(camvid="c", out=str(tmp_path), seeds=[0])

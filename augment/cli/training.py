@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options train-gan and train-seg share: workers, GPUs, resume, Ray address, seed, determinism."""
+    return {"workers": args.workers, "gpus_per_worker": args.gpus_per_worker, "resume": args.resume,
+            "address": args.address, "seed": args.seed, "deterministic": args.deterministic}
 
 
 def train_gan_command(args: argparse.Namespace) -> int:
@@ -20,13 +27,8 @@ def train_gan_command(args: argparse.Namespace) -> int:
         feature_matching=args.feature_matching,
         crop=args.crop,
         sample_every=args.sample_every,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        resume=args.resume,
-        address=args.address,
-        seed=args.seed,
-        deterministic=args.deterministic,
         model={"ema_decay": args.ema_decay} if args.ema_decay is not None else {},
+        **_run_options(args),
     )
     card = train_gan(config)
     losses = ", ".join(f"{k} {card.metrics[k]:.4f}" for k in ("d_total", "g_total") if k in card.metrics)
@@ -46,13 +48,8 @@ def train_seg_command(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch=args.batch,
         lr=args.lr,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        resume=args.resume,
-        address=args.address,
-        seed=args.seed,
-        deterministic=args.deterministic,
         class_weights=args.class_weights,
+        **_run_options(args),
     )
     card = train_segmenter(config)
     miou = card.metrics.get("val_miou")

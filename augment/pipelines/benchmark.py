@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Throughput of the augmentation path: `augment run` on Ray against a plain single-process PyTorch loop.
 
 Measured side by side in one run, on the built-in example data, with freshly initialised (untrained) models of the
@@ -18,14 +17,11 @@ real architectures: the same FLOPs per image as trained ones, not the same pictu
 Every measurement is warmed up first, then repeated (--repeats, interleaved so load changes hit all alike) and
 the median is quoted. Peak memory is sampled over this process and its descendants (the Ray processes too).
 
-    python benchmarks/throughput.py                     # CPU defaults: 6-9 minutes on 2 cores
-    python benchmarks/throughput.py --gpu-only          # device section only, no Ray
-    python benchmarks/throughput.py --json out.json     # also write the results as JSON
+The entry point is benchmarks/throughput.py (its options fill `BenchmarkSettings`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -51,8 +47,7 @@ from augment.data import example
 from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask
 from augment.data.dataset import make_row, open_dataset
 from augment.data.schema import arrow_schema
-from augment.core.device import PRECISIONS, pick_device, use_bf16
-from augment.core.errors import BadSample
+from augment.core.device import pick_device, use_bf16
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GANConfig, build_generator
 from augment.models.losses import one_hot_labels
@@ -83,6 +78,37 @@ PEAK_TFLOPS: list[tuple[tuple[str, ...], str, dict[str, float]]] = [
     (("L40S",), "L40S", {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6}),
     (("L4",), "L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
 ]
+
+
+@dataclass
+class BenchmarkSettings:
+    """What one benchmark run measures (benchmarks/throughput.py's options, same names and defaults)."""
+
+    size: str = "64x64"
+    n: int = 2560
+    precision: str = "auto"
+    compare_precision: bool = False
+    batch: int = 16
+    samples_per_shard: int = 64
+    source_maps: int = 24
+    workers: list[int] = field(default_factory=lambda: [1, 2, 4])
+    threads: int | None = None
+    repeats: int = 3
+    warmup: bool = True
+    model: str = "default"
+    segmenter: str = "lraspp_mobilenet_v3_large"
+    filter: str = "none"
+    ray_niceness: int | None = None
+    gpu_only: bool = False
+    device_section: str = "auto"
+    gpu_sizes: str = "256x256,256x512"
+    gpu_batch: int = 16
+    gpu_iters: int = 10
+    gpu_model: str = "default"
+    compile: str = "auto"
+    peak_tflops: str | None = None
+    workdir: str | None = None
+    json: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- setup
@@ -153,7 +179,7 @@ def make_models(root: Path, data: str, segmenter: str, model: str, seed: int = 0
     return gan_run, seg_run
 
 
-def job_config(args: argparse.Namespace, inputs: dict[str, str], output: str, n: int, workers: int,
+def job_config(args: BenchmarkSettings, inputs: dict[str, str], output: str, n: int, workers: int,
                cores: int, gpus: int) -> JobConfig:
     doc = {
         "data": inputs["data"], "generator": inputs["gan"], "segmenter": inputs["seg"], "output": output,
@@ -465,7 +491,7 @@ def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> list[str]:
     return [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
 
 
-def device_section(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def device_section(args: BenchmarkSettings, device: torch.device) -> dict[str, Any]:
     """Generator and device-step throughput per size and precision, FLOPs, fraction of peak, host syncs, PNG cost."""
     num_classes, ignore = len(example.CLASSES), example.IGNORE_INDEX
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -522,7 +548,7 @@ def device_section(args: argparse.Namespace, device: torch.device) -> dict[str, 
     return result
 
 
-def _time_generator(args: argparse.Namespace, device: torch.device, gen: torch.nn.Module, label: torch.Tensor,
+def _time_generator(args: BenchmarkSettings, device: torch.device, gen: torch.nn.Module, label: torch.Tensor,
                     z: torch.Tensor, precision: str, compiled: bool, cached: bool) -> dict[str, Any]:
     """Images/s of the generator's forward alone (inputs ready on the device), eager or torch.compile'd.
 
@@ -547,7 +573,7 @@ def _time_generator(args: argparse.Namespace, device: torch.device, gen: torch.n
     return {"images_per_s": round(label.shape[0] / per_batch, 2), "ms_per_batch": round(per_batch * 1e3, 3), **out}
 
 
-def _device_step(args: argparse.Namespace, device: torch.device, gen: torch.nn.Module, masks: torch.Tensor,
+def _device_step(args: BenchmarkSettings, device: torch.device, gen: torch.nn.Module, masks: torch.Tensor,
                  seeds: list[int], targets: list[int], num_classes: int, ignore: int) -> dict[str, Any]:
     """The library's device step as the shard processor runs it: synthesise, segment, score (results stay put)."""
     seg = build_segmenter(args.segmenter, num_classes).eval().to(device, memory_format=torch.channels_last)
@@ -615,7 +641,7 @@ def measure(fn: Callable[[], Run], memory: PeakMemory) -> Run:
     return run
 
 
-def cpu_section(args: argparse.Namespace, work: Path, device: torch.device) -> dict[str, Any]:
+def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> dict[str, Any]:
     import ray
 
     from augment.data.ingest import write_example_data
@@ -693,7 +719,7 @@ def cpu_section(args: argparse.Namespace, work: Path, device: torch.device) -> d
             "results": results}
 
 
-def summarise(args: argparse.Namespace, cpu: dict[str, Any] | None, dev: dict[str, Any] | None,
+def summarise(args: BenchmarkSettings, cpu: dict[str, Any] | None, dev: dict[str, Any] | None,
               device: torch.device, load: tuple[list[float], list[float]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "note": "untrained models (random weights of the real architectures): the FLOPs of trained ones, not their "
@@ -800,52 +826,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
-    p.add_argument("--n", type=int, default=2560,
-                   help="synthetic samples per run (default 2560: ~30 s of work on 2 cores, a small job; `augment run` "
-                        "pays a one-off ~3-4 s to start its workers (a fresh process importing torch), which a much "
-                        "shorter run would mostly measure)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="the job's generator precision (default auto: bf16 where the device computes it natively)")
-    p.add_argument("--compare-precision", action="store_true",
-                   help="add a 'plain loop, fp32' row: the plain loop with the generator in fp32, to show what bf16 "
-                        "buys (when the chosen precision is bf16)")
-    p.add_argument("--batch", type=int, default=16, help="batch size (default 16, the job default)")
-    p.add_argument("--samples-per-shard", type=int, default=64)
-    p.add_argument("--source-maps", type=int, default=24, help="example label maps to draw from (default 24)")
-    p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2, 4],
-                   help="Ray worker counts to try, comma-separated; those above the core count are skipped")
-    p.add_argument("--threads", type=int, default=None, help="cores to use (default: all this process may use)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is quoted")
-    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up runs")
-    p.add_argument("--model", choices=sorted(MODEL_PRESETS), default="default",
-                   help="generator widths: default = GANConfig's for the size, tiny = the tests'")
-    p.add_argument("--segmenter", default="lraspp_mobilenet_v3_large")
-    p.add_argument("--filter", choices=("none", "default"), default="none",
-                   help="none: accept every image so all are encoded and written (default); default: the job "
-                        "defaults, which reject nearly everything an untrained segmenter sees")
-    p.add_argument("--ray-niceness", type=int, default=None,
-                   help="nice value of Ray's worker processes (default: Ray's own, 15)")
-    p.add_argument("--gpu-only", action="store_true", help="only the device section (no Ray, no example data)")
-    p.add_argument("--device-section", choices=("auto", "cuda", "cpu", "off"), default="auto",
-                   help="auto: on CUDA when present, else skipped; cpu: run it on the CPU (slow; to try it out)")
-    p.add_argument("--gpu-sizes", default="256x256,256x512")
-    p.add_argument("--gpu-batch", type=int, default=16)
-    p.add_argument("--gpu-iters", type=int, default=10, help="batches per timing in the device section")
-    p.add_argument("--gpu-model", choices=sorted(MODEL_PRESETS), default="default")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile variants in the device section (auto: on CUDA only)")
-    p.add_argument("--peak-tflops", default=None,
-                   help="the GPU's dense peak: '989' (bf16) or 'bf16=989,tf32=494,fp32=67' (default: by GPU name)")
-    p.add_argument("--workdir", default=None, help="folder for data and outputs (default: a temporary one, removed)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def run_benchmark(args: BenchmarkSettings) -> dict[str, Any]:
+    """Run the sections `args` asks for, print the report and return it (also written to `args.json` if set)."""
     device = pick_device()
     load_before = [round(x, 2) for x in os.getloadavg()]
     cpu = None
@@ -864,7 +846,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float))
     return report
-
-
-if __name__ == "__main__":
-    main()

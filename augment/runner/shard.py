@@ -218,9 +218,6 @@ class ShardProcessor:
         self.shards_made = 0
         self.timings: dict[str, float] | None = None
 
-    def ping(self) -> str:
-        return self.worker
-
     def run(self, shard: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Make shard `shard` from its planned samples (PlannedSample dicts) unless it is already complete.
 

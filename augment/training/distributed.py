@@ -3,9 +3,10 @@
 A train loop is a plain function `loop(config: dict)` run by every worker. It reads its data with the
 `TrainingStream`s of its config (augment.training.data: each worker runs its own seeded Ray Data pipeline per
 pass, rather than a shard of Ray Train's `datasets`, so it knows which pass it reads), wraps its model with
-`prepare_model`, and lets rank 0 (`is_rank_zero()`) write checkpoints straight into the run folder with
-`augment.models.store`; Ray's own checkpoint storage is not used, so `--resume` reads `load_train_state(run)`. The run folder must therefore be reachable from the
-rank-0 worker (local disk on one machine, shared or object storage on a cluster).
+`prepare_model`, and lets rank 0 (`world_rank() == 0`) write checkpoints straight into the run folder with
+`augment.models.store`; Ray's own checkpoint storage is not used, so `--resume` reads `load_train_state(run)`.
+The run folder must therefore be reachable from the rank-0 worker (local disk on one machine, shared or object
+storage on a cluster).
 """
 
 from __future__ import annotations
@@ -161,10 +162,6 @@ def world_size() -> int:
         return ray.train.get_context().get_world_size()
     except Exception:
         return 1
-
-
-def is_rank_zero() -> bool:
-    return world_rank() == 0
 
 
 def train_device() -> torch.device:

@@ -43,10 +43,6 @@ class ConfusionMatrix:
         idx = target[keep] * n + pred[keep]
         self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
 
-    def reset(self) -> None:
-        if self.mat is not None:
-            self.mat.zero_()
-
     def reduce_from_all_processes(self) -> None:
         """Sum the matrix over the ranks of the default process group (no-op without one)."""
         if not (dist.is_available() and dist.is_initialized()):

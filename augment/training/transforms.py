@@ -45,14 +45,6 @@ def train_transform(
     return v2.Compose(steps)
 
 
-def resize_transform(size: tuple[int, int], hflip: float = 0.0) -> v2.Compose:
-    """Resize to `size` (H, W): images bilinear (antialiased), masks nearest; optional horizontal flip."""
-    steps: list[v2.Transform] = [v2.Resize(size, antialias=True)]
-    if hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(hflip))
-    return v2.Compose(steps)
-
-
 class CoverCrop:
     """Resize (aspect kept) so the image just covers `size` (H, W), then crop to `size`.
 

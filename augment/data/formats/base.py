@@ -119,12 +119,6 @@ def escape_record(where: str, listed: str, split: str) -> dict[str, str]:
     return {"source": where, "reason": f"listed path {listed!r} leaves the dataset root; not read", "split": split}
 
 
-def require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise DatasetError(f"{path}: no such folder ({what})")
-    return path
-
-
 def pair_by_key(
     split: str, images: dict[str, Path], masks: dict[str, Path], duplicates: Iterable[tuple[Path, str]] = ()
 ) -> Discovery:

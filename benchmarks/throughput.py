@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Throughput of the augmentation path: `augment run` on Ray against a plain single-process PyTorch loop.
+
+What is measured and how: augment.pipelines.benchmark. This script parses the options into its BenchmarkSettings.
+
+    python benchmarks/throughput.py                     # CPU defaults: 6-9 minutes on 2 cores
+    python benchmarks/throughput.py --gpu-only          # device section only, no Ray
+    python benchmarks/throughput.py --json out.json     # also write the results as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+try:
+    import augment  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from augment.core.device import PRECISIONS
+from augment.pipelines.benchmark import MODEL_PRESETS, BenchmarkSettings, run_benchmark
+
+
+def parse_args(argv: list[str] | None) -> BenchmarkSettings:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
+    p.add_argument("--n", type=int, default=2560,
+                   help="synthetic samples per run (default 2560: ~30 s of work on 2 cores, a small job; `augment run` "
+                        "pays a one-off ~3-4 s to start its workers (a fresh process importing torch), which a much "
+                        "shorter run would mostly measure)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the job's generator precision (default auto: bf16 where the device computes it natively)")
+    p.add_argument("--compare-precision", action="store_true",
+                   help="add a 'plain loop, fp32' row: the plain loop with the generator in fp32, to show what bf16 "
+                        "buys (when the chosen precision is bf16)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (default 16, the job default)")
+    p.add_argument("--samples-per-shard", type=int, default=64)
+    p.add_argument("--source-maps", type=int, default=24, help="example label maps to draw from (default 24)")
+    p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2, 4],
+                   help="Ray worker counts to try, comma-separated; those above the core count are skipped")
+    p.add_argument("--threads", type=int, default=None, help="cores to use (default: all this process may use)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is quoted")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up runs")
+    p.add_argument("--model", choices=sorted(MODEL_PRESETS), default="default",
+                   help="generator widths: default = GANConfig's for the size, tiny = the tests'")
+    p.add_argument("--segmenter", default="lraspp_mobilenet_v3_large")
+    p.add_argument("--filter", choices=("none", "default"), default="none",
+                   help="none: accept every image so all are encoded and written (default); default: the job "
+                        "defaults, which reject nearly everything an untrained segmenter sees")
+    p.add_argument("--ray-niceness", type=int, default=None,
+                   help="nice value of Ray's worker processes (default: Ray's own, 15)")
+    p.add_argument("--gpu-only", action="store_true", help="only the device section (no Ray, no example data)")
+    p.add_argument("--device-section", choices=("auto", "cuda", "cpu", "off"), default="auto",
+                   help="auto: on CUDA when present, else skipped; cpu: run it on the CPU (slow; to try it out)")
+    p.add_argument("--gpu-sizes", default="256x256,256x512")
+    p.add_argument("--gpu-batch", type=int, default=16)
+    p.add_argument("--gpu-iters", type=int, default=10, help="batches per timing in the device section")
+    p.add_argument("--gpu-model", choices=sorted(MODEL_PRESETS), default="default")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile variants in the device section (auto: on CUDA only)")
+    p.add_argument("--peak-tflops", default=None,
+                   help="the GPU's dense peak: '989' (bf16) or 'bf16=989,tf32=494,fp32=67' (default: by GPU name)")
+    p.add_argument("--workdir", default=None, help="folder for data and outputs (default: a temporary one, removed)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    a = p.parse_args(argv)
+    return BenchmarkSettings(**{f.name: getattr(a, f.name) for f in fields(BenchmarkSettings)})
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run_benchmark(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
