@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from augment.synthesis.composite import composite, feather_alpha, label_placed, paste, placed_region, scale_pixels
+from augment.data.objects import feather_alpha
+from augment.synthesis.composite import composite, label_placed, paste, placed_region, scale_pixels
 from augment.synthesis.placement import Placement, scale_shape
 
 IGNORE = 255

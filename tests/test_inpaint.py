@@ -17,10 +17,12 @@ from augment.models.context import context_input, fill_hole, hole_l1_loss
 from augment.models.gan import GANConfig, build_discriminator, build_ema, build_generator, build_optimizers
 from augment.models.gan import gan_train_step
 from augment.models.losses import fake_class_loss
-from augment.synthesis.composite import feather_alpha, placed_region
+from augment.data.objects import feather_alpha
+from augment.synthesis.composite import placed_region
 from augment.synthesis.generate import load_generator
 from augment.synthesis.inpaint import paint, paint_batch
-from augment.synthesis.placement import Placement, find_objects
+from augment.data.objects import find_objects
+from augment.synthesis.placement import Placement
 from augment.models.store import load_card
 from augment.training.crops import ObjectCrop, choose_object, crop_window, object_map, rarity_weights, split_hole
 from augment.training.data import _decode_batch

@@ -8,9 +8,10 @@ import pytest
 
 from augment.data import example
 from augment.core.errors import AugmentError
+from augment.data.objects import find_objects
 from augment.synthesis.composite import placed_region
 from augment.synthesis.placement import (
-    Placement, PlacementContext, contact_pixels, find_objects, fit_context, perspective_scale, place, scale_shape,
+    Placement, PlacementContext, contact_pixels, fit_context, perspective_scale, place, scale_shape,
 )
 
 IGNORE = 255

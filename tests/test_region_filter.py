@@ -13,12 +13,11 @@ from augment.filtering.quality import score_batch
 from augment.filtering.region import (
     accept_regions,
     class_mean_losses,
-    insertion_box,
     pixel_rule,
     region_iou,
     region_masks,
 )
-from augment.synthesis.composite import placed_region
+from augment.synthesis.composite import insertion_box, placed_region
 from augment.synthesis.placement import Placement
 
 IGNORE = 255

@@ -20,7 +20,7 @@ FreeMask's pixel rule (Yang et al., NeurIPS 2023) as an option on the written ma
                         region IoU still filters); ignore pixels and labels outside the classes are never changed.
 
 Boxes are B x 4 integer tensors (top, left, bottom, right), bottom and right exclusive, as
-`ObjectComponent.bbox`; `insertion_box` gives that box for a `Placement`. Everything is batched torch on the
+`ObjectComponent.bbox`; `augment.synthesis.composite.insertion_box` gives that box for a `Placement`. Everything is batched torch on the
 tensors' device, with no host synchronisation until a caller reads a result.
 """
 
@@ -35,20 +35,8 @@ from torch import nn
 
 from augment.core.errors import AugmentError
 from augment.models.segmenter import segment
-from augment.synthesis.placement import Placement, scaled_size
 
 DEFAULT_K = 1.25
-
-
-def insertion_box(obj_shape: np.ndarray, placement: Placement) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) in host pixels of the object `obj_shape` (boolean, as `ObjectComponent.shape`)
-    put in place by `placement`: its tight box scaled by `placement.scale` (`scaled_size`); it may reach past
-    the host, which `region_iou` clips."""
-    ys, xs = np.nonzero(obj_shape)
-    if len(ys) == 0:
-        raise ValueError("an object shape must have at least one True pixel")
-    h, w = scaled_size(int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1, placement.scale)
-    return placement.top, placement.left, placement.top + h, placement.left + w
 
 
 def region_masks(boxes: torch.Tensor, size: tuple[int, int], margin: int) -> torch.Tensor:

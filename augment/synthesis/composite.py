@@ -21,6 +21,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from augment.data.objects import feather_alpha
 from augment.synthesis.placement import Placement, scale_shape, scaled_size
 
 
@@ -30,32 +31,6 @@ def _tight(shape: np.ndarray) -> tuple[slice, slice]:
     if len(ys) == 0:
         raise ValueError("an object shape must have at least one True pixel")
     return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """`mask` grown by one pixel towards its 8 neighbours."""
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    grown = out.copy()
-    out[:, 1:] |= grown[:, :-1]
-    out[:, :-1] |= grown[:, 1:]
-    return out
-
-
-def feather_alpha(shape: np.ndarray, band: int) -> np.ndarray:
-    """float32 alpha of `shape`'s size: 1 where `shape` holds, 1 - d / (band + 1) at chessboard distance
-    d = 1..band from it, 0 elsewhere."""
-    if band < 0:
-        raise ValueError(f"band must be >= 0, got {band}")
-    shape = np.asarray(shape, bool)
-    alpha = shape.astype(np.float32)
-    reached = shape
-    for d in range(1, band + 1):
-        grown = _dilate(reached)
-        alpha[grown & ~reached] = 1.0 - d / (band + 1)
-        reached = grown
-    return alpha
 
 
 def composite(host_image: np.ndarray, painted: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -96,6 +71,17 @@ def scale_pixels(obj_image: np.ndarray, obj_shape: np.ndarray, scale: float, fli
            cols.stop + pad + band * fx, rows.stop + pad + band * fy)
     out = np.asarray(Image.fromarray(padded, "RGB").resize((sw + 2 * band, sh + 2 * band), Image.BILINEAR, box=box))
     return np.ascontiguousarray(out[:, ::-1]) if flip else out
+
+
+def insertion_box(obj_shape: np.ndarray, placement: Placement) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) in host pixels of the object `obj_shape` (boolean, as `ObjectComponent.shape`)
+    put in place by `placement`: its tight box scaled by `placement.scale` (`scaled_size`); it may reach past
+    the host, which `augment.filtering.region.region_iou` clips."""
+    ys, xs = np.nonzero(obj_shape)
+    if len(ys) == 0:
+        raise ValueError("an object shape must have at least one True pixel")
+    h, w = scaled_size(int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1, placement.scale)
+    return placement.top, placement.left, placement.top + h, placement.left + w
 
 
 def placed_region(

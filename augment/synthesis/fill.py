@@ -28,7 +28,7 @@ import numpy as np
 from augment.core.errors import AugmentError, BadSample
 from augment.synthesis.composite import label_placed, paste, placed_region
 from augment.synthesis.insert_plan import PlannedInsertion, component_of
-from augment.synthesis.placement import ObjectComponent
+from augment.data.objects import ObjectComponent
 
 FILLERS = ("scene", "paste", "insert")
 DEFAULT_BAND = 3

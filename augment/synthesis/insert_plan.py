@@ -4,7 +4,7 @@
 the options); it reads label maps only, never an image, and the same inputs give the same plan.
 
 Candidates
-    For each target class, its objects are the 8-connected components (`placement.find_objects`) of at least
+    For each target class, its objects are the 8-connected components (`augment.data.objects.find_objects`) of at least
     `min_pixels` pixels in every label map, named by (source id, component index); maps are visited in sorted id
     order, so the candidates do not depend on the order of the mapping.
 Sample k of class c
@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from augment.core.errors import AugmentError
-from augment.synthesis.placement import ObjectComponent, Placement, PlacementContext, find_objects, place
+from augment.data.objects import ObjectComponent, find_objects
+from augment.synthesis.placement import Placement, PlacementContext, place
 from augment.synthesis.plan import MAX_PLAN_SAMPLES, derive_seed
 
 INSERT_PLAN_VERSION = 1

@@ -34,146 +34,7 @@ import numpy as np
 
 from augment.data.codec import resize_mask
 from augment.core.errors import AugmentError
-
-_NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # with their opposites: the 8-neighbourhood
-
-
-@dataclass(frozen=True, eq=False)
-class ObjectComponent:
-    """One 8-connected component of `class_index` in a label map of `image_size` (H, W).
-
-    `index` is its rank among all components of that class in the map, in raster order of their first pixel
-    (before any size filter), so it names the component whatever `min_pixels` a caller used. `shape` is the
-    boolean crop of its bounding box whose top-left pixel is (`top`, `left`).
-    """
-
-    class_index: int
-    index: int
-    top: int
-    left: int
-    shape: np.ndarray
-    image_size: tuple[int, int]
-
-    @property
-    def height(self) -> int:
-        return int(self.shape.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.shape.shape[1])
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """(top, left, bottom + 1, right + 1)."""
-        return self.top, self.left, self.top + self.height, self.left + self.width
-
-    @property
-    def pixels(self) -> int:
-        return int(self.shape.sum())
-
-    @property
-    def bottom(self) -> int:
-        """The image row of its lowest pixel."""
-        return self.top + self.height - 1
-
-    @property
-    def centre_col(self) -> float:
-        """The mean image column of its pixels."""
-        return self.left + float(np.nonzero(self.shape)[1].mean())
-
-    @property
-    def row(self) -> float:
-        """Its bottom row, normalised: (bottom + 0.5) / H."""
-        return normalised_row(self.bottom, self.image_size[0])
-
-    def crop(self, image: np.ndarray, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(pixels, shape): `image` (the map's own image, H x W x C) and the object's shape over its bounding box
-        grown by `margin` pixels on each side, clipped to the image; the shape is False in the margin."""
-        h, w = self.image_size
-        if image.shape[:2] != (h, w):
-            raise ValueError(f"image is {image.shape[:2]}, the object's map is {(h, w)}")
-        y0, x0 = max(self.top - margin, 0), max(self.left - margin, 0)
-        y1, x1 = min(self.top + self.height + margin, h), min(self.left + self.width + margin, w)
-        shape = np.zeros((y1 - y0, x1 - x0), bool)
-        shape[self.top - y0 : self.top - y0 + self.height, self.left - x0 : self.left - x0 + self.width] = self.shape
-        return image[y0:y1, x0:x1].copy(), shape
-
-
-def normalised_row(row: int, height: int) -> float:
-    """The normalised position (row + 0.5) / height of image row `row`."""
-    return (row + 0.5) / height
-
-
-def _label(mask: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of equal values of `mask` among the pixels where `keep` holds.
-
-    Returns (labels, n): labels is int64 H x W, -1 outside `keep`, else 0..n-1 in raster order of each
-    component's first pixel. Union-find with min-hooking and pointer jumping, vectorised over pixel pairs.
-    """
-    h, w = mask.shape
-    idx = np.arange(h * w, dtype=np.int64).reshape(h, w)
-    us, vs = [], []
-    for dy, dx in _NEIGHBOURS:
-        a = (slice(0, h - dy), slice(max(-dx, 0), w - max(dx, 0)))
-        b = (slice(dy, h), slice(max(dx, 0), w - max(-dx, 0)))
-        same = keep[a] & keep[b] & (mask[a] == mask[b])
-        us.append(idx[a][same])
-        vs.append(idx[b][same])
-    u, v = np.concatenate(us), np.concatenate(vs)
-    parent = np.arange(h * w, dtype=np.int64)
-    while True:
-        ru, rv = parent[u], parent[v]
-        apart = ru != rv
-        if not apart.any():
-            break
-        u, v, ru, rv = u[apart], v[apart], ru[apart], rv[apart]
-        np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    labels = np.full(h * w, -1, np.int64)
-    kept = keep.ravel()
-    roots, labels[kept] = np.unique(parent[kept], return_inverse=True)
-    return labels.reshape(h, w), len(roots)
-
-
-def _components(mask: np.ndarray, keep: np.ndarray) -> list[ObjectComponent]:
-    """Every component of `_label(mask, keep)`, each with its class and its index among its class's components."""
-    labels, n = _label(mask, keep)
-    ys, xs = np.nonzero(labels >= 0)
-    comp = labels[ys, xs]
-    order = np.argsort(comp, kind="stable")
-    ys, xs, comp = ys[order], xs[order], comp[order]
-    starts = np.searchsorted(comp, np.arange(n + 1))
-    seen: dict[int, int] = {}
-    out = []
-    for k in range(n):
-        cy, cx = ys[starts[k] : starts[k + 1]], xs[starts[k] : starts[k + 1]]
-        top, left = int(cy.min()), int(cx.min())
-        shape = np.zeros((int(cy.max()) - top + 1, int(cx.max()) - left + 1), bool)
-        shape[cy - top, cx - left] = True
-        cls = int(mask[cy[0], cx[0]])
-        out.append(ObjectComponent(cls, seen.get(cls, 0), top, left, shape, (int(mask.shape[0]), int(mask.shape[1]))))
-        seen[cls] = seen.get(cls, 0) + 1
-    return out
-
-
-def _check_mask(mask: np.ndarray) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.ndim != 2 or mask.size == 0:
-        raise ValueError(f"a label map must be a non-empty H x W array, got shape {mask.shape}")
-    return mask
-
-
-def find_objects(mask: np.ndarray, class_index: int, min_pixels: int = 1) -> list[ObjectComponent]:
-    """The 8-connected components of `class_index` in `mask` (H x W) with at least `min_pixels` pixels, in raster
-    order of their first pixel."""
-    mask = _check_mask(mask)
-    found = _components(mask, mask == class_index)
-    return [o for o in found if o.pixels >= min_pixels]
-
+from augment.data.objects import ObjectComponent, all_components, check_label_map, find_objects, normalised_row
 
 def contact_pixels(shape: np.ndarray, foot: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) in `shape` of its contact pixels: True pixels whose pixel below is False or outside, in the
@@ -327,12 +188,12 @@ def fit_context(
     objects = np.zeros(num_classes, np.int64)
     fit: list[tuple[int, float, float]] = []
     for i, mask in enumerate(masks):
-        mask = _check_mask(mask)
+        mask = check_label_map(mask)
         keep = mask != ignore_index
         if keep.any() and int(mask[keep].max()) >= num_classes:
             raise ValueError(f"label map {i} has label {int(mask[keep].max())}, outside 0..{num_classes - 1}")
         h = mask.shape[0]
-        for obj in _components(mask, keep):
+        for obj in all_components(mask, keep):
             if obj.pixels < min_pixels or obj.bottom == h - 1:
                 continue
             c = obj.class_index
@@ -428,7 +289,7 @@ def place(
     of its contact pixels have ground directly below; the first row with such a column is taken. The object is
     flipped with probability `flip_prob`. The same arguments and generator state give the same result.
     """
-    host_mask = _check_mask(host_mask)
+    host_mask = check_label_map(host_mask)
     c = obj.class_index
     grounds = context.ground_classes(c, min_ground)
     flip = bool(rng.random() < flip_prob)

@@ -6,13 +6,13 @@ torch's global generator, which the stream seeds per (seed, epoch, sample id): a
 alone. Per label map:
     object  a class among those in the map (not the ignore index), drawn with probability proportional to its
             weight (`rarity_weights`: rare classes more often), then one of its objects (8-connected components of at
-            least `min_pixels` pixels, augment.synthesis.placement.find_objects) uniformly; a class without such an
+            least `min_pixels` pixels, augment.data.objects.find_objects) uniformly; a class without such an
             object gives way to the next one drawn; a map where no class has one takes an object of any size of the
             first class drawn; a map without labelled pixels gets no object;
     window  `crop_window`: size x size, centred on the object's bounding box, or for an object that does not fit,
             on one of its pixels drawn uniformly; shifted inside the image where it would stick out;
     hole    `hole_mask`: the object dilated by `dilation` pixels (the support of
-            augment.synthesis.composite.feather_alpha), inside the window; empty when there is no object;
+            augment.data.objects.feather_alpha), inside the window; empty when there is no object;
     flip    image, mask and hole flipped left-right with probability `hflip`.
 It returns the image as 4 x size x size uint8, the RGB crop and then the hole (255 inside, 0 outside), and the mask
 crop; `split_hole` turns a batch of such images, normalised as the stream's batches are, into (real, hole).
@@ -25,8 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from augment.synthesis.composite import feather_alpha
-from augment.synthesis.placement import ObjectComponent, find_objects
+from augment.data.objects import ObjectComponent, feather_alpha, find_objects
 
 DEFAULT_DILATION = 3
 """Pixels the hole reaches beyond the object (at least the feathered band `paint` blends)."""
