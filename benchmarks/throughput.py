@@ -53,12 +53,12 @@ from augment.data.dataset import make_row, open_dataset
 from augment.data.schema import arrow_schema
 from augment.device import PRECISIONS, pick_device, use_bf16
 from augment.errors import BadSample
-from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
+from augment.filtering.quality import accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GANConfig, build_generator
 from augment.models.losses import one_hot_labels
 from augment.models.segmenter import build_segmenter, load_segmenter, segment, segmenter_config
 from augment.runner import shard as shard_mod
-from augment.runner.jobfile import JobConfig, job_from_document
+from augment.runner.jobfile import JobConfig, filter_config, job_from_document
 from augment.synthesis.edit import apply_edits
 from augment.synthesis.generate import load_generator, sample_noises, synthesise
 from augment.synthesis.plan import make_plan
@@ -310,7 +310,7 @@ def plain_loop(cfg: JobConfig, out_file: str, device: torch.device) -> Run:
     segmenter.to(memory_format=torch.channels_last)
     mode = seg_card.model_config.get("normalize", "imagenet")
     plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
-    filt = FilterConfig.from_dict({**cfg.filter, "keep_rejected": cfg.keep_rejected})
+    filt = cfg.filter
     schema = arrow_schema("synthetic")
     setup = time.perf_counter() - start
 
@@ -558,7 +558,7 @@ def _device_step(args: argparse.Namespace, device: torch.device, gen: torch.nn.M
         images = synthesise(gen, masks, seeds, targets, num_classes, ignore, base_seeds=seeds)
         x = normalize(images, "imagenet")
         logits = segment(seg, x)
-        return accept(score_batch(logits, masks, targets, num_classes, ignore), FilterConfig())
+        return accept(score_batch(logits, masks, targets, num_classes, ignore), filter_config())
 
     per_batch = time_per_call(step, device, args.gpu_iters, args.repeats)
     out: dict[str, Any] = {"segmenter_gflops_per_image": round(flops / 1e9, 3),

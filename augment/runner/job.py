@@ -21,9 +21,17 @@
     error naming the newer run.
 
 The fingerprint is the sha256 of the job's canonical content: dataset identity (sha256 of its dataset.json),
-generator and segmenter identity (weights sha256), seed, quotas, balance, filter, keep_rejected, noise, edits and
-samples_per_shard (it fixes the file layout). Paths and resources (workers, GPUs, CPUs, batch size) are not part of
-it: moving the inputs or running with other resources resumes the same job and writes the same rows.
+generator and segmenter identity (weights sha256), seed, quotas, balance, edits, samples_per_shard (it fixes the
+file layout) and the worker settings' `SynthesisSettings.fingerprint_fields()` (filter, keep_rejected, noise and the
+resolved precision). Paths and resources (workers, GPUs, CPUs, batch size) are not part of it: moving the inputs or
+running with other resources resumes the same job and writes the same rows.
+
+Precision is resolved once, in `prepare_job`: "auto" becomes "bf16" or "fp32" by asking what the workers' device
+computes natively (`run_job` asks one Ray task holding a worker's resources; without Ray, this process's device).
+job.json, the fingerprint, every shard marker and summary.json record the resolved value, and the workers use it. A
+resume whose "auto" resolves otherwise than the output records is refused, naming both; the recorded precision,
+given explicitly, continues the output. An output whose job.json records "auto" itself (written before precision
+was resolved) cannot tell which arithmetic its shards used: it is refused as another job, saying so.
 """
 
 from __future__ import annotations
@@ -32,15 +40,14 @@ import hashlib
 import io
 import json
 import math
-import os
 import platform
 import re
 import sys
 import time
 from argparse import Namespace
 from collections import deque
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -48,7 +55,7 @@ from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, Dataset, DatasetInfo, PartStats, open_dataset
 from augment.errors import AugmentError
-from augment.filtering.quality import FilterConfig
+from augment.device import native_bf16, pick_device, resolve_precision
 from augment.models.segmenter import load_segmenter
 from augment.report.sheets import render_sheet
 from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
@@ -56,7 +63,7 @@ from augment.runner.markers import (
     JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, is_run_claim,
     is_temporary, shard_file, shard_name,
 )
-from augment.runner.shard import ShardProcessor, ShardSettings, read_examples
+from augment.runner.shard import ShardProcessor, ShardSettings, SynthesisSettings, read_examples
 from augment.runner.verify import id_problem
 from augment.synthesis.generate import load_generator
 from augment.synthesis.plan import Plan, PlannedSample, make_plan
@@ -81,6 +88,7 @@ class PreparedJob:
     generator_card: ModelCard
     segmenter_card: ModelCard
     plan: Plan
+    synthesis: SynthesisSettings
     content: dict[str, Any]
     fingerprint: str
 
@@ -95,11 +103,9 @@ def job_fingerprint(content: dict[str, Any]) -> str:
 
 
 def _fingerprint_content(
-    cfg: JobConfig, dataset: Dataset, gen: ModelCard, seg: ModelCard, plan: Plan, filter_cfg: FilterConfig
+    cfg: JobConfig, dataset: Dataset, gen: ModelCard, seg: ModelCard, plan: Plan, synthesis: SynthesisSettings
 ) -> dict[str, Any]:
     info_bytes = afs.read_bytes(dataset.fs, afs.join(dataset.path, INFO_FILE))
-    filt = asdict(filter_cfg)
-    filt.pop("keep_rejected")
     return {
         "version": FINGERPRINT_VERSION,
         "data": {"dataset_json_sha256": hashlib.sha256(info_bytes).hexdigest(), "num_rows": dataset.info.num_rows},
@@ -109,10 +115,7 @@ def _fingerprint_content(
         "quotas": {str(c): q for c, q in sorted(plan.quotas.items())},
         "balance": None if cfg.balance_total is None else {"total": cfg.balance_total, "power": cfg.balance_power},
         "edits": plan.edit_options,
-        "filter": filt,
-        "keep_rejected": cfg.keep_rejected,
-        "noise": cfg.noise,
-        "precision": cfg.precision,
+        **synthesis.fingerprint_fields(),
         "samples_per_shard": cfg.resources.samples_per_shard,
     }
 
@@ -128,8 +131,22 @@ def _check_size(card: ModelCard, info: DatasetInfo, what: str) -> None:
         )
 
 
-def prepare_job(cfg: JobConfig) -> PreparedJob:
-    """Validate everything the job needs and make its plan; raises AugmentError, writes nothing."""
+def local_native_bf16() -> bool:
+    """Whether this process's device (CUDA when present, else the CPU) computes bf16 natively."""
+    return native_bf16(pick_device())
+
+
+def synthesis_settings(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) -> SynthesisSettings:
+    """The job's worker settings, precision resolved: `native` (asked only for "auto") says whether the workers'
+    device computes bf16 natively."""
+    precision = resolve_precision(cfg.precision, cfg.precision == "auto" and native())
+    return SynthesisSettings(filter=cfg.filter, keep_rejected=cfg.keep_rejected, noise=cfg.noise, precision=precision,
+                             batch_size=cfg.resources.batch_size, sheets=cfg.sheets)
+
+
+def prepare_job(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) -> PreparedJob:
+    """Validate everything the job needs, make its plan and resolve its precision (`native`: whether the workers'
+    device computes bf16 natively, asked last and only for "auto"); raises AugmentError, writes nothing."""
     afs.check_apart(cfg.output, cfg.data, "the job's data")  # --overwrite there would delete the input
     dataset = open_dataset(cfg.data)
     info = dataset.info
@@ -142,15 +159,15 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
     segmenter, seg_card = load_segmenter(cfg.segmenter, "cpu")
     del segmenter
     check_compatible(seg_card, info, f"segmenter {cfg.segmenter}")
-    filter_cfg = FilterConfig.from_dict(cfg.filter, source=f"{cfg.source}: filter")
     try:
         plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
     except AugmentError as exc:
         raise AugmentError(f"{cfg.source}: {exc}") from None
     if not len(plan):
         raise AugmentError(f"{cfg.source}: the job plans no samples (every quota is 0)")
-    content = _fingerprint_content(cfg, dataset, gen_card, seg_card, plan, filter_cfg)
-    return PreparedJob(cfg, dataset, gen_card, seg_card, plan, content, job_fingerprint(content))
+    synthesis = synthesis_settings(cfg, native)
+    content = _fingerprint_content(cfg, dataset, gen_card, seg_card, plan, synthesis)
+    return PreparedJob(cfg, dataset, gen_card, seg_card, plan, synthesis, content, job_fingerprint(content))
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -190,6 +207,8 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
             raise AugmentError(f"{out.uri} holds job files but no {JOB_FILE}; pass --overwrite to replace them")
         content = record.get("content", {}) if record and record.get("fingerprint") == owner else {}
         changed = _changed_keys(content, job.content) if content else []
+        if changed == ["precision"]:
+            raise AugmentError(_precision_refusal(out, str(content["precision"]), job))
         raise AugmentError(
             f"{out.uri} holds the output of another job (fingerprint {str(owner)[:12]}, this job "
             f"{job.fingerprint[:12]}; differs in: {', '.join(changed) or 'unknown'}); pass --overwrite to replace it "
@@ -207,6 +226,21 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
         out.remove_job_files(doomed)
     _write_job_record(out, job)
     return Claim(mode, claim)
+
+
+def _precision_refusal(out: OutputFolder, recorded: str, job: PreparedJob) -> str:
+    """The one line refusing an output that is this job but for its precision (see the module docstring)."""
+    asked, resolved = job.cfg.precision, job.synthesis.precision
+    where = f"{out.uri}/{JOB_FILE}"
+    if recorded == "auto":
+        return (f"{where} records precision auto unresolved (written by an earlier augment), so its shards may be "
+                f"bf16 or fp32; this job resolves {asked} to {resolved}; pass --overwrite to remake the output, or "
+                f"choose a new output")
+    if asked == "auto":
+        return (f"{where} records precision {recorded}, this cluster resolves auto to {resolved}; rerun with "
+                f"precision: {recorded} to continue as recorded, or a new output")
+    return (f"{where} records precision {recorded}, this job asks for {resolved}; rerun with precision: {recorded} "
+            f"to continue as recorded, pass --overwrite to replace it, or choose a new output")
 
 
 def _write_job_record(out: OutputFolder, job: PreparedJob) -> None:
@@ -276,10 +310,7 @@ def shard_settings(job: PreparedJob, run_id: str) -> ShardSettings:
         data=cfg.data, generator=cfg.generator, segmenter=cfg.segmenter, output=cfg.output,
         fingerprint=job.fingerprint, classes=list(info.classes), ignore_index=info.ignore_index,
         generator_sha256=job.generator_card.weights_sha256, segmenter_sha256=job.segmenter_card.weights_sha256,
-        run_id=run_id,
-        filter=dict(cfg.filter), keep_rejected=cfg.keep_rejected, noise=cfg.noise,
-        precision=cfg.precision,
-        batch_size=cfg.resources.batch_size, sheets=cfg.sheets,
+        run_id=run_id, synthesis=job.synthesis,
     )
 
 
@@ -295,8 +326,8 @@ def gpu_worker_cpus(nodes: list[dict[str, Any]], gpus_per_worker: float) -> floa
     return max(1.0, float(math.floor(min(ratios) * gpus_per_worker))) if ratios else 1.0
 
 
-def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, float, float]:
-    """(workers, gpus_per_worker, cpus_per_worker) for the cluster Ray is connected to."""
+def _worker_resources(res: Resources, pending: int, local: bool, quiet: bool = False) -> tuple[int, float, float]:
+    """(workers, gpus_per_worker, cpus_per_worker) for the cluster Ray is connected to (`quiet`: print nothing)."""
     import ray
 
     total = ray.cluster_resources()
@@ -306,11 +337,12 @@ def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, f
         gpus = 1.0 if cluster_gpus > 0 else 0.0
     elif gpus > 0 and cluster_gpus == 0:
         if local:
-            print(f"augment run: no GPU in this Ray instance; running {res.gpus_per_worker} GPU(s)/worker on CPU",
-                  flush=True)
+            note = f"no GPU in this Ray instance; running {res.gpus_per_worker} GPU(s)/worker on CPU"
             gpus = 0.0
         else:
-            print("augment run: the cluster has no GPU yet; waiting for the autoscaler to add GPU workers", flush=True)
+            note = "the cluster has no GPU yet; waiting for the autoscaler to add GPU workers"
+        if not quiet:
+            print(f"augment run: {note}", flush=True)
     cpus = res.cpus_per_worker
     if cpus is None:
         cpus = gpu_worker_cpus(ray.nodes(), gpus) if gpus > 0 else 1.0
@@ -321,12 +353,26 @@ def _worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, f
     return max(1, min(workers, pending)), gpus, cpus
 
 
+def workers_native_bf16(res: Resources, local: bool) -> bool:
+    """Whether the job's workers' device computes bf16 natively, asked of one Ray task holding a worker's resources
+    (so it runs where a worker would: on a GPU when the workers get GPUs). Ray must be initialised."""
+    import ray
+
+    _, gpus, cpus = _worker_resources(res, 1, local, quiet=True)
+    probe = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(local_native_bf16)
+    return bool(ray.get(probe.remote()))
+
+
 def _run_shards(
     job: PreparedJob, settings: ShardSettings, todo: list[int], progress: Progress, local: bool
 ) -> set[int]:
     """Run the shards `todo` on an actor pool; returns those made here (not found done by a worker).
 
-    A worker reporting its run stale (a newer run claimed the output) stops the run with AugmentError."""
+    A shard is attempted at most `resources.max_shard_attempts` times, counted here alone: Ray restarts no actor
+    and retries no task itself, so a failed attempt (the shard raised, or its worker was lost) comes back here,
+    is counted, and the shard is queued again on a live worker (a lost worker is replaced); the last failure stops
+    the run with AugmentError naming the shard, its attempts and its last error. A worker reporting its run stale
+    (a newer run claimed the output) stops the run with AugmentError."""
     import ray
     from ray.exceptions import RayActorError, RayError
 
@@ -336,32 +382,29 @@ def _run_shards(
     shards = job.shards
     n_workers, gpus, cpus = _worker_resources(res, len(todo), local)
     check_placeable({"CPU": cpus, "GPU": gpus}, n_workers, JOB_RESOURCE_NAMES, local)
-    settings.threads = max(1, int(cpus))
-    actor_cls = ray.remote(ShardProcessor).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=res.max_shard_attempts, max_task_retries=res.max_shard_attempts,
-    )
-    settings_dict = asdict(settings)
-    actors = [actor_cls.remote(settings_dict) for _ in range(n_workers)]
+    settings = replace(settings, threads=max(1, int(cpus)))
+    actor_cls = ray.remote(ShardProcessor).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)
+    actors = [actor_cls.remote(settings) for _ in range(n_workers)]
     depth = 2
     queue = deque(todo)
     attempts: dict[int, int] = {}
-    in_flight: dict[Any, tuple[int, int]] = {}
+    in_flight: dict[Any, tuple[int, int, Any]] = {}
     made: set[int] = set()
     print(f"augment run: {len(todo)} shards on {n_workers} workers ({gpus:g} GPU, {cpus:g} CPU each)", flush=True)
     try:
         while queue or in_flight:
             for slot in range(n_workers):
-                while queue and sum(1 for a, _ in in_flight.values() if a == slot) < depth:
+                while queue and sum(1 for a, _, _ in in_flight.values() if a == slot) < depth:
                     k = queue.popleft()
                     payload = [asdict(p) for p in shards[k]]
-                    in_flight[actors[slot].run.remote(k, payload)] = (slot, k)
+                    in_flight[actors[slot].run.remote(k, payload)] = (slot, k, actors[slot])
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_INTERVAL_S)
             if not ready:
                 if progress.bar is None:
                     print(f"augment run: {progress.line()}", flush=True)
                 continue
             ref = ready[0]
-            slot, k = in_flight.pop(ref)
+            slot, k, actor = in_flight.pop(ref)
             try:
                 result = ray.get(ref)
             except RayError as exc:
@@ -370,9 +413,9 @@ def _run_shards(
                 if attempts[k] >= res.max_shard_attempts:
                     raise AugmentError(f"shard {k} failed {attempts[k]} times; last error: {reason}") from None
                 print(f"augment run: shard {k} failed ({reason}); trying again", flush=True)
-                if isinstance(exc, RayActorError):
-                    ray.kill(actors[slot], no_restart=True)
-                    actors[slot] = actor_cls.remote(settings_dict)
+                if isinstance(exc, RayActorError) and actors[slot] is actor:  # not yet replaced for another shard
+                    ray.kill(actor, no_restart=True)
+                    actors[slot] = actor_cls.remote(settings)
                 queue.appendleft(k)
                 continue
             if result.get("stale"):
@@ -518,7 +561,7 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
 def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) a job; returns the summary also written to `summary.json` (see the module docstring)."""
     start = time.perf_counter()
-    job = prepare_job(cfg)
+    job = prepare_job(cfg, lambda: workers_native_bf16(cfg.resources, _start_ray(address)))
     out = OutputFolder(cfg.output)
     claim = claim_output(out, job, overwrite)
     _write_plan(out, job.plan)
@@ -531,10 +574,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     made: set[int] = set()
     run_start = time.perf_counter()
     if todo:
-        from augment.runner.cluster import init_ray
-
-        init_ray(address)
-        local = address in (None, "local") and not _ray_address()
+        local = _start_ray(address)
         settings = shard_settings(job, claim.run.run_id)
         try:
             for _ in range(MAX_SHARD_ROUNDS):
@@ -556,6 +596,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     run_seconds = time.perf_counter() - run_start
     summary: dict[str, Any] = {
         "output": cfg.output, "fingerprint": job.fingerprint, "mode": claim.mode, "run_id": claim.run.run_id,
+        "precision": job.synthesis.precision,
         "samples_planned": len(job.plan), "shards": len(shards), "shards_run": len(made),
         "shards_skipped": len(shards) - len(made), "generated_this_run": progress.generated,
         "images_per_second": round(progress.generated / run_seconds, 3) if progress.generated else 0.0,
@@ -564,8 +605,12 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     return _finish(out, job, claim, done, summary)
 
 
-def _ray_address() -> str | None:
-    return os.environ.get("RAY_ADDRESS")
+def _start_ray(address: str | None) -> bool:
+    """Start or join Ray (augment.runner.cluster.init_ray); returns whether it is a local instance."""
+    from augment.runner.cluster import init_ray, is_local
+
+    init_ray(address)
+    return is_local(address)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
