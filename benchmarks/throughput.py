@@ -18,7 +18,7 @@ real architectures: the same FLOPs per image as trained ones, not the same pictu
 Every measurement is warmed up first, then repeated (--repeats, interleaved so load changes hit all alike) and
 the median is quoted. Peak memory is sampled over this process and its descendants (the Ray processes too).
 
-    python benchmarks/throughput.py                     # CPU defaults: 6-9 minutes on 2 cores
+    python benchmarks/throughput.py                     # CPU defaults (run times: docs/results.md)
     python benchmarks/throughput.py --gpu-only          # device section only, no Ray
     python benchmarks/throughput.py --json out.json     # also write the results as JSON
 """
@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 import torch
 
 from augment.data import example
-from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask
+from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask, parse_size
 from augment.data.dataset import make_row, open_dataset
 from augment.data.schema import arrow_schema
 from augment.device import PRECISIONS, pick_device, use_bf16
@@ -65,7 +65,8 @@ from augment.synthesis.plan import make_plan
 from augment.training.checkpoint import ModelCard, save_checkpoint
 from augment.training.transforms import normalize
 
-STAGES = ("decode", "generate", "segment", "score", "encode", "write")
+# The shard processor's stages (augment.runner.shard.STAGES) but "wait": the plain loop has no pool to wait on.
+STAGES = tuple(s for s in shard_mod.STAGES if s != "wait")
 ACCEPT_ALL = {"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": 0.0}
 EDITS = {"flip": 0.5, "scale": [1.0, 1.5], "paste": {"prob": 0.3}}
 MODEL_PRESETS: dict[str, dict[str, int]] = {
@@ -92,11 +93,6 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -761,11 +757,11 @@ def format_report(report: dict[str, Any]) -> str:
         if cpu["workers_skipped"]:
             lines.append(f"  skipped {cpu['workers_skipped']} workers: more than the {cpu['cores']} cores")
         lines += ["", "busy seconds per stage (median run; pipeline stages overlap, so they sum past the wall time)",
-                  f"{'':<26}" + "".join(f"{s:>9}" for s in (*STAGES, "wait"))]
+                  f"{'':<26}" + "".join(f"{s:>9}" for s in shard_mod.STAGES)]
         for name in ("plain loop", "pipeline, no Ray"):
             st = cpu["results"][name]["stages_seconds"]
             lines.append(f"{name:<26}" + "".join(f"{st.get(s, 0.0):>9.2f}" if s in st else f"{'-':>9}"
-                                                 for s in (*STAGES, "wait")))
+                                                 for s in shard_mod.STAGES))
         lines += ["", f"pipeline (augment run) {report['pipeline_images_per_s']:.2f} images/s with "
                       f"{report['pipeline_workers']} worker(s) = {report['ratio_vs_plain_loop']:.2f}x the plain loop "
                       f"end to end, {report['steady_ratio_vs_plain_loop']:.2f}x without one-off setup"]
@@ -804,9 +800,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
     p.add_argument("--n", type=int, default=2560,
-                   help="synthetic samples per run (default 2560: ~30 s of work on 2 cores, a small job; `augment run` "
-                        "pays a one-off ~3-4 s to start its workers (a fresh process importing torch), which a much "
-                        "shorter run would mostly measure)")
+                   help="synthetic samples per run (default 2560, a small job; `augment run` pays a one-off cost to "
+                        "start its workers (a fresh process importing torch), which a much shorter run would mostly "
+                        "measure)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the job's generator precision (default auto: bf16 where the device computes it natively)")
     p.add_argument("--compare-precision", action="store_true",

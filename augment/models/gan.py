@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
+from augment.data.codec import MIN_SIDE
 from augment.models.discriminator import OASISDiscriminator, num_downsamples
 from augment.models.generator import OASISGenerator, sample_noise
 from augment.models.losses import (
@@ -31,6 +32,7 @@ from augment.models.losses import (
 
 __all__ = [
     "GANConfig",
+    "WEIGHTS_PREFIX",
     "build_discriminator",
     "build_ema",
     "build_generator",
@@ -41,6 +43,9 @@ __all__ = [
 ]
 
 WIDTH_KEYS = ("g_width", "d_width", "spade_hidden")
+# The prefix of the generator's (EMA) weights in a GAN run's model.safetensors: training writes them under it,
+# synthesis loads them from it.
+WEIGHTS_PREFIX = "generator."
 # short side up to -> (g_width, d_width, spade_hidden); larger sizes use OASIS's own widths
 _WIDTH_RULE = ((64, (16, 32, 64)), (128, (32, 64, 128)))
 _OASIS_WIDTHS = (64, 128, 128)
@@ -106,8 +111,8 @@ class GANConfig:
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
         self.betas = tuple(float(b) for b in self.betas)
-        if len(self.size) != 2 or min(self.size) < 16:
-            raise ValueError(f"GANConfig.size must be (H, W) with both >= 16, got {self.size}")
+        if len(self.size) != 2 or min(self.size) < MIN_SIDE:
+            raise ValueError(f"GANConfig.size must be (H, W) with both >= {MIN_SIDE}, got {self.size}")
         if self.num_classes < 1:
             raise ValueError(f"GANConfig.num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= self.ema_decay <= 1.0:

@@ -318,8 +318,8 @@ def gpu_worker_cpus(nodes: list[dict[str, Any]], gpus_per_worker: float) -> floa
     """CPUs for a worker holding `gpus_per_worker` GPUs: its share of the CPUs of the GPU node with the fewest CPUs
     per GPU (so it fits on every GPU node), at least 1; 1 when no GPU node is up yet (an autoscaling cluster).
 
-    A GPU worker encodes its images and masks to PNG on a thread pool sized by its CPUs: at 256x512 one thread
-    encodes well under the ~hundreds of images/s a GPU generates, so one CPU per worker would starve the GPU.
+    A GPU worker encodes its images and masks to PNG on a thread pool sized by its CPUs, and one thread encodes
+    far fewer images per second than a GPU generates, so one CPU per worker would starve the GPU.
     """
     ratios = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
               if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]

@@ -67,8 +67,8 @@ STAGES = {
     "wait": "the device loop blocked on the thread pool (decode or encode behind)",
 }
 ROW_GROUP_ROWS = 64
-# zlib level of the synthetic images' PNGs: at 256x512, level 1 takes a quarter of level 6's CPU time for ~3% more
-# bytes (benchmarks/throughput.py); on a GPU worker, PNG encoding is the stage that must keep up with the device.
+# zlib level of the synthetic images' PNGs: the fastest, trading a few bytes for CPU time, since on a GPU worker PNG
+# encoding is the stage that must keep up with the device (figures: docs/results.md).
 PNG_COMPRESS_LEVEL = 1
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("target_class", pa.int32()), ("accepted", pa.bool_()), ("caption", pa.string()),

@@ -34,6 +34,7 @@ from augment.data import fs as afs
 from augment.data.dataset import Dataset, decode_row, open_dataset
 from augment.errors import AugmentError
 from augment.models.gan import (
+    WEIGHTS_PREFIX,
     GANConfig,
     build_discriminator,
     build_ema,
@@ -63,7 +64,6 @@ from augment.training.data import BatchMixer, common_size, training_stream
 from augment.training.transforms import CoverCrop, apply_joint
 
 GAN_KIND = "gan"
-WEIGHTS_PREFIX = "generator."
 SAMPLES_DIR = "samples"
 DEFAULT_SAMPLE_EVERY = 500
 SHEET_GAP = 2
