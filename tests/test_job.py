@@ -157,7 +157,8 @@ def test_resume_resolving_auto_otherwise_is_refused_unless_asked_explicitly(env,
     explicit = prepare_job(load_job(str(job_file(env, tmp_path / "b.yaml", out.uri, precision="bf16"))), lambda: False)
     assert claim_output(out, explicit, overwrite=False).mode == "resume"
     other = prepare_job(load_job(str(job_file(env, tmp_path / "c.yaml", out.uri, precision="fp32"))))
-    with pytest.raises(AugmentError, match="records precision bf16, this job asks for fp32; rerun with precision: bf16"):
+    with pytest.raises(AugmentError,
+                       match="records precision bf16, this job asks for fp32; rerun with precision: bf16"):
         claim_output(out, other, overwrite=False)
 
 

@@ -446,7 +446,7 @@ def _verify(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStats]) ->
     missing = [f for k, f in enumerate(files) if k not in done]
     if missing:
         raise AugmentError(f"{out.uri}: shards without a completion marker: {', '.join(missing[:5])}")
-    problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.cfg.keep_rejected, done, files)
+    problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.synthesis.keep_rejected, done, files)
     if problem is not None:
         raise AugmentError(f"{out.uri}: {problem}; rerun with --overwrite")
     return files
