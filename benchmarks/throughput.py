@@ -3,7 +3,7 @@
 
 What is measured and how: augment.pipelines.benchmark. This script parses the options into its BenchmarkSettings.
 
-    python benchmarks/throughput.py                     # CPU defaults: 6-9 minutes on 2 cores
+    python benchmarks/throughput.py                     # CPU defaults (run times: docs/results.md)
     python benchmarks/throughput.py --gpu-only          # device section only, no Ray
     python benchmarks/throughput.py --json out.json     # also write the results as JSON
 """
@@ -29,9 +29,9 @@ def parse_args(argv: list[str] | None) -> BenchmarkSettings:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", default="64x64", help="image size HxW of the example data (default 64x64)")
     p.add_argument("--n", type=int, default=2560,
-                   help="synthetic samples per run (default 2560: ~30 s of work on 2 cores, a small job; `augment run` "
-                        "pays a one-off ~3-4 s to start its workers (a fresh process importing torch), which a much "
-                        "shorter run would mostly measure)")
+                   help="synthetic samples per run (default 2560, a small job; `augment run` pays a one-off cost to "
+                        "start its workers (a fresh process importing torch), which a much shorter run would mostly "
+                        "measure)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the job's generator precision (default auto: bf16 where the device computes it natively)")
     p.add_argument("--compare-precision", action="store_true",

@@ -4,8 +4,9 @@ import torch
 from PIL import Image
 
 from augment.core.errors import AugmentError
-from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.data.drawing import BORDER, CAPTION_H, contact_sheet, colorize, render_sheet
+from augment.filtering.quality import accept, pixel_ignore_masks, score_batch
+from augment.runner.jobfile import filter_config
 
 C, IGNORE = 3, 255
 MASK = torch.tensor(
@@ -65,9 +66,9 @@ def test_accept_thresholds_are_inclusive():
         "target_iou": torch.tensor([0.3, 0.9, 0.29, 0.9]),
         "pixel_accuracy": torch.tensor([0.1, 0.9, 0.9, 0.05]),
     }
-    cfg = FilterConfig(min_miou=0.5, min_target_iou=0.3, min_pixel_accuracy=0.1)
+    cfg = filter_config({"min_miou": 0.5, "min_target_iou": 0.3, "min_pixel_accuracy": 0.1})
     assert accept(scores, cfg).tolist() == [True, False, False, False]
-    assert accept(scores, FilterConfig(0.0, 0.0)).tolist() == [True] * 4
+    assert accept(scores, filter_config({"min_miou": 0.0, "min_target_iou": 0.0})).tolist() == [True] * 4
 
 
 def test_pixel_ignore_marks_only_confident_disagreement():
@@ -80,22 +81,11 @@ def test_pixel_ignore_marks_only_confident_disagreement():
     ])
     probs = probs / probs.sum(1, keepdim=True)
     logits = probs.log().T.reshape(1, C, 1, 4)
-    out = pixel_ignore_masks(logits, mask, FilterConfig(ignore_confidence=0.9), IGNORE)
+    out = pixel_ignore_masks(logits, mask, filter_config({"ignore_confidence": 0.9}), IGNORE)
     assert out.dtype == mask.dtype and out.tolist() == [[[IGNORE, 1, 2, IGNORE]]]
     assert mask.tolist() == [[[0, 1, 2, IGNORE]]]
-    loose = pixel_ignore_masks(logits, mask, FilterConfig(ignore_confidence=0.5), IGNORE)
+    loose = pixel_ignore_masks(logits, mask, filter_config({"ignore_confidence": 0.5}), IGNORE)
     assert loose.tolist() == [[[IGNORE, IGNORE, 2, IGNORE]]]
-
-
-def test_filter_config_from_dict():
-    cfg = FilterConfig.from_dict({"min_miou": 0.6, "pixel_ignore": True})
-    assert cfg.min_miou == 0.6 and cfg.pixel_ignore and cfg.min_target_iou == 0.3
-    with pytest.raises(AugmentError, match=r"unknown key\(s\) \['min_iou'\]"):
-        FilterConfig.from_dict({"min_iou": 0.5})
-    with pytest.raises(AugmentError, match=r"filter.min_target_iou: a number in \[0, 1\]"):
-        FilterConfig.from_dict({"min_target_iou": 1.5})
-    with pytest.raises(AugmentError, match="filter.keep_rejected: true or false"):
-        FilterConfig.from_dict({"keep_rejected": "yes"})
 
 
 PALETTE = [[128, 64, 128], [0, 0, 142], [220, 20, 60]]

@@ -73,7 +73,7 @@ def synthetic_images(mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("size", [(64, 64), (32, 64), (64, 32), (36, 52)])
+@pytest.mark.parametrize("size", [(64, 64), (32, 64), (64, 32), (36, 52), (16, 24)])  # 16: MIN_SIDE
 def test_generator_and_discriminator_shapes(size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     cfg = GANConfig(num_classes=5, size=size, **TINY)
@@ -341,6 +341,29 @@ def test_config_roundtrip_and_validation() -> None:
         GANConfig.from_dict({**data, "lr": 1.0})
     with pytest.raises(ValueError, match="size"):
         GANConfig(num_classes=3, size=(8, 8))
+
+
+def test_one_minimum_side_for_every_size() -> None:
+    """--size, the example data, the GAN config and both networks accept MIN_SIDE (the networks run at it in
+    test_generator_and_discriminator_shapes) and refuse one pixel less."""
+    from augment.data import example
+    from augment.data.codec import MIN_SIDE, parse_size
+    from augment.errors import AugmentError
+    from augment.models.discriminator import num_downsamples
+    from augment.models.generator import num_upsamples
+
+    small = MIN_SIDE - 1
+    assert parse_size(str(MIN_SIDE)) == (MIN_SIDE, MIN_SIDE) and parse_size(f"{MIN_SIDE}x40") == (MIN_SIDE, 40)
+    with pytest.raises(ValueError, match=f"both sides >= {MIN_SIDE}, got '{small}x40'"):
+        parse_size(f"{small}x40")
+    assert num_downsamples((MIN_SIDE, 40)) >= 2 and num_upsamples((MIN_SIDE, 40)) >= 2
+    assert next(example.generate(1, (MIN_SIDE, 40), 0))[2].shape == (MIN_SIDE, 40)
+    for refused in (lambda: num_downsamples((small, 40)), lambda: num_upsamples((small, 40)),
+                    lambda: GANConfig(num_classes=3, size=(small, 40))):
+        with pytest.raises(ValueError, match=f">= {MIN_SIDE}"):
+            refused()
+    with pytest.raises(AugmentError, match=f">= {MIN_SIDE}"):
+        next(example.generate(1, (small, 40), 0))
 
 
 def _train_setup(seed: int = 0, **overrides) -> tuple:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ import pytest
 from augment.data.codec import decode_mask
 from augment.data.dataset import open_dataset
 from augment.core.errors import AugmentError
-from augment.runner.job import load_job, prepare_job, run_job
+from augment.runner.job import claim_output, load_job, prepare_job, run_job, shard_settings
+from augment.runner.jobfile import job_from_document, schema_default, section_defaults
 from augment.runner.markers import OutputFolder, read_marker
 from augment.synthesis.plan import Plan
 from augment.models.store import load_card
@@ -84,6 +87,9 @@ def test_full_run_writes_a_complete_synthetic_dataset(env, first_run):
     assert sorted(p.name for p in (out / "sheets").iterdir()) == ["bicyclist.png", "car.png", "pedestrian.png"]
     assert not list((out / "data").glob(".shard-*"))
     assert (out / "summary.json").is_file() and (out / "job.json").is_file()
+    recorded = json.loads((out / "job.json").read_text())["content"]["precision"]  # resolved by a worker-sized task
+    assert recorded in ("fp32", "bf16") and summary["precision"] == recorded
+    assert {read_marker(OutputFolder(str(out)), k).precision for k in range(4)} == {recorded}
     assert set(ds.info.extra["versions"]) >= {"augment", "torch", "ray", "pyarrow"}
 
 
@@ -119,11 +125,80 @@ def test_same_job_gives_the_same_rows_with_other_resources(env, first_run, tmp_p
     assert a.equals(b)
 
 
-def test_precision_is_part_of_the_job(env, tmp_path):
-    auto = prepare_job(load_job(str(job_file(env, tmp_path / "a.yaml", tmp_path / "out"))))
-    fp32 = prepare_job(load_job(str(job_file(env, tmp_path / "b.yaml", tmp_path / "out", precision="fp32"))))
-    assert (auto.cfg.precision, fp32.cfg.precision) == ("auto", "fp32")
-    assert auto.fingerprint != fp32.fingerprint  # its images differ slightly: resuming across it would mix them
+def test_precision_is_resolved_once_and_is_part_of_the_job(env, tmp_path):
+    asked = []
+
+    def native(answer):
+        return lambda: asked.append(answer) or answer
+
+    path = str(job_file(env, tmp_path / "a.yaml", tmp_path / "out"))
+    on_bf16, on_fp32 = prepare_job(load_job(path), native(True)), prepare_job(load_job(path), native(False))
+    bf16 = prepare_job(load_job(str(job_file(env, tmp_path / "b.yaml", tmp_path / "out", precision="bf16"))),
+                       native(False))
+    assert asked == [True, False]  # an explicit precision asks nothing
+    assert on_bf16.cfg.precision == "auto" and on_bf16.synthesis.precision == on_bf16.content["precision"] == "bf16"
+    assert on_fp32.synthesis.precision == on_fp32.content["precision"] == "fp32"
+    assert on_bf16.fingerprint != on_fp32.fingerprint  # bf16 images differ slightly: resuming across would mix them
+    assert bf16.fingerprint == on_bf16.fingerprint  # what it resolved to, not how it was asked, is the job
+    assert shard_settings(on_bf16, "r1").synthesis is on_bf16.synthesis  # one typed config travels to workers
+
+
+def test_resume_resolving_auto_otherwise_is_refused_unless_asked_explicitly(env, tmp_path):
+    out = OutputFolder(str(tmp_path / "out"))
+    auto = load_job(str(job_file(env, tmp_path / "a.yaml", out.uri)))
+    first = prepare_job(auto, lambda: True)
+    assert claim_output(out, first, overwrite=False).mode == "new"
+    assert out.read_json("job.json")["content"]["precision"] == "bf16"
+    elsewhere = prepare_job(auto, lambda: False)
+    with pytest.raises(AugmentError) as info:
+        claim_output(out, elsewhere, overwrite=False)
+    assert str(info.value) == (f"{out.uri}/job.json records precision bf16, this cluster resolves auto to fp32; rerun "
+                               f"with precision: bf16 to continue as recorded, or a new output")
+    explicit = prepare_job(load_job(str(job_file(env, tmp_path / "b.yaml", out.uri, precision="bf16"))), lambda: False)
+    assert claim_output(out, explicit, overwrite=False).mode == "resume"
+    other = prepare_job(load_job(str(job_file(env, tmp_path / "c.yaml", out.uri, precision="fp32"))))
+    with pytest.raises(AugmentError,
+                       match="records precision bf16, this job asks for fp32; rerun with precision: bf16"):
+        claim_output(out, other, overwrite=False)
+
+
+def test_output_recording_unresolved_auto_is_refused_as_another_job(env, tmp_path):
+    """An output from before precision was resolved: its shards' arithmetic is unknown, so it cannot be resumed."""
+    from augment.runner.job import job_fingerprint
+
+    out = OutputFolder(str(tmp_path / "out"))
+    job = prepare_job(load_job(str(job_file(env, tmp_path / "a.yaml", out.uri))), lambda: False)
+    old = {**job.content, "precision": "auto"}
+    out.write_json("job.json", {"fingerprint": job_fingerprint(old), "content": old})
+    with pytest.raises(AugmentError, match=r"job.json records precision auto unresolved \(written by an earlier "
+                                           r"augment\), so its shards may be bf16 or fp32; this job resolves auto to "
+                                           r"fp32; pass --overwrite"):
+        claim_output(out, job, overwrite=False)
+    assert claim_output(out, job, overwrite=True).mode == "overwrite"
+    assert out.read_json("job.json")["content"]["precision"] == "fp32"
+
+
+def test_defaults_live_in_the_schema():
+    from augment.core.device import PRECISIONS
+    from augment.runner.jobfile import job_schema, schema_default, section_defaults
+    from augment.synthesis.generate import NOISE_MODES
+
+    cfg = job_from_document({"data": "d", "generator": "g", "segmenter": "s", "output": "o", "classes": {"car": 1}})
+    props = job_schema()["properties"]
+    assert asdict(cfg.filter) == section_defaults("filter") == {
+        k: v["default"] for k, v in props["filter"]["properties"].items()}
+    assert asdict(cfg.resources) == {"workers": None, "gpus_per_worker": None, "cpus_per_worker": None,
+                                     **section_defaults("resources")}
+    for key in ("seed", "keep_rejected", "noise", "precision", "edits", "sheets"):
+        assert getattr(cfg, key) == props[key]["default"] == schema_default(key), key
+    assert cfg.balance_power == schema_default("balance", "power")
+    assert tuple(props["noise"]["enum"]) == NOISE_MODES and tuple(props["precision"]["enum"]) == PRECISIONS
+    cfg = job_from_document({"data": "d", "generator": "g", "segmenter": "s", "output": "o", "balance": {"total": 9},
+                             "filter": {"min_miou": 0.25}, "resources": {"batch_size": 2}})
+    assert (cfg.balance_total, cfg.balance_power) == (9, schema_default("balance", "power"))
+    assert cfg.filter.min_miou == 0.25 and cfg.filter.min_target_iou == schema_default("filter", "min_target_iou")
+    assert cfg.resources.batch_size == 2 and cfg.resources.samples_per_shard == schema_default(
+        "resources", "samples_per_shard")
 
 
 def test_filter_rejects_and_only_accepted_rows_are_written(env, first_run, tmp_path, ray_session):
@@ -153,6 +228,9 @@ BAD_JOBS = {
     "wrong type": ({"resources": {"workers": "two"}}, "resources.workers"),
     "wrong noise": ({"noise": "everywhere"}, "noise"),
     "wrong precision": ({"precision": "fp16"}, "precision"),
+    "filter out of range": ({"filter": {"min_target_iou": 1.5}}, "filter.min_target_iou: 1.5 is greater than"),
+    "unknown filter key": ({"filter": {"min_iou": 0.5}}, "unknown key 'filter.min_iou' (did you mean 'min_miou'?)"),
+    "keep_rejected not a boolean": ({"keep_rejected": "yes"}, "keep_rejected: 'yes' is not of type 'boolean'"),
     "classes and balance": ({"balance": {"total": 5}}, "give exactly one of 'classes'"),
     "unknown class": ({"classes": {"unicorn": 3}}, "unknown class 'unicorn'"),
     "class index out of range": ({"classes": {"42": 3}}, "out of range"),
@@ -327,11 +405,36 @@ def test_shard_that_keeps_failing_stops_the_job_with_its_cause(env, tmp_path, ra
     path = job_file(env, tmp_path / "job.yaml", tmp_path / "out",
                     resources={"workers": 1, "samples_per_shard": 14, "max_shard_attempts": 2})
     job = prepare_job(load_job(str(path)))
-    settings = shard_settings(job, "r000001-00000000")
-    settings.generator_sha256 = "0" * 64
+    settings = replace(shard_settings(job, "r000001-00000000"), generator_sha256="0" * 64)
     with pytest.raises(AugmentError, match="shard 0 failed 2 times; last error: .*weights changed"):
         run_shards(job.shards, settings, [0], job.cfg.resources, Progress(1, 0, len(job.plan), 0), local=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_shard_whose_worker_always_dies_is_attempted_exactly_max_shard_attempts_times(
+        env, tmp_path, ray_session, monkeypatch):
+    from augment.runner import pool
+
+    log = tmp_path / "attempts.log"
+
+    class DyingProcessor:  # defined here, so Ray pickles it by value; each attempt logs a line, then its process dies
+        def __init__(self, settings, device=None):
+            self.settings = settings
+
+        def run(self, shard, samples):
+            with open(log, "a") as f:
+                f.write(f"{shard}\n")
+            os._exit(1)
+
+    monkeypatch.setattr(pool, "ShardProcessor", DyingProcessor)
+    path = job_file(env, tmp_path / "job.yaml", tmp_path / "out",
+                    resources={"workers": 1, "samples_per_shard": 14, "max_shard_attempts": 2})
+    job = prepare_job(load_job(str(path)))
+    with pytest.raises(AugmentError, match=r"^shard 0 failed 2 times; last error: ") as info:
+        pool.run_shards(job.shards, shard_settings(job, "r000001-00000000"), [0], job.cfg.resources,
+                        pool.Progress(1, 0, 14, 0), True)
+    assert "\n" not in str(info.value)
+    assert log.read_text().splitlines() == ["0"] * 2  # not 2 x (1 + 2): Ray restarts and retries nothing itself
 
 
 def test_example_job_file_is_valid():
@@ -339,6 +442,11 @@ def test_example_job_file_is_valid():
 
     cfg = load_job(str(PROJECT_ROOT / "jobs" / "example.yaml"))
     assert cfg.classes == {"pedestrian": 200, "bicyclist": 200, "sign_symbol": 100}
+    # it documents the defaults: every key it sets to a default's value (filter, noise, ...) shows the schema's
+    assert asdict(cfg.filter) == section_defaults("filter")
+    assert (cfg.keep_rejected, cfg.noise, cfg.precision, cfg.sheets, cfg.resources.max_shard_attempts) == (
+        schema_default("keep_rejected"), schema_default("noise"), schema_default("precision"),
+        schema_default("sheets"), schema_default("resources", "max_shard_attempts"))
     assert cfg.resources.gpus_per_worker == 1 and cfg.edits["paste"] == {"prob": 0.3, "max": 2}
     assert cfg.data == str(PROJECT_ROOT / "demo-out" / "data")
 

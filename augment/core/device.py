@@ -13,6 +13,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+RESOLVED_PRECISIONS = ("fp32", "bf16")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -30,6 +31,19 @@ def native_bf16(device: torch.device) -> bool:
 
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:
     """Whether the generator runs under bf16 autocast: "bf16" always, "fp32" never, "auto" where `native_bf16`."""
+    return resolve_precision(precision, precision == "auto" and native_bf16(device)) == "bf16"
+
+
+def resolve_precision(precision: str, native: bool) -> str:
+    """`precision` as one of RESOLVED_PRECISIONS: "auto" becomes "bf16" where the device computes bf16 natively
+    (`native`, from `native_bf16` on the device that will run it), else "fp32"; "fp32" and "bf16" stay."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+    if precision != "auto":
+        return precision
+    return "bf16" if native else "fp32"
+
+
+def local_native_bf16() -> bool:
+    """Whether this process's device (CUDA when present, else the CPU) computes bf16 natively."""
+    return native_bf16(pick_device())

@@ -13,6 +13,11 @@ IMAGE_FORMATS = ("png", "jpeg")
 # The most pixels (width x height) a decoded source image or mask may have: well above 4K and 8K frames, far below
 # what would exhaust memory. `augment ingest --max-pixels` changes it for one ingest.
 MAX_PIXELS = 64_000_000
+# The smallest image side (height and width) the product takes anywhere (--size, example data, the GAN): the
+# discriminator downsamples at least twice and keeps its bottleneck's short side >= 4, so 4 * 2**2; the generator's
+# start map then has a short side >= 4 as well, and the torchvision segmenters (output stride 8 to 16) still see at
+# least one feature pixel.
+MIN_SIDE = 16
 
 
 def _check_pixels(im: Image.Image, what: str, source: str, max_pixels: int | None) -> None:
@@ -136,7 +141,7 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, source: str = "") -> No
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W); a single number means a square."""
+    """'HxW' -> (H, W); a single number means a square; both sides at least MIN_SIDE (else ValueError)."""
     parts = text.lower().replace("*", "x").split("x")
     try:
         dims = [int(p) for p in parts]
@@ -144,6 +149,6 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"size must look like HxW (e.g. 256x512), got {text!r}") from None
     if len(dims) == 1:
         dims = dims * 2
-    if len(dims) != 2 or min(dims) < 8:
-        raise ValueError(f"size must look like HxW with both sides >= 8, got {text!r}")
+    if len(dims) != 2 or min(dims) < MIN_SIDE:
+        raise ValueError(f"size must look like HxW with both sides >= {MIN_SIDE}, got {text!r}")
     return dims[0], dims[1]

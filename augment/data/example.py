@@ -14,21 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from augment.core.errors import AugmentError
+from augment.data.codec import MIN_SIDE
+from augment.data.formats import camvid
 
-CLASSES: tuple[str, ...] = (
-    "sky", "building", "pole", "road", "pavement", "tree",
-    "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
-)
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
-)
-IGNORE_INDEX = 255
+# CamVid's classes, palette and ignore index, as the CamVid format defines them.
+CLASSES: tuple[str, ...] = tuple(camvid.CLASSES)
+PALETTE: tuple[tuple[int, int, int], ...] = tuple(tuple(c) for c in camvid.PALETTE)
+IGNORE_INDEX = camvid.IGNORE_INDEX
 
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = range(11)
 
 _NEAR = 0.5
-_MIN_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -807,8 +803,8 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
         h, w = (int(s) for s in size)
     except (TypeError, ValueError) as e:
         raise AugmentError(f"example data size must be two integers (height, width), got {size!r}") from e
-    if h < _MIN_SIDE or w < _MIN_SIDE or (h, w) != tuple(size):
-        raise AugmentError(f"example data size must be integers >= {_MIN_SIDE} (height, width), got {size!r}")
+    if h < MIN_SIDE or w < MIN_SIDE or (h, w) != tuple(size):
+        raise AugmentError(f"example data size must be integers >= {MIN_SIDE} (height, width), got {size!r}")
     return h, w
 
 

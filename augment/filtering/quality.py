@@ -9,42 +9,24 @@ Per image, over the pixels whose conditioning label is not `ignore_index`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from augment.core.errors import AugmentError
 
-
-@dataclass
+@dataclass(frozen=True)
 class FilterConfig:
-    """Acceptance thresholds (a sample passes when it reaches all three) and the pixel-level ignore mode."""
+    """Acceptance thresholds (a sample passes when it reaches all three) and the pixel-level ignore mode.
 
-    min_miou: float = 0.5
-    min_target_iou: float = 0.3
-    min_pixel_accuracy: float = 0.0
-    pixel_ignore: bool = False
-    ignore_confidence: float = 0.9
-    keep_rejected: bool = False
+    No defaults here: a job's filter comes from its job file over the job schema's defaults and ranges
+    (augment.runner.jobfile.filter_config), which are the one home of those values."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, source: str = "filter") -> "FilterConfig":
-        """Build from a job file's `filter` mapping; unknown keys and out-of-range values raise AugmentError."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise AugmentError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        cfg = cls(**data)
-        for name in ("min_miou", "min_target_iou", "min_pixel_accuracy", "ignore_confidence"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise AugmentError(f"{source}.{name}: a number in [0, 1], got {value!r}")
-        for name in ("pixel_ignore", "keep_rejected"):
-            if not isinstance(getattr(cfg, name), bool):
-                raise AugmentError(f"{source}.{name}: true or false, got {getattr(cfg, name)!r}")
-        return cfg
+    min_miou: float
+    min_target_iou: float
+    min_pixel_accuracy: float
+    pixel_ignore: bool
+    ignore_confidence: float
 
 
 def confusion_matrices(pred: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:

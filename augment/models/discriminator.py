@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.data.codec import MIN_SIDE
 from augment.models.spade import conv2d
 
 __all__ = ["FAKE_INDEX", "OASISDiscriminator", "num_downsamples"]
@@ -20,10 +21,12 @@ MAX_CHANNEL_MULT = 4
 
 
 def num_downsamples(size: tuple[int, int], max_downsamples: int = 6) -> int:
-    """Encoder depth for an input ``size``: the bottleneck keeps its short side >= 4 (OASIS: 6 at 256)."""
+    """Encoder depth for an input ``size``: the bottleneck keeps its short side >= 4 (OASIS: 6 at 256), at least
+    two stages deep, hence augment.data.codec.MIN_SIDE."""
     short = min(size)
-    if short < 16:
-        raise ValueError(f"image size {tuple(size)} too small for the discriminator: the short side must be >= 16")
+    if short < MIN_SIDE:
+        raise ValueError(f"image size {tuple(size)} too small for the discriminator: the short side must be >= "
+                         f"{MIN_SIDE}")
     return min(int(math.floor(math.log2(short / 4))), max_downsamples)
 
 

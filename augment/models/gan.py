@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from augment.models.context import context_input, hole_l1_loss
+from augment.data.codec import MIN_SIDE
 from augment.models.discriminator import OASISDiscriminator, num_downsamples
 from augment.models.generator import OASISGenerator, sample_noise
 from augment.models.losses import (
@@ -168,8 +169,8 @@ class GANConfig:
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
         self.betas = tuple(float(b) for b in self.betas)
-        if len(self.size) != 2 or min(self.size) < 16:
-            raise ValueError(f"GANConfig.size must be (H, W) with both >= 16, got {self.size}")
+        if len(self.size) != 2 or min(self.size) < MIN_SIDE:
+            raise ValueError(f"GANConfig.size must be (H, W) with both >= {MIN_SIDE}, got {self.size}")
         if self.num_classes < 1:
             raise ValueError(f"GANConfig.num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= self.ema_decay <= 1.0:

@@ -7,10 +7,9 @@ redraw it inside one region (e.g. one class) and change that part of the image.
 One deliberate difference from OASIS: ``noise_stages`` (default 2) limits the noise to the SPADE
 conditioning of the last, finest blocks; the head and the coarser blocks see the label map alone.
 With noise in every block (``noise_stages=None``, exactly OASIS), a region's noise also enters the
-4x4..16x16 stages, whose 3x3 convs spread it over most of the image: in untrained 64x64 generators,
-resampling one class's region changed pixels more than 8 px away from it by 40-90% as much as the
-region itself; with ``noise_stages=2`` by 0.3-0.6% (tests/test_gan_models.py checks this). Per-class
-synthesis needs such local edits, and the label map alone fixes the layout anyway.
+4x4..16x16 stages, whose 3x3 convs spread it over most of the image; with ``noise_stages=2``, resampling
+one region leaves pixels far from it nearly unchanged (tests/test_gan_models.py checks this; the figures are in
+docs/results.md). Per-class synthesis needs such local edits, and the label map alone fixes the layout anyway.
 Locality holds in eval mode; in train mode BatchNorm's batch statistics couple all pixels.
 
 Crop mode (``context=True``, see augment.models.context): the label map is joined by the context, the
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.models.context import CONTEXT_CHANNELS, fill_hole
+from augment.data.codec import MIN_SIDE
 from augment.models.spade import SPADEResBlock, conv2d
 
 __all__ = ["OASISGenerator", "num_upsamples", "resample_noise_in_region", "sample_noise"]
@@ -37,11 +37,12 @@ MAX_CHANNEL_MULT = 16
 def num_upsamples(size: tuple[int, int], max_upsamples: int = 5) -> int:
     """Up-sampling stages for an output ``size``: the start map keeps its short side >= 4.
 
-    Capped at ``max_upsamples`` (5 as in OASIS, whose 256x512 generator starts from 8x16).
+    Capped at ``max_upsamples`` (5 as in OASIS, whose 256x512 generator starts from 8x16). Sizes below
+    augment.data.codec.MIN_SIDE (what the discriminator needs) are refused.
     """
     short = min(size)
-    if short < 4:
-        raise ValueError(f"image size {tuple(size)} too small: the short side must be >= 4")
+    if short < MIN_SIDE:
+        raise ValueError(f"image size {tuple(size)} too small: the short side must be >= {MIN_SIDE}")
     return min(int(math.floor(math.log2(short / 4))), max_upsamples)
 
 

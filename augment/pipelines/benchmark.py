@@ -44,23 +44,24 @@ import pyarrow.parquet as pq
 import torch
 
 from augment.data import example
-from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask
+from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask, parse_size
 from augment.data.dataset import make_row, open_dataset
 from augment.data.schema import arrow_schema
 from augment.core.device import pick_device, use_bf16
-from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
+from augment.filtering.quality import accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GANConfig, build_generator
 from augment.models.losses import one_hot_labels
 from augment.models.segmenter import build_segmenter, segment, segmenter_config
 from augment.runner import shard as shard_mod
-from augment.runner.jobfile import JobConfig, job_from_document
+from augment.runner.jobfile import JobConfig, filter_config, job_from_document
 from augment.synthesis.edit import apply_edits
 from augment.synthesis.generate import sample_noises, synthesise
 from augment.synthesis.plan import make_plan
 from augment.models.store import ModelCard, load_generator, load_segmenter, save_checkpoint
 from augment.training.transforms import normalize
 
-STAGES = ("decode", "generate", "segment", "score", "encode", "write")
+# The shard processor's stages (augment.runner.shard.STAGES) but "wait": the plain loop has no pool to wait on.
+STAGES = tuple(s for s in shard_mod.STAGES if s != "wait")
 ACCEPT_ALL = {"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": 0.0}
 EDITS = {"flip": 0.5, "scale": [1.0, 1.5], "paste": {"prob": 0.3}}
 MODEL_PRESETS: dict[str, dict[str, int]] = {
@@ -118,11 +119,6 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -336,7 +332,7 @@ def plain_loop(cfg: JobConfig, out_file: str, device: torch.device) -> Run:
     segmenter.to(memory_format=torch.channels_last)
     mode = seg_card.model_config.get("normalize", "imagenet")
     plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
-    filt = FilterConfig.from_dict({**cfg.filter, "keep_rejected": cfg.keep_rejected})
+    filt = cfg.filter
     schema = arrow_schema("synthetic")
     setup = time.perf_counter() - start
 
@@ -584,7 +580,7 @@ def _device_step(args: BenchmarkSettings, device: torch.device, gen: torch.nn.Mo
         images = synthesise(gen, masks, seeds, targets, num_classes, ignore, base_seeds=seeds)
         x = normalize(images, "imagenet")
         logits = segment(seg, x)
-        return accept(score_batch(logits, masks, targets, num_classes, ignore), FilterConfig())
+        return accept(score_batch(logits, masks, targets, num_classes, ignore), filter_config())
 
     per_batch = time_per_call(step, device, args.gpu_iters, args.repeats)
     out: dict[str, Any] = {"segmenter_gflops_per_image": round(flops / 1e9, 3),
@@ -787,11 +783,11 @@ def format_report(report: dict[str, Any]) -> str:
         if cpu["workers_skipped"]:
             lines.append(f"  skipped {cpu['workers_skipped']} workers: more than the {cpu['cores']} cores")
         lines += ["", "busy seconds per stage (median run; pipeline stages overlap, so they sum past the wall time)",
-                  f"{'':<26}" + "".join(f"{s:>9}" for s in (*STAGES, "wait"))]
+                  f"{'':<26}" + "".join(f"{s:>9}" for s in shard_mod.STAGES)]
         for name in ("plain loop", "pipeline, no Ray"):
             st = cpu["results"][name]["stages_seconds"]
             lines.append(f"{name:<26}" + "".join(f"{st.get(s, 0.0):>9.2f}" if s in st else f"{'-':>9}"
-                                                 for s in (*STAGES, "wait")))
+                                                 for s in shard_mod.STAGES))
         lines += ["", f"pipeline (augment run) {report['pipeline_images_per_s']:.2f} images/s with "
                       f"{report['pipeline_workers']} worker(s) = {report['ratio_vs_plain_loop']:.2f}x the plain loop "
                       f"end to end, {report['steady_ratio_vs_plain_loop']:.2f}x without one-off setup"]

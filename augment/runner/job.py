@@ -21,35 +21,42 @@
     error naming the newer run.
 
 The fingerprint is the sha256 of the job's canonical content: dataset identity (sha256 of its dataset.json),
-generator and segmenter identity (weights sha256), seed, quotas, balance, filter, keep_rejected, noise, edits and
-samples_per_shard (it fixes the file layout). Paths and resources (workers, GPUs, CPUs, batch size) are not part of
-it: moving the inputs or running with other resources resumes the same job and writes the same rows.
+generator and segmenter identity (weights sha256), seed, quotas, balance, edits, samples_per_shard (it fixes the
+file layout) and the worker settings' `SynthesisSettings.fingerprint_fields()` (filter, keep_rejected, noise and the
+resolved precision). Paths and resources (workers, GPUs, CPUs, batch size) are not part of it: moving the inputs or
+running with other resources resumes the same job and writes the same rows.
+
+Precision is resolved once, in `prepare_job`: "auto" becomes "bf16" or "fp32" by asking what the workers' device
+computes natively (`run_job` asks one Ray task holding a worker's resources; without Ray, this process's device).
+job.json, the fingerprint, every shard marker and summary.json record the resolved value, and the workers use it. A
+resume whose "auto" resolves otherwise than the output records is refused, naming both; the recorded precision,
+given explicitly, continues the output. An output whose job.json records "auto" itself (written before precision
+was resolved) cannot tell which arithmetic its shards used: it is refused as another job, saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, Dataset, DatasetInfo, PartStats, open_dataset
+from augment.core.device import local_native_bf16, resolve_precision
 from augment.core.errors import AugmentError
-from augment.filtering.quality import FilterConfig
 from augment.data.drawing import png_bytes, render_sheet
-from augment.runner.jobfile import JobConfig, job_schema, load_job
+from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
 from augment.runner.markers import (
     JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, is_run_claim,
     is_temporary, shard_file, shard_name,
 )
-from augment.runner.pool import Progress, run_shards
-from augment.runner.shard import ShardSettings, read_examples
+from augment.runner.pool import Progress, run_shards, workers_native_bf16
+from augment.runner.shard import ShardSettings, SynthesisSettings, read_examples
 from augment.runner.verify import id_problem
 from augment.synthesis.plan import Plan, PlannedSample, make_plan
 from augment.models.store import CheckpointError, ModelCard, check_compatible, load_generator, load_segmenter
@@ -72,6 +79,7 @@ class PreparedJob:
     generator_card: ModelCard
     segmenter_card: ModelCard
     plan: Plan
+    synthesis: SynthesisSettings
     content: dict[str, Any]
     fingerprint: str
 
@@ -86,11 +94,9 @@ def job_fingerprint(content: dict[str, Any]) -> str:
 
 
 def _fingerprint_content(
-    cfg: JobConfig, dataset: Dataset, gen: ModelCard, seg: ModelCard, plan: Plan, filter_cfg: FilterConfig
+    cfg: JobConfig, dataset: Dataset, gen: ModelCard, seg: ModelCard, plan: Plan, synthesis: SynthesisSettings
 ) -> dict[str, Any]:
     info_bytes = afs.read_bytes(dataset.fs, afs.join(dataset.path, INFO_FILE))
-    filt = asdict(filter_cfg)
-    filt.pop("keep_rejected")
     return {
         "version": FINGERPRINT_VERSION,
         "data": {"dataset_json_sha256": hashlib.sha256(info_bytes).hexdigest(), "num_rows": dataset.info.num_rows},
@@ -100,10 +106,7 @@ def _fingerprint_content(
         "quotas": {str(c): q for c, q in sorted(plan.quotas.items())},
         "balance": None if cfg.balance_total is None else {"total": cfg.balance_total, "power": cfg.balance_power},
         "edits": plan.edit_options,
-        "filter": filt,
-        "keep_rejected": cfg.keep_rejected,
-        "noise": cfg.noise,
-        "precision": cfg.precision,
+        **synthesis.fingerprint_fields(),
         "samples_per_shard": cfg.resources.samples_per_shard,
     }
 
@@ -119,8 +122,18 @@ def _check_size(card: ModelCard, info: DatasetInfo, what: str) -> None:
         )
 
 
-def prepare_job(cfg: JobConfig) -> PreparedJob:
-    """Validate everything the job needs and make its plan; raises AugmentError, writes nothing."""
+
+def synthesis_settings(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) -> SynthesisSettings:
+    """The job's worker settings, precision resolved: `native` (asked only for "auto") says whether the workers'
+    device computes bf16 natively."""
+    precision = resolve_precision(cfg.precision, cfg.precision == "auto" and native())
+    return SynthesisSettings(filter=cfg.filter, keep_rejected=cfg.keep_rejected, noise=cfg.noise, precision=precision,
+                             batch_size=cfg.resources.batch_size, sheets=cfg.sheets)
+
+
+def prepare_job(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) -> PreparedJob:
+    """Validate everything the job needs, make its plan and resolve its precision (`native`: whether the workers'
+    device computes bf16 natively, asked last and only for "auto"); raises AugmentError, writes nothing."""
     afs.check_apart(cfg.output, cfg.data, "the job's data")  # --overwrite there would delete the input
     dataset = open_dataset(cfg.data)
     info = dataset.info
@@ -133,15 +146,15 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
     segmenter, seg_card = load_segmenter(cfg.segmenter, "cpu")
     del segmenter
     check_compatible(seg_card, info, f"segmenter {cfg.segmenter}")
-    filter_cfg = FilterConfig.from_dict(cfg.filter, source=f"{cfg.source}: filter")
     try:
         plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
     except AugmentError as exc:
         raise AugmentError(f"{cfg.source}: {exc}") from None
     if not len(plan):
         raise AugmentError(f"{cfg.source}: the job plans no samples (every quota is 0)")
-    content = _fingerprint_content(cfg, dataset, gen_card, seg_card, plan, filter_cfg)
-    return PreparedJob(cfg, dataset, gen_card, seg_card, plan, content, job_fingerprint(content))
+    synthesis = synthesis_settings(cfg, native)
+    content = _fingerprint_content(cfg, dataset, gen_card, seg_card, plan, synthesis)
+    return PreparedJob(cfg, dataset, gen_card, seg_card, plan, synthesis, content, job_fingerprint(content))
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -181,6 +194,8 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
             raise AugmentError(f"{out.uri} holds job files but no {JOB_FILE}; pass --overwrite to replace them")
         content = record.get("content", {}) if record and record.get("fingerprint") == owner else {}
         changed = _changed_keys(content, job.content) if content else []
+        if changed == ["precision"]:
+            raise AugmentError(_precision_refusal(out, str(content["precision"]), job))
         raise AugmentError(
             f"{out.uri} holds the output of another job (fingerprint {str(owner)[:12]}, this job "
             f"{job.fingerprint[:12]}; differs in: {', '.join(changed) or 'unknown'}); pass --overwrite to replace it "
@@ -198,6 +213,21 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
         out.remove_job_files(doomed)
     _write_job_record(out, job)
     return Claim(mode, claim)
+
+
+def _precision_refusal(out: OutputFolder, recorded: str, job: PreparedJob) -> str:
+    """The one line refusing an output that is this job but for its precision (see the module docstring)."""
+    asked, resolved = job.cfg.precision, job.synthesis.precision
+    where = f"{out.uri}/{JOB_FILE}"
+    if recorded == "auto":
+        return (f"{where} records precision auto unresolved (written by an earlier augment), so its shards may be "
+                f"bf16 or fp32; this job resolves {asked} to {resolved}; pass --overwrite to remake the output, or "
+                f"choose a new output")
+    if asked == "auto":
+        return (f"{where} records precision {recorded}, this cluster resolves auto to {resolved}; rerun with "
+                f"precision: {recorded} to continue as recorded, or a new output")
+    return (f"{where} records precision {recorded}, this job asks for {resolved}; rerun with precision: {recorded} "
+            f"to continue as recorded, pass --overwrite to replace it, or choose a new output")
 
 
 def _write_job_record(out: OutputFolder, job: PreparedJob) -> None:
@@ -225,10 +255,7 @@ def shard_settings(job: PreparedJob, run_id: str) -> ShardSettings:
         data=cfg.data, generator=cfg.generator, segmenter=cfg.segmenter, output=cfg.output,
         fingerprint=job.fingerprint, classes=list(info.classes), ignore_index=info.ignore_index,
         generator_sha256=job.generator_card.weights_sha256, segmenter_sha256=job.segmenter_card.weights_sha256,
-        run_id=run_id,
-        filter=dict(cfg.filter), keep_rejected=cfg.keep_rejected, noise=cfg.noise,
-        precision=cfg.precision,
-        batch_size=cfg.resources.batch_size, sheets=cfg.sheets,
+        run_id=run_id, synthesis=job.synthesis,
     )
 
 
@@ -247,7 +274,7 @@ def _verify(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStats]) ->
     missing = [f for k, f in enumerate(files) if k not in done]
     if missing:
         raise AugmentError(f"{out.uri}: shards without a completion marker: {', '.join(missing[:5])}")
-    problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.cfg.keep_rejected, done, files)
+    problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.synthesis.keep_rejected, done, files)
     if problem is not None:
         raise AugmentError(f"{out.uri}: {problem}; rerun with --overwrite")
     return files
@@ -360,7 +387,7 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
 def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) a job; returns the summary also written to `summary.json` (see the module docstring)."""
     start = time.perf_counter()
-    job = prepare_job(cfg)
+    job = prepare_job(cfg, lambda: workers_native_bf16(cfg.resources, _start_ray(address)))
     out = OutputFolder(cfg.output)
     claim = claim_output(out, job, overwrite)
     _write_plan(out, job.plan)
@@ -373,10 +400,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     made: set[int] = set()
     run_start = time.perf_counter()
     if todo:
-        from augment.core.cluster import init_ray
-
-        init_ray(address)
-        local = address in (None, "local") and not _ray_address()
+        local = _start_ray(address)
         settings = shard_settings(job, claim.run.run_id)
         try:
             for _ in range(MAX_SHARD_ROUNDS):
@@ -398,6 +422,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     run_seconds = time.perf_counter() - run_start
     summary: dict[str, Any] = {
         "output": cfg.output, "fingerprint": job.fingerprint, "mode": claim.mode, "run_id": claim.run.run_id,
+        "precision": job.synthesis.precision,
         "samples_planned": len(job.plan), "shards": len(shards), "shards_run": len(made),
         "shards_skipped": len(shards) - len(made), "generated_this_run": progress.generated,
         "images_per_second": round(progress.generated / run_seconds, 3) if progress.generated else 0.0,
@@ -406,8 +431,12 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     return _finish(out, job, claim, done, summary)
 
 
-def _ray_address() -> str | None:
-    return os.environ.get("RAY_ADDRESS")
+def _start_ray(address: str | None) -> bool:
+    """Start or join Ray (augment.core.cluster.init_ray); returns whether it is a local instance."""
+    from augment.core.cluster import init_ray, is_local
+
+    init_ray(address)
+    return is_local(address)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

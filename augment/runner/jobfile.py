@@ -1,5 +1,9 @@
 """Job files: YAML or JSON validated against `schemas/job-v1.schema.json`, loaded into a `JobConfig` with defaults.
 
+The schema is the one home of every default and range: the dataclasses below take their defaults from it
+(`schema_default`), and a key the job file leaves out is simply not passed, so no value is restated here. The
+filter thresholds travel as one frozen `FilterConfig` (augment.filtering.quality) built here, once.
+
 Relative local paths in a job file are taken relative to the job file's folder (so a job file and its data can move
 together, and `ray job submit --working-dir .` finds them) and made absolute on the driver; URIs (s3://...) are kept
 as they are. A job file read from a URI has no local folder: its local paths must be absolute. Class quota keys
@@ -22,9 +26,9 @@ import yaml
 
 from augment.data import fs as afs
 from augment.core.errors import AugmentError
+from augment.filtering.quality import FilterConfig
 
 SCHEMA_FILE = "job-v1.schema.json"
-NOISE_MODES = ("target", "global", "both")
 
 
 @lru_cache(maxsize=1)
@@ -32,41 +36,64 @@ def job_schema() -> dict[str, Any]:
     return json.loads((resources.files("augment.schemas") / SCHEMA_FILE).read_text())
 
 
-def _defaults(section: str) -> dict[str, Any]:
-    props = job_schema()["properties"][section]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+def _schema_node(path: tuple[str, ...]) -> dict[str, Any]:
+    node = job_schema()
+    for key in path:
+        node = node["properties"][key]
+    return node
 
 
-@dataclass
+def schema_default(*path: str) -> Any:
+    """The default the job schema gives the key at `path` (`schema_default("resources", "batch_size")`), a fresh
+    copy; KeyError when the schema gives that key no default."""
+    return copy.deepcopy(_schema_node(path)["default"])
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """{key: default} of the schema's object `section` (e.g. "filter"), for the keys that have one."""
+    return {k: copy.deepcopy(v["default"]) for k, v in _schema_node((section,))["properties"].items()
+            if "default" in v}
+
+
+def filter_config(section: dict[str, Any] | None = None) -> FilterConfig:
+    """A job file's `filter` mapping (already validated against the schema) over the schema's defaults."""
+    return FilterConfig(**{**section_defaults("filter"), **(section or {})})
+
+
+@dataclass(frozen=True)
 class Resources:
-    """How a job runs. None of these changes the rows written except `samples_per_shard` (the file layout)."""
+    """How a job runs. None of these changes the rows written except `samples_per_shard` (the file layout).
+    `workers`, `gpus_per_worker` and `cpus_per_worker` left None are chosen from the cluster when the job runs."""
 
     workers: int | None = None
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
-    batch_size: int = 16
-    samples_per_shard: int = 64
-    max_shard_attempts: int = 3
+    batch_size: int = schema_default("resources", "batch_size")
+    samples_per_shard: int = schema_default("resources", "samples_per_shard")
+    max_shard_attempts: int = schema_default("resources", "max_shard_attempts")
 
 
 @dataclass
 class JobConfig:
-    """A validated job file. `classes` (explicit quotas) and `balance_total` are mutually exclusive."""
+    """A validated job file. `classes` (explicit quotas) and `balance_total` are mutually exclusive.
+
+    `precision` is what the job file asks for ("auto", "fp32" or "bf16"); the job resolves "auto" once when it is
+    prepared (augment.runner.job.prepare_job), and only the resolved value reaches workers and the fingerprint."""
 
     data: str
     generator: str
     segmenter: str
     output: str
-    seed: int = 0
+    seed: int = schema_default("seed")
     classes: dict[str, int] | None = None
     balance_total: int | None = None
-    balance_power: float = 0.5
-    filter: dict[str, Any] = field(default_factory=lambda: _defaults("filter"))
-    keep_rejected: bool = False
-    noise: str = "target"
-    precision: str = "auto"
-    edits: dict[str, Any] = field(default_factory=dict)
-    sheets: int = 6
+    balance_power: float = schema_default("balance", "power")
+    filter: FilterConfig = field(default_factory=filter_config)
+    keep_rejected: bool = schema_default("keep_rejected")
+    noise: str = schema_default("noise")
+    precision: str = schema_default("precision")
+    edits: dict[str, Any] = field(default_factory=lambda: schema_default("edits"))
+    sheets: int = schema_default("sheets")
     resources: Resources = field(default_factory=Resources)
     source: str = "<job>"
     document: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +139,8 @@ def validate_document(doc: Any, source: str) -> None:
 
 
 PATH_KEYS = ("data", "generator", "segmenter", "output")
+# Keys whose validated value is the JobConfig field as it is (absent: the field's default, the schema's).
+PASSED_KEYS = ("seed", "classes", "keep_rejected", "noise", "precision", "edits", "sheets")
 
 
 def _resolve_path(key: str, value: str, base: str | None, source: str) -> str:
@@ -124,31 +153,24 @@ def _resolve_path(key: str, value: str, base: str | None, source: str) -> str:
 
 
 def job_from_document(doc: dict[str, Any], source: str = "<job>", base_dir: str | None = ".") -> JobConfig:
-    """Validate a parsed job document and fill in defaults. Relative local paths are resolved against `base_dir`
-    (the job file's folder; "." is the current folder; None refuses them)."""
+    """Validate a parsed job document; keys it leaves out take the schema's defaults. Relative local paths are
+    resolved against `base_dir` (the job file's folder; "." is the current folder; None refuses them)."""
     doc = copy.deepcopy(doc)
     if isinstance(doc, dict) and isinstance(doc.get("classes"), dict):
         doc["classes"] = {str(k): v for k, v in doc["classes"].items()}
     validate_document(doc, source)
-    balance = doc.get("balance")
     base = None if base_dir is None else os.path.abspath(base_dir)
-    paths = {key: _resolve_path(key, doc[key], base, source) for key in PATH_KEYS}
-    return JobConfig(
-        **paths,
-        seed=int(doc.get("seed", 0)),
-        classes=doc.get("classes"),
-        balance_total=None if balance is None else int(balance["total"]),
-        balance_power=float((balance or {}).get("power", 0.5)),
-        filter={**_defaults("filter"), **doc.get("filter", {})},
-        keep_rejected=bool(doc.get("keep_rejected", False)),
-        noise=doc.get("noise", "target"),
-        precision=doc.get("precision", "auto"),
-        edits=dict(doc.get("edits", {})),
-        sheets=int(doc.get("sheets", 6)),
-        resources=Resources(**{**_defaults("resources"), **doc.get("resources", {})}),
-        source=source,
-        document=doc,
-    )
+    given: dict[str, Any] = {key: _resolve_path(key, doc[key], base, source) for key in PATH_KEYS}
+    given.update({key: copy.deepcopy(doc[key]) for key in PASSED_KEYS if key in doc})
+    if "balance" in doc:
+        given["balance_total"] = doc["balance"]["total"]
+        if "power" in doc["balance"]:
+            given["balance_power"] = float(doc["balance"]["power"])
+    if "filter" in doc:
+        given["filter"] = filter_config(doc["filter"])
+    if "resources" in doc:
+        given["resources"] = Resources(**doc["resources"])
+    return JobConfig(**given, source=source, document=doc)
 
 
 def load_job(path: str) -> JobConfig:

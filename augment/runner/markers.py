@@ -154,6 +154,7 @@ class ShardStats:
     size: int = 0
     sha256: str = ""
     run_id: str = ""
+    precision: str = ""  # the generator's resolved precision ("fp32" or "bf16"; "" in markers written before it)
 
     def part_stats(self) -> PartStats:
         return PartStats(**self.part)

@@ -1,8 +1,10 @@
 """The worker pool of a job: how many shard workers with how many GPUs and CPUs each, an actor pool that runs the
 shards (augment.runner.shard.ShardProcessor) with retries, and the progress display.
 
-A shard that fails is tried again, up to `Resources.max_shard_attempts` times; a worker that died is replaced. A
-worker reporting its run stale (a newer run claimed the output) stops the run with AugmentError.
+A shard is attempted at most `Resources.max_shard_attempts` times, counted by the driver alone: Ray restarts no
+actor and retries no task itself, so a failed attempt (the shard raised, or its worker was lost) comes back to the
+driver, is counted, and the shard is queued again on a live worker (a lost worker is replaced); the last failure
+stops the run with AugmentError naming the shard, its attempts and its last error. A worker reporting its run stale (a newer run claimed the output) stops the run with AugmentError.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import sys
 import time
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from augment.core.errors import AugmentError
@@ -69,16 +71,16 @@ def gpu_worker_cpus(nodes: list[dict[str, Any]], gpus_per_worker: float) -> floa
     """CPUs for a worker holding `gpus_per_worker` GPUs: its share of the CPUs of the GPU node with the fewest CPUs
     per GPU (so it fits on every GPU node), at least 1; 1 when no GPU node is up yet (an autoscaling cluster).
 
-    A GPU worker encodes its images and masks to PNG on a thread pool sized by its CPUs: at 256x512 one thread
-    encodes well under the ~hundreds of images/s a GPU generates, so one CPU per worker would starve the GPU.
+    A GPU worker encodes its images and masks to PNG on a thread pool sized by its CPUs, and one thread encodes
+    far fewer images per second than a GPU generates, so one CPU per worker would starve the GPU.
     """
     ratios = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
               if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
     return max(1.0, float(math.floor(min(ratios) * gpus_per_worker))) if ratios else 1.0
 
 
-def worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, float, float]:
-    """(workers, gpus_per_worker, cpus_per_worker) for the cluster Ray is connected to."""
+def worker_resources(res: Resources, pending: int, local: bool, quiet: bool = False) -> tuple[int, float, float]:
+    """(workers, gpus_per_worker, cpus_per_worker) for the cluster Ray is connected to (`quiet`: print nothing)."""
     import ray
 
     total = ray.cluster_resources()
@@ -88,11 +90,12 @@ def worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, fl
         gpus = 1.0 if cluster_gpus > 0 else 0.0
     elif gpus > 0 and cluster_gpus == 0:
         if local:
-            print(f"augment run: no GPU in this Ray instance; running {res.gpus_per_worker} GPU(s)/worker on CPU",
-                  flush=True)
+            note = f"no GPU in this Ray instance; running {res.gpus_per_worker} GPU(s)/worker on CPU"
             gpus = 0.0
         else:
-            print("augment run: the cluster has no GPU yet; waiting for the autoscaler to add GPU workers", flush=True)
+            note = "the cluster has no GPU yet; waiting for the autoscaler to add GPU workers"
+        if not quiet:
+            print(f"augment run: {note}", flush=True)
     cpus = res.cpus_per_worker
     if cpus is None:
         cpus = gpu_worker_cpus(ray.nodes(), gpus) if gpus > 0 else 1.0
@@ -103,6 +106,18 @@ def worker_resources(res: Resources, pending: int, local: bool) -> tuple[int, fl
     return max(1, min(workers, pending)), gpus, cpus
 
 
+def workers_native_bf16(res: Resources, local: bool) -> bool:
+    """Whether the job's workers' device computes bf16 natively, asked of one Ray task holding a worker's resources
+    (so it runs where a worker would: on a GPU when the workers get GPUs). Ray must be initialised."""
+    import ray
+
+    from augment.core.device import local_native_bf16
+
+    _, gpus, cpus = worker_resources(res, 1, local, quiet=True)
+    probe = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(local_native_bf16)
+    return bool(ray.get(probe.remote()))
+
+
 def run_shards(
     shards: list[list[PlannedSample]], settings: ShardSettings, todo: list[int], res: Resources, progress: Progress,
     local: bool,
@@ -110,7 +125,7 @@ def run_shards(
     """Run the shards `todo` (indices into `shards`) on an actor pool sized by `res`; returns those made here (not
     found done by a worker).
 
-    A worker reporting its run stale (a newer run claimed the output) stops the run with AugmentError."""
+    Attempts and staleness as the module docstring says."""
     import ray
     from ray.exceptions import RayActorError, RayError
 
@@ -118,32 +133,29 @@ def run_shards(
 
     n_workers, gpus, cpus = worker_resources(res, len(todo), local)
     check_placeable({"CPU": cpus, "GPU": gpus}, n_workers, JOB_RESOURCE_NAMES, local)
-    settings.threads = max(1, int(cpus))
-    actor_cls = ray.remote(ShardProcessor).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=res.max_shard_attempts, max_task_retries=res.max_shard_attempts,
-    )
-    settings_dict = asdict(settings)
-    actors = [actor_cls.remote(settings_dict) for _ in range(n_workers)]
+    settings = replace(settings, threads=max(1, int(cpus)))
+    actor_cls = ray.remote(ShardProcessor).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)
+    actors = [actor_cls.remote(settings) for _ in range(n_workers)]
     depth = 2
     queue = deque(todo)
     attempts: dict[int, int] = {}
-    in_flight: dict[Any, tuple[int, int]] = {}
+    in_flight: dict[Any, tuple[int, int, Any]] = {}
     made: set[int] = set()
     print(f"augment run: {len(todo)} shards on {n_workers} workers ({gpus:g} GPU, {cpus:g} CPU each)", flush=True)
     try:
         while queue or in_flight:
             for slot in range(n_workers):
-                while queue and sum(1 for a, _ in in_flight.values() if a == slot) < depth:
+                while queue and sum(1 for a, _, _ in in_flight.values() if a == slot) < depth:
                     k = queue.popleft()
                     payload = [asdict(p) for p in shards[k]]
-                    in_flight[actors[slot].run.remote(k, payload)] = (slot, k)
+                    in_flight[actors[slot].run.remote(k, payload)] = (slot, k, actors[slot])
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_INTERVAL_S)
             if not ready:
                 if progress.bar is None:
                     print(f"augment run: {progress.line()}", flush=True)
                 continue
             ref = ready[0]
-            slot, k = in_flight.pop(ref)
+            slot, k, actor = in_flight.pop(ref)
             try:
                 result = ray.get(ref)
             except RayError as exc:
@@ -152,9 +164,9 @@ def run_shards(
                 if attempts[k] >= res.max_shard_attempts:
                     raise AugmentError(f"shard {k} failed {attempts[k]} times; last error: {reason}") from None
                 print(f"augment run: shard {k} failed ({reason}); trying again", flush=True)
-                if isinstance(exc, RayActorError):
-                    ray.kill(actors[slot], no_restart=True)
-                    actors[slot] = actor_cls.remote(settings_dict)
+                if isinstance(exc, RayActorError) and actors[slot] is actor:  # not yet replaced for another shard
+                    ray.kill(actor, no_restart=True)
+                    actors[slot] = actor_cls.remote(settings)
                 queue.appendleft(k)
                 continue
             if result.get("stale"):

@@ -41,8 +41,8 @@ from augment.data.dataset import (
     ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset, open_parquet, parquet_write_options,
 )
 from augment.data.schema import arrow_schema
-from augment.core.device import pick_device
 from augment.core.errors import BadSample
+from augment.core.device import RESOLVED_PRECISIONS, pick_device
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.segmenter import segment
 from augment.runner.markers import (
@@ -66,8 +66,8 @@ STAGES = {
     "wait": "the device loop blocked on the thread pool (decode or encode behind)",
 }
 ROW_GROUP_ROWS = 64
-# zlib level of the synthetic images' PNGs: at 256x512, level 1 takes a quarter of level 6's CPU time for ~3% more
-# bytes (benchmarks/throughput.py); on a GPU worker, PNG encoding is the stage that must keep up with the device.
+# zlib level of the synthetic images' PNGs: the fastest, trading a few bytes for CPU time, since on a GPU worker PNG
+# encoding is the stage that must keep up with the device (figures: docs/results.md).
 PNG_COMPRESS_LEVEL = 1
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("target_class", pa.int32()), ("accepted", pa.bool_()), ("caption", pa.string()),
@@ -75,9 +75,44 @@ EXAMPLE_SCHEMA = pa.schema([
 ])
 
 
-@dataclass
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """How a worker turns planned samples into rows: built once on the driver when the job is prepared
+    (augment.runner.job.prepare_job) and sent to every worker as it is. `precision` is resolved ("fp32" or
+    "bf16", never "auto"): every worker of a job computes in the same arithmetic."""
+
+    filter: FilterConfig
+    keep_rejected: bool
+    noise: str
+    precision: str
+    batch_size: int
+    sheets: int
+
+    def __post_init__(self) -> None:
+        if self.precision not in RESOLVED_PRECISIONS:
+            raise ValueError(f"a worker's precision must be resolved to one of {RESOLVED_PRECISIONS}, "
+                             f"got {self.precision!r}")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The settings that change what is written, for the job's fingerprint (augment.runner.job):
+
+        - filter: which samples pass, and with pixel_ignore the masks written;
+        - keep_rejected: whether rejected samples are written too (rows with accepted = false), so it changes the
+          rows and what the final check expects;
+        - noise: the images;
+        - precision (resolved): the images' arithmetic; bf16 images differ slightly from fp32 ones, so shards of
+          both must never sit under one fingerprint.
+
+        Left out: batch_size, like the other resources, is how the work is cut, not what it makes (in fp32 on a
+        CPU an image has the same bytes at any batch size); sheets only picks the contact-sheet examples, which
+        are not rows."""
+        return {"filter": asdict(self.filter), "keep_rejected": self.keep_rejected, "noise": self.noise,
+                "precision": self.precision}
+
+
+@dataclass(frozen=True)
 class ShardSettings:
-    """What a worker needs to make shards of one job (JSON-able, sent once per worker); `run_id` is the run's
+    """What a worker needs to make shards of one job, sent once per worker (Ray pickles it); `run_id` is the run's
     claim on the output (augment.runner.markers.claim_run), checked at every shard commit."""
 
     data: str
@@ -90,12 +125,7 @@ class ShardSettings:
     generator_sha256: str
     segmenter_sha256: str
     run_id: str
-    filter: dict[str, Any] = field(default_factory=dict)
-    keep_rejected: bool = False
-    noise: str = "target"
-    precision: str = "auto"
-    batch_size: int = 16
-    sheets: int = 6
+    synthesis: SynthesisSettings
     threads: int = 1
 
 
@@ -188,9 +218,8 @@ class _Tally:
 class ShardProcessor:
     """Loads the generator, the segmenter and the dataset once; `run` makes one shard."""
 
-    def __init__(self, settings: ShardSettings | dict[str, Any], device: str | None = None) -> None:
-        self.settings = settings if isinstance(settings, ShardSettings) else ShardSettings(**settings)
-        s = self.settings
+    def __init__(self, settings: ShardSettings, device: str | None = None) -> None:
+        self.settings = s = settings
         self.device = pick_device(device)
         torch.set_num_threads(max(1, s.threads))
         self.generator, gen_card = load_generator(s.generator, self.device)
@@ -206,7 +235,7 @@ class ShardProcessor:
                     f"expected {expected[:12]}); rerun the job"
                 )
         self.normalize_mode = seg_card.model_config.get("normalize", "imagenet")
-        self.filter = FilterConfig.from_dict({**s.filter, "keep_rejected": s.keep_rejected})
+        self.synthesis = s.synthesis
         self.dataset = open_dataset(s.data)
         self.sources: SourceMasks | None = None
         self.out = OutputFolder(s.output)
@@ -232,7 +261,7 @@ class ShardProcessor:
             return {**asdict(done), "skipped": True}
         start = time.perf_counter()
         planned = [PlannedSample(**d) for d in samples]
-        tally = _Tally(s.classes, s.sheets, PartStats(len(s.classes)))
+        tally = _Tally(s.classes, self.synthesis.sheets, PartStats(len(s.classes)))
         tmp = self.out.full(temporary_shard_file(shard, s.run_id))
         final = self.out.full(shard_file(shard))
         self.out.fs.create_dir(self.out.full(DATA_DIR), recursive=True)
@@ -261,7 +290,7 @@ class ShardProcessor:
             return {**asdict(done), "skipped": True}
         if not self.out.is_current(s.run_id):
             return self._stale(shard, "its file was renamed as the new run claimed the output; no marker written")
-        if s.sheets:
+        if self.synthesis.sheets:
             t = time.perf_counter()
             self._write_examples(shard, tally.examples)
             self._clock("write", t)
@@ -271,7 +300,7 @@ class ShardProcessor:
             rejected_ids=tally.rejected_ids, quarantined=tally.quarantined, part=asdict(tally.stats),
             seconds=round(time.perf_counter() - start, 3), worker=self.worker, node=self.node,
             attempt_id=uuid.uuid4().hex[:12], examples=len(tally.examples), size=size, sha256=sha256,
-            run_id=s.run_id,
+            run_id=s.run_id, precision=self.synthesis.precision,
         )
         write_marker(self.out, stats)
         self.shards_made += 1
@@ -293,7 +322,8 @@ class ShardProcessor:
         """
         s = self.settings
         sources = self._read_sources(planned)
-        batches = [planned[i:i + s.batch_size] for i in range(0, len(planned), s.batch_size)]
+        size = self.synthesis.batch_size
+        batches = [planned[i:i + size] for i in range(0, len(planned), size)]
         pending: deque[list[Future[_Encoded]]] = deque()
         buffer: list[dict[str, Any]] = []
 
@@ -395,15 +425,17 @@ class ShardProcessor:
         targets = [p.target_class for p in samples]
         images = synthesise(
             self.generator, masks.long(), [p.seed for p in samples], targets, len(s.classes), s.ignore_index,
-            noise_mode=s.noise, base_seeds=[p.base_seed for p in samples], precision=s.precision,
+            noise_mode=self.synthesis.noise, base_seeds=[p.base_seed for p in samples],
+            precision=self.synthesis.precision,
         )
         t = self._clock("generate", t, device=True)
         x = normalize(images, self.normalize_mode)
         logits = segment(self.segmenter, x)
         t = self._clock("segment", t, device=True)
         scores = score_batch(logits, masks, targets, len(s.classes), s.ignore_index)
-        ok = accept(scores, self.filter)
-        written = pixel_ignore_masks(logits, masks, self.filter, s.ignore_index) if self.filter.pixel_ignore else masks
+        filt = self.synthesis.filter
+        ok = accept(scores, filt)
+        written = pixel_ignore_masks(logits, masks, filt, s.ignore_index) if filt.pixel_ignore else masks
         result = {
             "images": images.permute(0, 2, 3, 1).cpu().numpy(),
             "masks": written.to(torch.uint8).cpu().numpy(),
@@ -420,13 +452,13 @@ class ShardProcessor:
         rows, examples = [], []
         for i, sample in enumerate(samples):
             ok = bool(result["accepted"][i])
-            if not (ok or s.keep_rejected or chosen[i]):
+            if not (ok or self.synthesis.keep_rejected or chosen[i]):
                 continue
             mask = result["masks"][i]
             image_png = encode_image(result["images"][i], compress_level=PNG_COMPRESS_LEVEL)
             mask_png = encode_mask(mask)
             miou, tiou, pacc = (float(result["scores"][k][i]) for k in ("miou", "target_iou", "pixel_accuracy"))
-            if ok or s.keep_rejected:
+            if ok or self.synthesis.keep_rejected:
                 h, w = mask.shape
                 rows.append(_row(
                     sample, image_png, mask_png, h, w, class_pixels(mask, len(s.classes), s.ignore_index),
@@ -500,4 +532,4 @@ def read_examples(out: OutputFolder, shard: int) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["STAGES", "ShardProcessor", "ShardSettings", "read_examples"]
+__all__ = ["STAGES", "ShardProcessor", "ShardSettings", "SynthesisSettings", "read_examples"]

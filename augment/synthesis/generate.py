@@ -21,7 +21,7 @@ from augment.core.device import use_bf16
 from augment.models.generator import resample_noise_in_region, sample_noise
 from augment.models.losses import one_hot_labels
 
-NOISE_MODES = ("target", "global", "both")
+NOISE_MODES = ("target", "global", "both")  # the job schema's `noise` enum lists the same (tests/test_job.py checks)
 
 
 def sample_noises(
@@ -90,9 +90,9 @@ def synthesise(
 
     `base_seeds` (default 0 for all) only matter in noise_mode "target"; pass `PlannedSample.base_seed`.
     Inputs are channels_last; `precision` (see `augment.core.device.use_bf16`) picks bf16 autocast, by default where the
-    device computes bf16 natively (images within a couple of grey levels of fp32's on average).
-    On a CPU in fp32, oneDNN is off for the generator call: its convolutions pick kernels by batch shape, which moves
-    the odd pixel by a grey level, while the reference kernels compute each sample alone. So an fp32 image on a CPU
+    device computes bf16 natively (its images differ slightly from fp32's; tests/test_generate.py bounds it).
+    On a CPU in fp32, oneDNN is off for the generator call: its convolutions pick kernels by batch shape, which can
+    move a pixel by a grey level, while the reference kernels compute each sample alone. So an fp32 image on a CPU
     never depends on the other samples of its batch (the same bytes on a given machine and software); in bf16 and on
     GPUs, where kernels also follow the batch shape, the same holds to rounding.
     """
