@@ -19,7 +19,7 @@ from augment.models.gan import gan_train_step
 from augment.models.losses import fake_class_loss
 from augment.data.objects import feather_alpha
 from augment.synthesis.composite import placed_region
-from augment.synthesis.generate import load_generator
+from augment.models.store import load_generator
 from augment.synthesis.inpaint import paint, paint_batch
 from augment.data.objects import find_objects
 from augment.synthesis.placement import Placement

@@ -111,7 +111,7 @@ _POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)
 _BOOL = ("true or false", lambda v: isinstance(v, bool))
 _FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "num_classes": _POSITIVE_INT,
-    "size": ("[height, width], integers >= 16", _pair(lambda v: _is_int(v) and v >= 16)),
+    "size": (f"[height, width], integers >= {MIN_SIDE}", _pair(lambda v: _is_int(v) and v >= MIN_SIDE)),
     "z_dim": _POSITIVE_INT,
     "g_width": _or_none(*_POSITIVE_INT),
     "d_width": _or_none(*_POSITIVE_INT),
@@ -129,6 +129,7 @@ _FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "lr_g": _POSITIVE,
     "lr_d": _POSITIVE,
     "betas": ("[beta1, beta2], numbers in [0, 1)", _pair(lambda v: _is_number(v) and 0 <= v < 1)),
+    "context": _BOOL,
 }
 """What each GANConfig field read from a card must be (JSON types: lists for tuples, null for None)."""
 
