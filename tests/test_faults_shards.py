@@ -64,10 +64,18 @@ def mtimes(out: Path) -> dict[str, int]:
             for p in list((out / "data").glob("*.parquet")) + list((out / "_markers").glob("*.json"))}
 
 
+def sfile(out: Path, k: int) -> Path:
+    """The file of shard `k` in a finished output (its marker names it: per-run names)."""
+    return out / read_marker(OutputFolder(str(out)), k).file
+
+
 def assert_remade_only(out: Path, before: dict[str, int], shard: int) -> None:
+    """Shard `shard` was remade under the new run's names and its damaged files removed; nothing else changed."""
     after = mtimes(out)
-    changed = {name for name in after if after[name] != before.get(name)}
-    assert changed == {shard_file(shard), marker_file(shard)}
+    run_id = OutputFolder(str(out)).current_run().run_id
+    assert set(after) - set(before) == {shard_file(shard, run_id), marker_file(shard, run_id)}
+    assert not [name for name in after if f"shard-{shard:05d}." in name and run_id not in name]  # old ones removed
+    assert all(after[name] == before[name] for name in set(before) & set(after))
 
 
 def assert_sound(out: Path, capsys) -> None:
@@ -94,14 +102,14 @@ def test_markers_record_size_and_sha256_and_parquet_has_page_checksums(finished)
     out = OutputFolder(str(finished))
     for k in range(SHARDS):
         stats = read_marker(out, k)
-        data = (finished / shard_file(k)).read_bytes()
+        data = sfile(finished, k).read_bytes()
         assert stats.size == len(data) and stats.sha256 == hashlib.sha256(data).hexdigest()
         assert stats.run_id == out.current_run().run_id
     assert open_dataset(str(finished)).arrow.to_table().num_rows == 8
-    assert all(pq.ParquetFile(finished / shard_file(k)).metadata.num_row_groups for k in range(SHARDS))
+    assert all(pq.ParquetFile(sfile(finished, k)).metadata.num_row_groups for k in range(SHARDS))
     # Flipped bytes in a page are caught by its CRC when augment reads the file.
     damaged = finished.parent / "damaged.parquet"
-    shutil.copy(finished / shard_file(0), damaged)
+    shutil.copy(sfile(finished, 0), damaged)
     flip_bytes(damaged)
     with pytest.raises(OSError, match="CRC checksum verification failed"):
         open_parquet(str(damaged)).read()
@@ -109,19 +117,20 @@ def test_markers_record_size_and_sha256_and_parquet_has_page_checksums(finished)
 
 def test_corrupt_shard_is_found_and_only_it_remade(env, finished, tmp_path, capsys, ray_session):
     out, path = copy_of(finished, env, tmp_path)
-    flip_bytes(out / shard_file(2))
+    sound = sfile(out, 2).read_bytes()
+    flip_bytes(sfile(out, 2))
     before = mtimes(out)
     assert main(["run", str(path)]) == 0
     assert "shard-00002: checksum mismatch, remaking" in capsys.readouterr().out
     assert_remade_only(out, before, 2)
-    assert (out / shard_file(2)).read_bytes() == (finished / shard_file(2)).read_bytes()  # deterministic remake
+    assert sfile(out, 2).read_bytes() == sound  # deterministic remake
     assert_sound(out, capsys)
 
 
 def test_truncated_shard_is_found_and_only_it_remade(env, finished, tmp_path, capsys, ray_session):
     out, path = copy_of(finished, env, tmp_path)
-    data = (out / shard_file(1)).read_bytes()
-    (out / shard_file(1)).write_bytes(data[: len(data) // 2])
+    data = sfile(out, 1).read_bytes()
+    sfile(out, 1).write_bytes(data[: len(data) // 2])
     before = mtimes(out)
     assert main(["run", str(path)]) == 0
     assert f"shard-00001: {len(data) // 2} bytes, its marker says {len(data)}" in capsys.readouterr().out
@@ -131,7 +140,7 @@ def test_truncated_shard_is_found_and_only_it_remade(env, finished, tmp_path, ca
 
 def test_deleted_shard_is_found_and_only_it_remade(env, finished, tmp_path, capsys, ray_session):
     out, path = copy_of(finished, env, tmp_path)
-    (out / shard_file(3)).unlink()
+    sfile(out, 3).unlink()
     before = mtimes(out)
     assert main(["run", str(path)]) == 0
     assert "shard-00003: file missing, remaking" in capsys.readouterr().out
@@ -143,14 +152,15 @@ def test_verify_reports_each_problem_of_a_job_output(finished, tmp_path, capsys)
     assert_sound(finished, capsys)
     out = tmp_path / "out"
     shutil.copytree(finished, out)
-    flip_bytes(out / shard_file(0))
-    (out / shard_file(3)).unlink()
+    name0 = read_marker(OutputFolder(str(out)), 0).file
+    flip_bytes(sfile(out, 0))
+    sfile(out, 3).unlink()
     capsys.readouterr()
     assert main(["verify", str(out)]) == 2
     captured = capsys.readouterr()
     assert "problem: shard-00000: checksum mismatch" in captured.out
     assert "problem: shard-00003: file missing" in captured.out
-    assert "data/shard-00000.parquet: unreadable (could not verify page integrity" in captured.out
+    assert f"{name0}: unreadable (could not verify page integrity" in captured.out
     error = captured.err.strip()
     assert len(error.splitlines()) == 1 and error.startswith(f"augment verify: error: {out}: ")
     assert "problems" in error and "Traceback" not in captured.err
@@ -199,14 +209,15 @@ def test_stale_writer_is_fenced_off_by_a_newer_overwrite(env, tmp_path, capsys, 
     report = writer_a.run(1, [vars(p) for p in job_a.shards[1]])
     writer_a.pool.shutdown()
     assert report["stale"] and "shard-00001" in report["message"] and "no longer owns" in report["message"]
-    assert not (out / shard_file(1)).exists() and read_marker(folder, 1) is None
+    assert not (out / shard_file(1, claim_a.run.run_id)).exists() and read_marker(folder, 1) is None
     assert not list((out / "data").glob(".shard-*"))  # its temporary file was removed, nothing renamed
     assert writer_a.run(2, [vars(p) for p in job_a.shards[2]])["stale"]  # A resumed again: refused up front
     summary = run_job(job_b_cfg)  # B resumes its own output
     assert summary["fingerprint"] == job_b.fingerprint and summary["rows"] == 4
     markers = [read_marker(folder, k) for k in range(2)]
     assert all(m.fingerprint == job_b.fingerprint for m in markers)
-    assert sorted(p.name for p in (out / "_markers").glob("*.json")) == ["shard-00000.json", "shard-00001.json"]
+    run_b = summary["run_id"]
+    assert sorted(p.name for p in (out / "_markers").glob("*.json")) == [f"shard-0000{k}.{run_b}.json" for k in range(2)]
     ids = pq.read_table(out / "data").column("id").to_pylist()
     assert sorted(ids) == [f"syn/car/{k:06d}" for k in range(4)]
     assert open_dataset(str(out)).info.lineage["job_fingerprint"] == job_b.fingerprint

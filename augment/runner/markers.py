@@ -59,6 +59,7 @@ import os
 import re
 import socket
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -78,15 +79,19 @@ SHEETS_DIR = "sheets"
 RUNS_DIR = "_runs"
 VERIFY_THREADS = 8
 
-_KNOWN = re.compile(
-    r"^(?:(?:job|plan|summary|dataset)\.json|quarantine\.jsonl|data/shard-\d{5,}\.parquet"
-    r"|_markers/shard-\d{5,}\.(?:json|examples\.parquet)|sheets/[A-Za-z0-9_.-]+\.png|_runs/run-\d{6,}\.json)"
+_RUN_ID = r"r(\d{6,})-[0-9a-f]{8}"
+_TOP_FILES = re.compile(r"^(?:(?:job|plan|summary|dataset)\.json|quarantine\.jsonl|sheets/[A-Za-z0-9_.-]+\.png)"
+                        r"(?:\.tmp-\d+-[0-9a-f]+)?$")
+_RUN_PART = re.compile(
+    rf"^(?:data/shard-(\d{{5,}})\.{_RUN_ID}\.parquet|_markers/shard-(\d{{5,}})\.{_RUN_ID}\.(?:json|examples\.parquet))"
     r"(?:\.tmp-\d+-[0-9a-f]+)?$"
-    r"|^data/\.shard-\d{5,}\.(?:r\d{6,}-[0-9a-f]+\.)?[0-9a-f]+\.tmp$"
 )
-_TMP_SHARD = re.compile(r"^data/\.shard-\d{5,}\.(?:r(\d{6,})-[0-9a-f]+\.)?[0-9a-f]+\.tmp$")
+_LEGACY_PART = re.compile(r"^(?:data/shard-\d{5,}\.parquet|_markers/shard-\d{5,}\.(?:json|examples\.parquet))"
+                          r"(?:\.tmp-\d+-[0-9a-f]+)?$")
+_TMP_SHARD = re.compile(rf"^data/\.shard-\d{{5,}}\.(?:{_RUN_ID}\.)?[0-9a-f]+\.tmp$")
 _RUN_FILE = re.compile(r"^run-(\d{6,})\.json$")
-_SHARD_PART = re.compile(r"^(?:data/shard-(\d{5,})\.parquet|_markers/shard-(\d{5,})\.(?:json|examples\.parquet))$")
+_MARKER = re.compile(rf"^shard-(\d{{5,}})\.({_RUN_ID})\.json$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
 def is_temporary(relative: str) -> bool:
@@ -95,17 +100,35 @@ def is_temporary(relative: str) -> bool:
 
 
 def is_run_claim(relative: str) -> bool:
-    """A run's claim file (kept by --overwrite; not part of a job's content)."""
-    return relative.startswith(f"{RUNS_DIR}/") and bool(_RUN_FILE.match(relative[len(RUNS_DIR) + 1:]))
+    """A file under `_runs/` (a claim, or a claim being created): never removed by the product."""
+    return relative.startswith(f"{RUNS_DIR}/")
+
+
+def is_product_file(relative: str) -> bool:
+    """Whether the name is one this layout gives a file (see the module docstring); `_runs/` is left out."""
+    return bool(_TOP_FILES.match(relative) or _RUN_PART.match(relative) or _LEGACY_PART.match(relative)
+                or _TMP_SHARD.match(relative))
+
+
+def run_number(relative: str) -> int | None:
+    """The number of the run whose id names this shard file, marker, examples or temporary file (0 for the names of
+    an augment from before per-run names); None for any other file."""
+    if m := _RUN_PART.match(relative):
+        return int(m.group(2) or m.group(4))
+    if m := _TMP_SHARD.match(relative):
+        return int(m.group(1) or 0)
+    if _LEGACY_PART.match(relative):
+        return 0
+    return None
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def shard_file(index: int) -> str:
-    """The shard's data file, relative to the output folder."""
-    return f"{DATA_DIR}/{shard_name(index)}.parquet"
+def shard_file(index: int, run_id: str) -> str:
+    """The data file of shard `index` written by run `run_id`, relative to the output folder."""
+    return f"{DATA_DIR}/{shard_name(index)}.{run_id}.parquet"
 
 
 def temporary_shard_file(index: int, run_id: str) -> str:
@@ -115,6 +138,14 @@ def temporary_shard_file(index: int, run_id: str) -> str:
 
 def run_file(run: int) -> str:
     return f"{RUNS_DIR}/run-{run:06d}.json"
+
+
+def is_job_record(record: Any) -> bool:
+    """Whether `record` (a parsed job.json) is one augment writes: a mapping with a 64-hex `fingerprint`, a
+    `content` mapping and `augment_version`."""
+    return (isinstance(record, dict) and isinstance(record.get("fingerprint"), str)
+            and bool(_FINGERPRINT.match(record["fingerprint"])) and isinstance(record.get("content"), dict)
+            and "augment_version" in record)
 
 
 @dataclass
@@ -204,21 +235,42 @@ class OutputFolder:
         prefix = self.path.rstrip("/") + "/"
         return [p[len(prefix):] for p in afs.list_files(self.fs, self.path, recursive=True)]
 
+    def job_record(self) -> dict[str, Any] | None:
+        """The parsed job.json, or None when there is none; AugmentError (one line) when it is not valid JSON or not
+        a JSON object."""
+        try:
+            record = self.read_json(JOB_FILE)
+        except ValueError:
+            raise AugmentError(f"{self.uri}/{JOB_FILE} is not valid JSON; remove it or choose another output") from None
+        if record is not None and not isinstance(record, dict):
+            raise AugmentError(f"{self.uri}/{JOB_FILE} is a JSON {type(record).__name__}, not a job record (an "
+                               f"object); remove it or choose another output")
+        return record
+
+    def belongs_to_augment(self) -> bool:
+        """Whether the folder provably is an augment job's output: it holds a run claim, or a job.json augment
+        writes (`is_job_record`). Names alone prove nothing."""
+        if self.runs():
+            return True
+        try:
+            return is_job_record(self.job_record())
+        except AugmentError:
+            return False
+
     def classify(self) -> tuple[list[str], list[str]]:
-        """(files a job writes, other files) under the output."""
+        """(files with the names this layout gives, other files) under the output; run claims are in neither."""
         ours, other = [], []
         for rel in self.relative_files():
-            (ours if _KNOWN.match(rel) else other).append(rel)
+            if not is_run_claim(rel):
+                (ours if is_product_file(rel) else other).append(rel)
         return ours, other
 
     def remove_job_files(self, files: list[str]) -> None:
-        """Delete the listed job files (never a run claim), then the layout's folders if they are left empty."""
+        """Delete the listed files of this layout (never anything under `_runs/`), then the layout's folders if they
+        are left empty."""
         for rel in files:
-            if _KNOWN.match(rel) and not is_run_claim(rel):
-                try:
-                    self.fs.delete_file(self.full(rel))
-                except FileNotFoundError:  # a temporary file its writer renamed or removed meanwhile
-                    pass
+            if is_product_file(rel) and not is_run_claim(rel):
+                afs.delete_quietly(self.fs, self.full(rel))
         for folder in (DATA_DIR, MARKER_DIR, SHEETS_DIR):
             path = self.full(folder)
             if afs.is_dir(self.fs, path) and not self.fs.get_file_info(pafs.FileSelector(path)):
@@ -229,11 +281,13 @@ class OutputFolder:
 
     def create_exclusive(self, relative: str, data: bytes) -> bool:
         """Create the file with `data` unless it exists; True when this call created it (see the module docstring:
-        atomic on a local filesystem, written-then-read-back elsewhere)."""
+        atomic on a local filesystem and, with boto3, on S3; written-then-read-back elsewhere)."""
         path = self.full(relative)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
             return _create_exclusive_local(path, data)
+        if self.fs.type_name == "s3" and (put := _s3_conditional_put(self.uri)) is not None:
+            return put(path, data)
         if self.exists(relative):
             return False
         self.write_bytes(relative, data)
@@ -267,8 +321,8 @@ class OutputFolder:
         found = {}
         for info in self._listing(DATA_DIR):
             rel = f"{DATA_DIR}/{info.base_name}"
-            if m := _TMP_SHARD.match(rel):
-                found[rel] = int(m.group(1) or 0)
+            if _TMP_SHARD.match(rel):
+                found[rel] = run_number(rel) or 0
         return found
 
     def sweep_temporaries(self, upto_run: int) -> list[str]:
@@ -276,16 +330,22 @@ class OutputFolder:
         that is safe); returns them."""
         removed = [rel for rel, run in sorted(self.temporaries().items()) if run <= upto_run]
         for rel in removed:
-            delete_quietly(self.fs, self.full(rel))
+            afs.delete_quietly(self.fs, self.full(rel))
         return removed
 
-    def strays(self, shards: int) -> list[str]:
-        """Shard files, markers and examples numbered `shards` or more: not part of a job with `shards` shards."""
+    def orphans(self, upto_run: int, keep: set[str], fingerprint: str | None = None) -> list[str]:
+        """Shard files, markers, examples and temporary files named by runs numbered up to `upto_run` (0: legacy
+        names) that are not in `keep`; with `fingerprint`, only those of runs whose claim is another job's (a run of
+        the same job wrote files a resume adopts)."""
+        same = {r for r in self.runs() if r <= upto_run and (c := self.read_run(r)) and c.fingerprint == fingerprint}
         found = []
         for rel in self.relative_files():
-            m = _SHARD_PART.match(rel)
-            if m and int(m.group(1) or m.group(2)) >= shards:
-                found.append(rel)
+            run = run_number(rel)
+            if run is None or run > upto_run or rel in keep:
+                continue
+            if fingerprint is not None and run in same and not is_temporary(rel):
+                continue
+            found.append(rel)
         return found
 
     def _listing(self, folder: str) -> list[pafs.FileInfo]:
@@ -294,47 +354,69 @@ class OutputFolder:
             return []
         return [i for i in self.fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File]
 
-    def completed(self, fingerprint: str) -> dict[int, ShardStats]:
-        """Stats of the shards whose marker exists and belongs to the job with `fingerprint`."""
-        done: dict[int, ShardStats] = {}
+    def markers(self) -> list[tuple[int, int, str]]:
+        """(shard, run number, run id) of every marker with a per-run name, by shard then run."""
+        found = []
         for info in self._listing(MARKER_DIR):
-            m = re.fullmatch(r"shard-(\d{5,})\.json", info.base_name)
-            if not m:
-                continue
-            stats = read_marker(self, int(m.group(1)))
+            if m := _MARKER.match(info.base_name):
+                found.append((int(m.group(1)), int(m.group(3)), m.group(2)))
+        return sorted(found)
+
+    def completed(self, fingerprint: str) -> dict[int, ShardStats]:
+        """{shard: stats of its oldest run's marker that belongs to the job with `fingerprint`} (files unchecked)."""
+        return {k: sts[0] for k, sts in self.candidates(fingerprint).items()}
+
+    def candidates(self, fingerprint: str) -> dict[int, list[ShardStats]]:
+        """{shard: stats of its markers that belong to the job with `fingerprint`, oldest run first}."""
+        done: dict[int, list[ShardStats]] = {}
+        for shard, _, run_id in self.markers():
+            stats = read_marker(self, shard, run_id)
             if stats is not None and stats.fingerprint == fingerprint:
-                done[stats.shard] = stats
+                done.setdefault(shard, []).append(stats)
         return done
 
     def verified(self, fingerprint: str, shards: int) -> tuple[dict[int, ShardStats], dict[int, str]]:
-        """(sound, problems) among the first `shards` shards with a marker of this job: `sound` are the stats of
-        those whose file matches the marker's size and sha256, `problems` says what is wrong with the others."""
-        marked = {k: st for k, st in self.completed(fingerprint).items() if k < shards}
+        """(sound, problems) among the first `shards` shards with a marker of this job: `sound` has, per shard, the
+        stats of the oldest run's marker whose file matches it (size and sha256); `problems` says what is wrong with
+        a shard none of whose markers has a sound file."""
+        marked = {k: sts for k, sts in self.candidates(fingerprint).items() if k < shards}
+        flat = [st for sts in marked.values() for st in sts]
         with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
-            found = dict(zip(marked, pool.map(lambda st: shard_problem(self, st), marked.values())))
-        sound = {k: marked[k] for k, problem in found.items() if problem is None}
-        return sound, {k: problem for k, problem in sorted(found.items()) if problem is not None}
+            found = list(zip(flat, pool.map(lambda st: shard_problem(self, st), flat)))
+        sound: dict[int, ShardStats] = {}
+        problems: dict[int, str] = {}
+        for st, problem in found:
+            if problem is None:
+                sound.setdefault(st.shard, st)
+            else:
+                problems.setdefault(st.shard, problem)
+        return sound, {k: p for k, p in sorted(problems.items()) if k not in sound}
 
 
-def marker_file(index: int) -> str:
-    return f"{MARKER_DIR}/{shard_name(index)}.json"
+def marker_file(index: int, run_id: str) -> str:
+    return f"{MARKER_DIR}/{shard_name(index)}.{run_id}.json"
 
 
-def examples_file(index: int) -> str:
-    return f"{MARKER_DIR}/{shard_name(index)}.examples.parquet"
+def examples_file(index: int, run_id: str) -> str:
+    return f"{MARKER_DIR}/{shard_name(index)}.{run_id}.examples.parquet"
 
 
-def read_marker(out: OutputFolder, index: int) -> ShardStats | None:
-    """The marker's stats, or None when absent or unreadable (an unreadable marker means: not done)."""
-    path = out.full(marker_file(index))
+def read_marker(out: OutputFolder, index: int, run_id: str | None = None) -> ShardStats | None:
+    """The stats in shard `index`'s marker written by run `run_id` (None: by the oldest run that left one), or None
+    when absent or unreadable (an unreadable marker means: not done)."""
+    if run_id is None:
+        runs = [r for shard, _, r in out.markers() if shard == index]
+        if not runs:
+            return None
+        run_id = runs[0]
     try:
-        return ShardStats.from_json(afs.read_bytes(out.fs, path))
+        return ShardStats.from_json(afs.read_bytes(out.fs, out.full(marker_file(index, run_id))))
     except (FileNotFoundError, OSError, ValueError, TypeError):
         return None
 
 
 def write_marker(out: OutputFolder, stats: ShardStats) -> None:
-    out.write_bytes(marker_file(stats.shard), stats.to_json().encode())
+    out.write_bytes(marker_file(stats.shard, stats.run_id), stats.to_json().encode())
 
 
 def shard_problem(out: OutputFolder, stats: ShardStats) -> str | None:
@@ -342,8 +424,8 @@ def shard_problem(out: OutputFolder, stats: ShardStats) -> str | None:
     when the file is there with the marker's size and sha256."""
     if not stats.sha256:
         return "its marker has no checksum (written by an older augment)"
-    if stats.file != shard_file(stats.shard):
-        return f"its marker names {stats.file!r}, not {shard_file(stats.shard)}"
+    if stats.file != shard_file(stats.shard, stats.run_id):
+        return f"its marker names {stats.file!r}, not {shard_file(stats.shard, stats.run_id)}"
     info = out.fs.get_file_info(out.full(stats.file))
     if info.type != pafs.FileType.File:
         return "file missing"
@@ -359,12 +441,12 @@ def shard_problem(out: OutputFolder, stats: ShardStats) -> str | None:
 
 
 def marker_done(out: OutputFolder, index: int, fingerprint: str) -> ShardStats | None:
-    """The shard's stats when it is complete for this job (marker of this fingerprint, file matching it), else
-    None."""
-    stats = read_marker(out, index)
-    if stats is None or stats.fingerprint != fingerprint or shard_problem(out, stats) is not None:
-        return None
-    return stats
+    """The shard's stats when it is complete for this job (a marker of this fingerprint, by any run, whose file
+    matches it), else None."""
+    for stats in out.candidates(fingerprint).get(index, []):
+        if shard_problem(out, stats) is None:
+            return stats
+    return None
 
 
 def claim_run(out: OutputFolder, fingerprint: str, seen: RunClaim | None) -> RunClaim:
@@ -375,7 +457,12 @@ def claim_run(out: OutputFolder, fingerprint: str, seen: RunClaim | None) -> Run
     claim = RunClaim(run=run, run_id=f"r{run:06d}-{os.urandom(4).hex()}", fingerprint=fingerprint,
                      host=socket.gethostname(), pid=os.getpid(),
                      claimed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    if not out.create_exclusive(run_file(run), claim.to_json().encode()):
+    try:
+        created = out.create_exclusive(run_file(run), claim.to_json().encode())
+    except FileNotFoundError:
+        raise AugmentError(f"{out.uri}: the claim {run_file(run)} being created vanished (something removed files "
+                           f"under {RUNS_DIR}/); rerun") from None
+    if not created:
         other = out.read_run(run)
         whose = f"job {other.fingerprint[:12]} on {other.host} pid {other.pid}" if other else "unknown"
         raise AugmentError(
@@ -387,14 +474,17 @@ def claim_run(out: OutputFolder, fingerprint: str, seen: RunClaim | None) -> Run
 
 def _create_exclusive_local(path: str, data: bytes) -> bool:
     """Create a local file with `data` unless it exists: a hard link of a complete temporary sibling, so the name
-    never shows partial content (where hard links are unsupported, `open(path, "xb")`)."""
+    never shows partial content (where hard links are unsupported, `open(path, "xb")`). FileNotFoundError when the
+    temporary file vanished before it was linked."""
     tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     with open(tmp, "wb") as f:
         f.write(data)
     try:
         os.link(tmp, path)
         return True
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):
+        if not os.path.exists(tmp):
+            raise FileNotFoundError(tmp) from None
         return False
     except OSError:
         try:
@@ -404,20 +494,42 @@ def _create_exclusive_local(path: str, data: bytes) -> bool:
         except FileExistsError:
             return False
     finally:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
-def delete_quietly(filesystem: pafs.FileSystem, path: str) -> None:
-    """Delete a file, best effort: one already gone, or that cannot be deleted now, is left (temporary files only)."""
+def _s3_conditional_put(uri: str) -> Any:
+    """A function (path "bucket/key", data) -> whether it created the object, through boto3's conditional put
+    (`If-None-Match: *`) to the endpoint the URI names; None when boto3 is not installed."""
     try:
-        filesystem.delete_file(path)
-    except OSError:
-        pass
+        import boto3
+        from botocore.exceptions import ClientError
+    except ImportError:
+        return None
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query))
+    endpoint = query.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=query.get("region"))
+
+    def put(path: str, data: bytes) -> bool:
+        bucket, key = path.split("/", 1)
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise AugmentError(f"{uri}: could not create {key}: {exc}") from None
+
+    return put
 
 
 __all__ = [
     "DATA_DIR", "INFO_FILE", "JOB_FILE", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "RUNS_DIR",
-    "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "delete_quietly", "examples_file", "is_run_claim",
-    "is_temporary", "marker_done", "marker_file", "read_marker", "run_file", "shard_file", "shard_name",
-    "shard_problem", "temporary_shard_file", "write_marker",
+    "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "examples_file", "is_job_record",
+    "is_product_file", "is_run_claim", "is_temporary", "marker_done", "marker_file", "read_marker", "run_file",
+    "run_number", "shard_file", "shard_name", "shard_problem", "temporary_shard_file", "write_marker",
 ]
