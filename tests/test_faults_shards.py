@@ -319,3 +319,161 @@ def test_temporary_files_are_removed_only_when_their_writer_is_fenced_or_done(en
     assert folder.sweep_temporaries(current.run) == []  # ...so the superseded run must leave its file alone
     assert alive.exists()
     assert folder.sweep_temporaries(newer.run) == [str(alive.relative_to(out))]
+
+
+# Review findings on #12: ownership before --overwrite, commits after the last check, placement before the claim,
+# claims' temporary files, verify's path and messages.
+
+
+def user_folder(root: Path, record: object) -> Path:
+    """A user's folder with files named like a job output's (job.json, summary.json, a sheet), none written by augment."""
+    folder = root / "o2"
+    (folder / "sheets").mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps(record))
+    (folder / "summary.json").write_text('{"trip": "summer"}')
+    (folder / "sheets" / "holiday.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
+def test_overwrite_refuses_a_folder_that_only_has_job_file_names(env, tmp_path, capsys, ray_session):
+    folder = user_folder(tmp_path, {"my": "config"})
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    path = job_path(env, tmp_path / "job.yaml", folder)
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main(["run", str(path), *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "Traceback" not in error
+        assert "is not an augment job's output (a job.json augment did not write)" in error
+        assert "job.json" in error and "sheets/holiday.png" in error and "summary.json" in error
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert not (folder / "_runs").exists()
+
+
+def test_a_job_json_that_is_a_list_is_one_line_in_run_and_verify(env, tmp_path, capsys, ray_session):
+    folder = user_folder(tmp_path, ["not", "a", "record"])
+    path = job_path(env, tmp_path / "job.yaml", folder)
+    for argv in (["run", str(path), "--overwrite"], ["verify", str(folder)]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip()
+        assert len(error.splitlines()) == 1 and "Traceback" not in captured.err
+        assert "job.json is a JSON list, not a job record" in captured.out + error
+    assert (folder / "sheets" / "holiday.png").exists()
+
+
+def test_overwrite_of_a_job_output_needs_no_claims_when_job_json_is_augments(env, finished, tmp_path, capsys,
+                                                                            ray_session):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "_runs")  # an output written before run claims: its job.json proves it is augment's
+    job = prepare_job(load_job(str(job_path(env, tmp_path / "b.yaml", out, seed=1, classes={"car": 2}))))
+    claim = claim_output(OutputFolder(str(out)), job, overwrite=True)
+    assert claim.mode == "overwrite" and not list((out / "data").glob("*.parquet"))
+
+
+def test_writer_that_passed_its_last_check_cannot_replace_a_newer_runs_shard(env, tmp_path, capsys, ray_session):
+    from augment.runner.shard import ShardProcessor
+
+    out = tmp_path / "out"
+    job_a = prepare_job(load_job(str(job_path(env, tmp_path / "a.yaml", out, seed=0))))
+    job_b_cfg = load_job(str(job_path(env, tmp_path / "b.yaml", out, seed=1)))
+    claim_a = claim_output(OutputFolder(str(out)), job_a, overwrite=False)
+    writer_a = ShardProcessor(shard_settings(job_a, claim_a.run.run_id), "cpu")
+    inner = writer_a._write_examples
+
+    def stall_while_b_finishes(*args):  # A has passed its last check and renamed its shard, then stalls
+        run_job(job_b_cfg, overwrite=True)  # B takes the output and finishes it
+        inner(*args)
+
+    writer_a._write_examples = stall_while_b_finishes
+    report = writer_a.run(0, [vars(p) for p in job_a.shards[0]])  # A resumes: renames, writes its marker
+    writer_a.pool.shutdown()
+    assert report["stale"] and "its files were removed" in report["message"]
+    run_a = claim_a.run.run_id
+    assert not [p for p in out.rglob("*") if run_a in p.name]  # A's uniquely named files are gone again
+    folder = OutputFolder(str(out))
+    job_b = prepare_job(job_b_cfg)
+    assert all(read_marker(folder, k).fingerprint == job_b.fingerprint for k in range(SHARDS))
+    assert_sound(out, capsys)
+
+
+def test_superseded_driver_removes_and_writes_nothing_of_the_newer_run(env, finished, tmp_path, capsys):
+    from augment.runner.job import Claim, _finish, _sound_shards
+
+    out, path = copy_of(finished, env, tmp_path)
+    folder = OutputFolder(str(out))
+    job_a = prepare_job(load_job(str(path)))
+    claim_a = claim_output(folder, job_a, overwrite=False)
+    done = _sound_shards(folder, job_a)
+    job_b = prepare_job(load_job(str(job_path(env, tmp_path / "b.yaml", out, seed=1))))
+    newer: dict = {}
+    orphans = folder.orphans
+
+    def taken_over_after_the_check(upto_run, keep, fingerprint=None):
+        newer["claim"] = claim_output(OutputFolder(str(out)), job_b, overwrite=True).run
+        newer["file"] = out / shard_file(0, newer["claim"].run_id)
+        newer["file"].parent.mkdir(exist_ok=True)
+        newer["file"].write_bytes(b"PAR1 being committed by the newer run")
+        return orphans(upto_run, keep, fingerprint)
+
+    folder.orphans = taken_over_after_the_check
+    with pytest.raises(AugmentError, match="was taken over by run"):
+        _finish(folder, job_a, claim_a, done, {"_start": 0.0})
+    assert newer["file"].exists()
+    assert not (out / "dataset.json").exists() and not (out / "summary.json").exists()
+    assert json.loads((out / "job.json").read_text())["fingerprint"] == job_b.fingerprint
+    assert folder.orphans(claim_a.run.run, set()) == []  # nothing of A's run or older is left to sweep
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 2
+    assert "problem: plan.json: missing" in capsys.readouterr().out  # the newer run has not started its shards
+
+
+def test_unplaceable_workers_are_refused_before_the_output_is_claimed(env, tmp_path, ray_session):
+    out = tmp_path / "out"
+    path = job_path(env, tmp_path / "job.yaml", out, resources={**RESOURCES, "cpus_per_worker": 1000})
+    with pytest.raises(AugmentError, match="resources.cpus_per_worker 1000: no node"):
+        run_job(load_job(str(path)))
+    assert not out.exists()
+
+
+def test_overwrite_keeps_claims_and_their_temporary_files(tmp_path):
+    folder = OutputFolder(str(tmp_path / "out"))
+    claim_run(folder, "0" * 64, None)
+    pending = tmp_path / "out" / "_runs" / "run-000002.json.tmp-123-0a1b2c3d"
+    pending.write_text("a concurrent claimer's")
+    ours, other = folder.classify()
+    assert ours == [] and other == []
+    folder.remove_job_files([f"_runs/{pending.name}", "_runs/run-000001.json"])
+    assert pending.exists() and (tmp_path / "out" / "_runs" / "run-000001.json").exists()
+
+
+def test_claimer_whose_temporary_file_vanished_gets_one_line(tmp_path, monkeypatch):
+    import os
+
+    from augment.runner import markers
+
+    link = os.link
+
+    def removed_before_the_link(src, dst):
+        os.unlink(src)
+        return link(src, dst)
+
+    monkeypatch.setattr(markers.os, "link", removed_before_the_link)
+    with pytest.raises(AugmentError, match="the claim _runs/run-000001.json being created vanished") as caught:
+        claim_run(OutputFolder(str(tmp_path / "out")), "0" * 64, None)
+    assert "\n" not in str(caught.value)
+
+
+def test_verify_resolves_a_relative_path_and_names_a_superseded_run(env, finished, tmp_path, capsys, monkeypatch):
+    out, _ = copy_of(finished, env, tmp_path)
+    folder = OutputFolder(str(out))
+    claim_run(folder, "f" * 64, folder.current_run())  # a driver of another job claimed, then died before job.json
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["verify", "out"]) == 2
+    captured = capsys.readouterr()
+    assert f"augment verify: {out}: job output" in captured.out
+    assert f"but the current run r000002-" in captured.out and f"is of job {'f' * 12}" in captured.out
+    assert "no job fingerprint and content" not in captured.out

@@ -70,7 +70,8 @@ def test_full_run_writes_a_complete_synthetic_dataset(env, first_run):
     assert summary["images_per_second"] > 0 and summary["wall_seconds"] > 0
     ds = open_dataset(str(out))
     assert ds.info.kind == "synthetic" and len(ds) == 14
-    assert ds.info.files == [f"data/shard-{k:05d}.parquet" for k in range(4)]
+    run_id = summary["run_id"]  # per-run names (augment.runner.markers)
+    assert ds.info.files == [f"data/shard-{k:05d}.{run_id}.parquet" for k in range(4)]
     assert ds.info.extra["counts"] == summary["counts"]
     assert ds.info.extra["plan"]["quotas"] == {"car": 5, "pedestrian": 6, "bicyclist": 3}
     assert ds.info.extra["job"]["classes"] == QUOTAS
@@ -169,7 +170,7 @@ def test_output_recording_unresolved_auto_is_refused_as_another_job(env, tmp_pat
     out = OutputFolder(str(tmp_path / "out"))
     job = prepare_job(load_job(str(job_file(env, tmp_path / "a.yaml", out.uri))), lambda: False)
     old = {**job.content, "precision": "auto"}
-    out.write_json("job.json", {"fingerprint": job_fingerprint(old), "content": old})
+    out.write_json("job.json", {"fingerprint": job_fingerprint(old), "content": old, "augment_version": "0.1.0"})
     with pytest.raises(AugmentError, match=r"job.json records precision auto unresolved \(written by an earlier "
                                            r"augment\), so its shards may be bf16 or fp32; this job resolves auto to "
                                            r"fp32; pass --overwrite"):
@@ -286,8 +287,8 @@ def test_other_jobs_output_is_refused_unless_overwrite(env, first_run, tmp_path,
     assert mtimes(out) == before
     summary = run_job(other, overwrite=True)
     assert summary["mode"] == "overwrite" and summary["rows"] == 2
-    assert "data/shard-00003.parquet" in capsys.readouterr().out
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["shard-00000.parquet"]
+    assert "data/shard-00003." in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "data").iterdir()) == [f"shard-00000.{summary['run_id']}.parquet"]
     assert sorted(p.name for p in (out / "sheets").iterdir()) == ["car.png"]
     assert open_dataset(str(out)).arrow.to_table(columns=["id"]).column("id").to_pylist() == [
         "syn/car/000000", "syn/car/000001"]

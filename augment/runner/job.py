@@ -203,8 +203,9 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
         mode = "overwrite"
     claim = claim_run(out, job.fingerprint, current)
     swept = set(out.sweep_temporaries(claim.run - 1))
-    if mode == "overwrite":  # every file of an older run, and the job-wide files it wrote
-        doomed = [rel for rel in ours if rel not in swept and (run_number(rel) or 0) < claim.run]
+    if mode == "overwrite":  # every file of the runs before this claim, and the job-wide files they wrote
+        doomed = [rel for rel in ours if rel not in swept and (run_number(rel) or 0) <= claim.run
+                  and claim.run_id not in rel]
     else:  # files of older runs of other jobs (a resume adopts this job's)
         doomed = [rel for rel in out.orphans(claim.run - 1, set(), job.fingerprint) if rel not in swept]
     if doomed:
@@ -342,6 +343,7 @@ def _versions() -> dict[str, str]:
 def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, ShardStats],
             summary: dict[str, Any]) -> dict[str, Any]:
     """Steps 4's checks and writes (see the module docstring), given the verified complete shards `done`."""
+    _check_owner(out, claim)  # a superseded driver stops here: a newer overwrite may have removed its shards
     files = _verify(out, job, done)
     own = claim.run.run
     _check_owner(out, claim)
