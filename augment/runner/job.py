@@ -4,21 +4,25 @@
  1. validation, writing nothing: the dataset opens and has one image size; the generator and segmenter load (weights
     sha256-verified) and fit the dataset's classes, and the generator its image size; the filter is valid; the plan
     can be made (unknown classes, quotas no source map can serve -> refused).
- 2. the output: it must belong to no job (new output, which must hold no other files) or to this job's
-    fingerprint (resume); another job's is refused unless `overwrite`. The run then claims the output with a new
-    run id (augment.runner.markers.claim_run: create-exclusive, so of two runs claiming it at once one is refused),
-    which fences off every older run's writers; only then does `overwrite` remove the other job's files (only the
-    names in augment.runner.markers' layout, listed on stdout). Temporary shard files of older runs are removed.
- 3. `plan.json`; the resume check: every shard with a marker of this job is verified (file present, size and
-    sha256 as the marker says), and every shard not complete and sound is run on the worker pool
-    (augment.runner.pool, augment.runner.shard) whose workers carry the run id. A shard found missing, truncated
-    or corrupt is named ("shard-00003: checksum mismatch, remaking") and remade, only it.
+ 2. the output: workers that Ray could never place are refused first (augment.core.cluster.check_placeable), so
+    nothing is written for them. The output must belong to no job (new output, which must hold no other files) or
+    to this job's fingerprint (resume); another job's is refused unless `overwrite`, and a folder that only has
+    job-file names but provably is no augment output (augment.runner.markers.OutputFolder.belongs_to_augment) is
+    refused either way. The run then claims the output with a new run id (augment.runner.markers.claim_run:
+    create-exclusive, so of two runs claiming it at once one is refused), which fences off every older run's
+    writers; only then are files of superseded runs removed (see augment.runner.markers, "Removal"; listed on
+    stdout), and job.json is written if the run is still current.
+ 3. `plan.json`; the resume check: the shards with a marker of this job (by any run) are verified (file present,
+    size and sha256 as the marker says), and every shard not complete and sound is run on the worker pool
+    (augment.runner.pool, augment.runner.shard) whose workers carry the run id and write names of their run. A
+    shard found missing, truncated or corrupt is named ("shard-00003: checksum mismatch, remaking") and remade,
+    only it.
  4. the final verify: size and sha256 of every shard again (a shard that fails is remade, up to
-    MAX_SHARD_ROUNDS rounds), then a check that the shard files hold every planned sample exactly once (minus
-    rejected ones unless keep_rejected, minus quarantined ones); then, if this run still owns the output, shard
-    files beyond the plan left by a superseded writer and this run's temporary files are removed, and the contact
-    sheets, `summary.json` and `dataset.json` (last) are written. A run superseded by a newer claim stops with an
-    error naming the newer run.
+    MAX_SHARD_ROUNDS rounds); then, if this run still owns the output, a check that the shard files hold every
+    planned sample exactly once (minus rejected ones unless keep_rejected, minus quarantined ones); files of this
+    and older runs that the output does not use are removed, and the contact sheets, `summary.json` and
+    `dataset.json` (last, listing the shard files with size and sha256) are written, ownership checked before each.
+    A run superseded by a newer claim stops with an error naming the newer run.
 
 The fingerprint is the sha256 of the job's canonical content: dataset identity (sha256 of its dataset.json),
 generator and segmenter identity (weights sha256), seed, quotas, balance, edits, samples_per_shard (it fixes the

@@ -1,55 +1,64 @@
 """The output folder of an augmentation job, its completion markers, its job fingerprint and its run claims.
 
-Layout (local folder or pyarrow URI such as s3://bucket/prefix)::
+Layout (local folder or pyarrow URI such as s3://bucket/prefix); <run> is a run id, r<number>-<8 hex>::
 
     _runs/run-NNNNNN.json         one per run that claimed the output (RunClaim); the highest number is the current run
-    job.json                      the job's fingerprint and the canonical content it hashes (rewritten by each claim)
+    job.json                      the job's fingerprint, the canonical content it hashes and augment_version (written
+                                  by each claim, only while it is current)
     plan.json                     the synthesis plan (augment.synthesis.plan.Plan), written before any shard
-    data/shard-NNNNN.parquet      one per planned shard, `synthetic` schema, rows in plan order
-    data/.shard-NNNNN.<run>.<uuid>.tmp  a shard being written by run <run> (renamed to its final name when complete)
-    _markers/shard-NNNNN.json     completion marker of shard NNNNN with its stats (ShardStats), written last
-    _markers/shard-NNNNN.examples.parquet  a few samples (PNG bytes + segmenter prediction) for the contact sheets
+    data/shard-NNNNN.<run>.parquet  shard NNNNN as run <run> wrote it, `synthetic` schema, rows in plan order
+    data/.shard-NNNNN.<run>.<uuid>.tmp  a shard being written by run <run> (renamed to its run's name when complete)
+    _markers/shard-NNNNN.<run>.json  completion marker of run <run>'s shard NNNNN with its stats (ShardStats), last
+    _markers/shard-NNNNN.<run>.examples.parquet  a few samples (PNG bytes + segmenter prediction) for the sheets
     sheets/<class>.png            per-class contact sheets (label | synthetic | prediction)
     quarantine.jsonl              planned samples that could not be made (unreadable source map), when any
     summary.json                  the run's summary (counts, images/s, wall time)
-    dataset.json                  written last, once every planned shard is complete: the output is then a dataset
+    dataset.json                  written last, once every planned shard is complete: the output is then a dataset;
+                                  it lists the exact shard files (one per shard) with their size and sha256
+                                  (extra.file_checksums) and is what readers trust
 
 Every Parquet file is written with page checksums (augment.data.dataset.parquet_write_options) and read with their
-verification.
+verification. Names from an augment before per-run names (data/shard-NNNNN.parquet, _markers/shard-NNNNN.json) are
+not adopted: such shards are remade once and the old files removed as files of a superseded run.
 
 Content-checked shards
     A marker records its shard file's size and sha256 (of the file bytes, streamed through the pyarrow
-    filesystem), computed from the temporary file before it is renamed into place. A shard counts as done only when
-    its marker carries this job's fingerprint and the file is there with that size and checksum (`marker_done`,
-    `OutputFolder.verified`); a shard that is missing, truncated or corrupt is therefore not done and is made again
-    under the same name. A marker without a checksum (written by an augment before markers had one) does not count:
-    that shard is remade once.
+    filesystem), computed from the temporary file before it is renamed into place. A shard counts as done when one
+    of its markers carries this job's fingerprint and its file is there with that size and checksum (`marker_done`,
+    `OutputFolder.verified`; of several, the oldest run's); a shard that is missing, truncated or corrupt is
+    therefore not done and is made again, under the new run's names. A marker without a checksum does not count.
 
 Run claims (fencing)
     Each run that takes the output (new, resumed or overwritten) first creates the next `_runs/run-NNNNNN.json`
     (`claim_run`), create-exclusive: on a local filesystem the claim is written to a temporary sibling and
     hard-linked to its name, which fails when the name exists (falling back to `open(..., "x")` where the
-    filesystem has no hard links); of two runs claiming the same number, one wins and the other is refused. Its
-    `run_id` is the fencing token: workers carry it (ShardSettings.run_id) and a shard commit checks that it is
-    still the current run's (`OutputFolder.is_current`) before renaming its file into place and again before writing
-    the examples and the marker; a stale writer deletes its temporary file, renames nothing, writes no marker and
-    reports itself stale. A resume of the same job also takes over with a new run id: shards already complete and
-    verified are kept, since the fingerprint, not the run, decides what is done. The job an output belongs to is the
-    current run's fingerprint (job.json's for outputs written before run claims).
-    What remains: the check and the rename are two operations, so a writer that passed the check a moment before a
-    new claim can still land one shard (the new run's checksums then catch a file changed under its marker, and it
-    removes shards beyond its own plan); S3 has no create-exclusive put that pyarrow can issue, so there a claim is
-    "absent, then written, then read back": two runs claiming at the same instant may both proceed, but only the one
-    whose claim the object holds passes the commit check, the other's shards are discarded and it stops.
+    filesystem has no hard links); on S3 with boto3 installed, a conditional put (`If-None-Match: *`); elsewhere
+    "absent, then written, then read back" (two runs claiming at the same instant may both proceed, but only the
+    one whose claim the object holds passes the commit checks). Of two runs claiming the same number, one wins and
+    the other is refused. Its `run_id` is the fencing token: workers carry it (ShardSettings.run_id).
+    A shard commit checks the run is current before renaming its temporary file to its run's name, writes the
+    examples and then the marker under its run's names, and checks again: a writer superseded by then removes its
+    own marker, examples and file (unless the current run is of the same job, which may adopt them). Since every
+    name a writer commits carries its run id, a stale writer can never replace another run's file, whenever it
+    stalls. A resume of the same job takes over with a new run id and adopts the sound shards of earlier runs of the
+    same fingerprint. The job an output belongs to is the current run's fingerprint (job.json's for outputs written
+    before run claims).
 
-Temporary shard files
-    Those of a run older than the current one belong to fenced writers (they can never be committed) and are removed
-    when a run claims the output; the current run removes its own (and older) ones when it finishes, once its
-    workers are stopped. A run never removes the temporary files of a newer run.
-
-`--overwrite` removes only the files this layout names (listed above, matched by name), and only after the job is
-validated and its claim made; the run claims are kept (they keep the run numbers increasing). Anything else in the
-output makes the job refuse it, overwrite or not.
+Removal (what a run deletes, and when)
+    Only files with the names above, never anything under `_runs/` (the claims and claims being created are the
+    fencing history), and only names of runs no newer than the remover's claim: a run never removes a newer run's
+    files. At its claim, a run removes the temporary files of older runs (their writers are fenced off) and the
+    files of older runs of other jobs; with `--overwrite` also the job-wide files (job.json, plan.json, sheets,
+    summary.json, dataset.json) and every older run's files. `--overwrite` removes anything only in a folder that
+    provably belongs to augment (`OutputFolder.belongs_to_augment`: a run claim, or a job.json that `is_job_record`);
+    any other folder holding these names is refused and listed, and files with other names are always refused.
+    At its finish, after the final verify and an ownership check, the run removes every shard file, marker, examples
+    and temporary file of its own or an older run that the output does not use. A driver checks it still owns the
+    output before each destructive step of its finish and writes nothing once superseded; it re-checks after writing
+    dataset.json and takes back a dataset.json that carries its run id when a newer run claimed meanwhile.
+    What remains: a check and the step after it are two operations, so a superseded driver can still write one
+    job-wide file (sheets, summary.json, dataset.json) in that window; the newer run's finish replaces them, and
+    they name only the superseded run's own files.
 """
 
 from __future__ import annotations
