@@ -414,6 +414,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
     out = OutputFolder(cfg.output)
     _placeable(cfg, address)  # refused before the output is claimed
     claim = claim_output(out, job, overwrite)
+    _check_owner(out, claim)
     _write_plan(out, job.plan)
     shards = job.shards
     done = _sound_shards(out, job)

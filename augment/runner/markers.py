@@ -279,7 +279,10 @@ class OutputFolder:
         are left empty."""
         for rel in files:
             if is_product_file(rel) and not is_run_claim(rel):
-                afs.delete_quietly(self.fs, self.full(rel))
+                try:
+                    self.fs.delete_file(self.full(rel))
+                except FileNotFoundError:  # removed meanwhile (a writer discarding its own file)
+                    pass
         for folder in (DATA_DIR, MARKER_DIR, SHEETS_DIR):
             path = self.full(folder)
             if afs.is_dir(self.fs, path) and not self.fs.get_file_info(pafs.FileSelector(path)):
