@@ -64,10 +64,18 @@ def mtimes(out: Path) -> dict[str, int]:
             for p in list((out / "data").glob("*.parquet")) + list((out / "_markers").glob("*.json"))}
 
 
+def sfile(out: Path, k: int) -> Path:
+    """The file of shard `k` in a finished output (its marker names it: per-run names)."""
+    return out / read_marker(OutputFolder(str(out)), k).file
+
+
 def assert_remade_only(out: Path, before: dict[str, int], shard: int) -> None:
+    """Shard `shard` was remade under the new run's names and its damaged files removed; nothing else changed."""
     after = mtimes(out)
-    changed = {name for name in after if after[name] != before.get(name)}
-    assert changed == {shard_file(shard), marker_file(shard)}
+    run_id = OutputFolder(str(out)).current_run().run_id
+    assert set(after) - set(before) == {shard_file(shard, run_id), marker_file(shard, run_id)}
+    assert not [name for name in after if f"shard-{shard:05d}." in name and run_id not in name]  # old ones removed
+    assert all(after[name] == before[name] for name in set(before) & set(after))
 
 
 def assert_sound(out: Path, capsys) -> None:
@@ -94,14 +102,14 @@ def test_markers_record_size_and_sha256_and_parquet_has_page_checksums(finished)
     out = OutputFolder(str(finished))
     for k in range(SHARDS):
         stats = read_marker(out, k)
-        data = (finished / shard_file(k)).read_bytes()
+        data = sfile(finished, k).read_bytes()
         assert stats.size == len(data) and stats.sha256 == hashlib.sha256(data).hexdigest()
         assert stats.run_id == out.current_run().run_id
     assert open_dataset(str(finished)).arrow.to_table().num_rows == 8
-    assert all(pq.ParquetFile(finished / shard_file(k)).metadata.num_row_groups for k in range(SHARDS))
+    assert all(pq.ParquetFile(sfile(finished, k)).metadata.num_row_groups for k in range(SHARDS))
     # Flipped bytes in a page are caught by its CRC when augment reads the file.
     damaged = finished.parent / "damaged.parquet"
-    shutil.copy(finished / shard_file(0), damaged)
+    shutil.copy(sfile(finished, 0), damaged)
     flip_bytes(damaged)
     with pytest.raises(OSError, match="CRC checksum verification failed"):
         open_parquet(str(damaged)).read()
@@ -109,19 +117,20 @@ def test_markers_record_size_and_sha256_and_parquet_has_page_checksums(finished)
 
 def test_corrupt_shard_is_found_and_only_it_remade(env, finished, tmp_path, capsys, ray_session):
     out, path = copy_of(finished, env, tmp_path)
-    flip_bytes(out / shard_file(2))
+    sound = sfile(out, 2).read_bytes()
+    flip_bytes(sfile(out, 2))
     before = mtimes(out)
     assert main(["run", str(path)]) == 0
     assert "shard-00002: checksum mismatch, remaking" in capsys.readouterr().out
     assert_remade_only(out, before, 2)
-    assert (out / shard_file(2)).read_bytes() == (finished / shard_file(2)).read_bytes()  # deterministic remake
+    assert sfile(out, 2).read_bytes() == sound  # deterministic remake
     assert_sound(out, capsys)
 
 
 def test_truncated_shard_is_found_and_only_it_remade(env, finished, tmp_path, capsys, ray_session):
     out, path = copy_of(finished, env, tmp_path)
-    data = (out / shard_file(1)).read_bytes()
-    (out / shard_file(1)).write_bytes(data[: len(data) // 2])
+    data = sfile(out, 1).read_bytes()
+    sfile(out, 1).write_bytes(data[: len(data) // 2])
     before = mtimes(out)
     assert main(["run", str(path)]) == 0
     assert f"shard-00001: {len(data) // 2} bytes, its marker says {len(data)}" in capsys.readouterr().out
@@ -131,7 +140,7 @@ def test_truncated_shard_is_found_and_only_it_remade(env, finished, tmp_path, ca
 
 def test_deleted_shard_is_found_and_only_it_remade(env, finished, tmp_path, capsys, ray_session):
     out, path = copy_of(finished, env, tmp_path)
-    (out / shard_file(3)).unlink()
+    sfile(out, 3).unlink()
     before = mtimes(out)
     assert main(["run", str(path)]) == 0
     assert "shard-00003: file missing, remaking" in capsys.readouterr().out
@@ -143,14 +152,15 @@ def test_verify_reports_each_problem_of_a_job_output(finished, tmp_path, capsys)
     assert_sound(finished, capsys)
     out = tmp_path / "out"
     shutil.copytree(finished, out)
-    flip_bytes(out / shard_file(0))
-    (out / shard_file(3)).unlink()
+    name0 = read_marker(OutputFolder(str(out)), 0).file
+    flip_bytes(sfile(out, 0))
+    sfile(out, 3).unlink()
     capsys.readouterr()
     assert main(["verify", str(out)]) == 2
     captured = capsys.readouterr()
     assert "problem: shard-00000: checksum mismatch" in captured.out
     assert "problem: shard-00003: file missing" in captured.out
-    assert "data/shard-00000.parquet: unreadable (could not verify page integrity" in captured.out
+    assert f"{name0}: unreadable (could not verify page integrity" in captured.out
     error = captured.err.strip()
     assert len(error.splitlines()) == 1 and error.startswith(f"augment verify: error: {out}: ")
     assert "problems" in error and "Traceback" not in captured.err
@@ -199,14 +209,15 @@ def test_stale_writer_is_fenced_off_by_a_newer_overwrite(env, tmp_path, capsys, 
     report = writer_a.run(1, [vars(p) for p in job_a.shards[1]])
     writer_a.pool.shutdown()
     assert report["stale"] and "shard-00001" in report["message"] and "no longer owns" in report["message"]
-    assert not (out / shard_file(1)).exists() and read_marker(folder, 1) is None
+    assert not (out / shard_file(1, claim_a.run.run_id)).exists() and read_marker(folder, 1) is None
     assert not list((out / "data").glob(".shard-*"))  # its temporary file was removed, nothing renamed
     assert writer_a.run(2, [vars(p) for p in job_a.shards[2]])["stale"]  # A resumed again: refused up front
     summary = run_job(job_b_cfg)  # B resumes its own output
     assert summary["fingerprint"] == job_b.fingerprint and summary["rows"] == 4
     markers = [read_marker(folder, k) for k in range(2)]
     assert all(m.fingerprint == job_b.fingerprint for m in markers)
-    assert sorted(p.name for p in (out / "_markers").glob("*.json")) == ["shard-00000.json", "shard-00001.json"]
+    run_b = summary["run_id"]
+    assert sorted(p.name for p in (out / "_markers").glob("*.json")) == [f"shard-0000{k}.{run_b}.json" for k in range(2)]
     ids = pq.read_table(out / "data").column("id").to_pylist()
     assert sorted(ids) == [f"syn/car/{k:06d}" for k in range(4)]
     assert open_dataset(str(out)).info.lineage["job_fingerprint"] == job_b.fingerprint
@@ -308,3 +319,161 @@ def test_temporary_files_are_removed_only_when_their_writer_is_fenced_or_done(en
     assert folder.sweep_temporaries(current.run) == []  # ...so the superseded run must leave its file alone
     assert alive.exists()
     assert folder.sweep_temporaries(newer.run) == [str(alive.relative_to(out))]
+
+
+# Review findings on #12: ownership before --overwrite, commits after the last check, placement before the claim,
+# claims' temporary files, verify's path and messages.
+
+
+def user_folder(root: Path, record: object) -> Path:
+    """A user's folder with files named like a job output's (job.json, summary.json, a sheet), none written by augment."""
+    folder = root / "o2"
+    (folder / "sheets").mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps(record))
+    (folder / "summary.json").write_text('{"trip": "summer"}')
+    (folder / "sheets" / "holiday.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
+def test_overwrite_refuses_a_folder_that_only_has_job_file_names(env, tmp_path, capsys, ray_session):
+    folder = user_folder(tmp_path, {"my": "config"})
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    path = job_path(env, tmp_path / "job.yaml", folder)
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main(["run", str(path), *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "Traceback" not in error
+        assert "is not an augment job's output (a job.json augment did not write)" in error
+        assert "job.json" in error and "sheets/holiday.png" in error and "summary.json" in error
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert not (folder / "_runs").exists()
+
+
+def test_a_job_json_that_is_a_list_is_one_line_in_run_and_verify(env, tmp_path, capsys, ray_session):
+    folder = user_folder(tmp_path, ["not", "a", "record"])
+    path = job_path(env, tmp_path / "job.yaml", folder)
+    for argv in (["run", str(path), "--overwrite"], ["verify", str(folder)]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip()
+        assert len(error.splitlines()) == 1 and "Traceback" not in captured.err
+        assert "job.json is a JSON list, not a job record" in captured.out + error
+    assert (folder / "sheets" / "holiday.png").exists()
+
+
+def test_overwrite_of_a_job_output_needs_no_claims_when_job_json_is_augments(env, finished, tmp_path, capsys,
+                                                                            ray_session):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "_runs")  # an output written before run claims: its job.json proves it is augment's
+    job = prepare_job(load_job(str(job_path(env, tmp_path / "b.yaml", out, seed=1, classes={"car": 2}))))
+    claim = claim_output(OutputFolder(str(out)), job, overwrite=True)
+    assert claim.mode == "overwrite" and not list((out / "data").glob("*.parquet"))
+
+
+def test_writer_that_passed_its_last_check_cannot_replace_a_newer_runs_shard(env, tmp_path, capsys, ray_session):
+    from augment.runner.shard import ShardProcessor
+
+    out = tmp_path / "out"
+    job_a = prepare_job(load_job(str(job_path(env, tmp_path / "a.yaml", out, seed=0))))
+    job_b_cfg = load_job(str(job_path(env, tmp_path / "b.yaml", out, seed=1)))
+    claim_a = claim_output(OutputFolder(str(out)), job_a, overwrite=False)
+    writer_a = ShardProcessor(shard_settings(job_a, claim_a.run.run_id), "cpu")
+    inner = writer_a._write_examples
+
+    def stall_while_b_finishes(*args):  # A has passed its last check and renamed its shard, then stalls
+        run_job(job_b_cfg, overwrite=True)  # B takes the output and finishes it
+        inner(*args)
+
+    writer_a._write_examples = stall_while_b_finishes
+    report = writer_a.run(0, [vars(p) for p in job_a.shards[0]])  # A resumes: renames, writes its marker
+    writer_a.pool.shutdown()
+    assert report["stale"] and "its files were removed" in report["message"]
+    run_a = claim_a.run.run_id
+    assert not [p for p in out.rglob("*") if run_a in p.name]  # A's uniquely named files are gone again
+    folder = OutputFolder(str(out))
+    job_b = prepare_job(job_b_cfg)
+    assert all(read_marker(folder, k).fingerprint == job_b.fingerprint for k in range(SHARDS))
+    assert_sound(out, capsys)
+
+
+def test_superseded_driver_removes_and_writes_nothing_of_the_newer_run(env, finished, tmp_path, capsys):
+    from augment.runner.job import Claim, _finish, _sound_shards
+
+    out, path = copy_of(finished, env, tmp_path)
+    folder = OutputFolder(str(out))
+    job_a = prepare_job(load_job(str(path)))
+    claim_a = claim_output(folder, job_a, overwrite=False)
+    done = _sound_shards(folder, job_a)
+    job_b = prepare_job(load_job(str(job_path(env, tmp_path / "b.yaml", out, seed=1))))
+    newer: dict = {}
+    orphans = folder.orphans
+
+    def taken_over_after_the_check(upto_run, keep, fingerprint=None):
+        newer["claim"] = claim_output(OutputFolder(str(out)), job_b, overwrite=True).run
+        newer["file"] = out / shard_file(0, newer["claim"].run_id)
+        newer["file"].parent.mkdir(exist_ok=True)
+        newer["file"].write_bytes(b"PAR1 being committed by the newer run")
+        return orphans(upto_run, keep, fingerprint)
+
+    folder.orphans = taken_over_after_the_check
+    with pytest.raises(AugmentError, match="was taken over by run"):
+        _finish(folder, job_a, claim_a, done, {"_start": 0.0})
+    assert newer["file"].exists()
+    assert not (out / "dataset.json").exists() and not (out / "summary.json").exists()
+    assert json.loads((out / "job.json").read_text())["fingerprint"] == job_b.fingerprint
+    assert folder.orphans(claim_a.run.run, set()) == []  # nothing of A's run or older is left to sweep
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 2
+    assert "problem: plan.json: missing" in capsys.readouterr().out  # the newer run has not started its shards
+
+
+def test_unplaceable_workers_are_refused_before_the_output_is_claimed(env, tmp_path, ray_session):
+    out = tmp_path / "out"
+    path = job_path(env, tmp_path / "job.yaml", out, resources={**RESOURCES, "cpus_per_worker": 1000})
+    with pytest.raises(AugmentError, match="resources.cpus_per_worker 1000: no node"):
+        run_job(load_job(str(path)))
+    assert not out.exists()
+
+
+def test_overwrite_keeps_claims_and_their_temporary_files(tmp_path):
+    folder = OutputFolder(str(tmp_path / "out"))
+    claim_run(folder, "0" * 64, None)
+    pending = tmp_path / "out" / "_runs" / "run-000002.json.tmp-123-0a1b2c3d"
+    pending.write_text("a concurrent claimer's")
+    ours, other = folder.classify()
+    assert ours == [] and other == []
+    folder.remove_job_files([f"_runs/{pending.name}", "_runs/run-000001.json"])
+    assert pending.exists() and (tmp_path / "out" / "_runs" / "run-000001.json").exists()
+
+
+def test_claimer_whose_temporary_file_vanished_gets_one_line(tmp_path, monkeypatch):
+    import os
+
+    from augment.runner import markers
+
+    link = os.link
+
+    def removed_before_the_link(src, dst):
+        os.unlink(src)
+        return link(src, dst)
+
+    monkeypatch.setattr(markers.os, "link", removed_before_the_link)
+    with pytest.raises(AugmentError, match="the claim _runs/run-000001.json being created vanished") as caught:
+        claim_run(OutputFolder(str(tmp_path / "out")), "0" * 64, None)
+    assert "\n" not in str(caught.value)
+
+
+def test_verify_resolves_a_relative_path_and_names_a_superseded_run(env, finished, tmp_path, capsys, monkeypatch):
+    out, _ = copy_of(finished, env, tmp_path)
+    folder = OutputFolder(str(out))
+    claim_run(folder, "f" * 64, folder.current_run())  # a driver of another job claimed, then died before job.json
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["verify", "out"]) == 2
+    captured = capsys.readouterr()
+    assert f"augment verify: {out}: job output" in captured.out
+    assert f"but the current run r000002-" in captured.out and f"is of job {'f' * 12}" in captured.out
+    assert "no job fingerprint and content" not in captured.out

@@ -70,7 +70,8 @@ def test_full_run_writes_a_complete_synthetic_dataset(env, first_run):
     assert summary["images_per_second"] > 0 and summary["wall_seconds"] > 0
     ds = open_dataset(str(out))
     assert ds.info.kind == "synthetic" and len(ds) == 14
-    assert ds.info.files == [f"data/shard-{k:05d}.parquet" for k in range(4)]
+    run_id = summary["run_id"]  # per-run names (augment.runner.markers)
+    assert ds.info.files == [f"data/shard-{k:05d}.{run_id}.parquet" for k in range(4)]
     assert ds.info.extra["counts"] == summary["counts"]
     assert ds.info.extra["plan"]["quotas"] == {"car": 5, "pedestrian": 6, "bicyclist": 3}
     assert ds.info.extra["job"]["classes"] == QUOTAS
@@ -169,7 +170,7 @@ def test_output_recording_unresolved_auto_is_refused_as_another_job(env, tmp_pat
     out = OutputFolder(str(tmp_path / "out"))
     job = prepare_job(load_job(str(job_file(env, tmp_path / "a.yaml", out.uri))), lambda: False)
     old = {**job.content, "precision": "auto"}
-    out.write_json("job.json", {"fingerprint": job_fingerprint(old), "content": old})
+    out.write_json("job.json", {"fingerprint": job_fingerprint(old), "content": old, "augment_version": "0.1.0"})
     with pytest.raises(AugmentError, match=r"job.json records precision auto unresolved \(written by an earlier "
                                            r"augment\), so its shards may be bf16 or fp32; this job resolves auto to "
                                            r"fp32; pass --overwrite"):
@@ -286,8 +287,8 @@ def test_other_jobs_output_is_refused_unless_overwrite(env, first_run, tmp_path,
     assert mtimes(out) == before
     summary = run_job(other, overwrite=True)
     assert summary["mode"] == "overwrite" and summary["rows"] == 2
-    assert "data/shard-00003.parquet" in capsys.readouterr().out
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["shard-00000.parquet"]
+    assert "data/shard-00003." in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "data").iterdir()) == [f"shard-00000.{summary['run_id']}.parquet"]
     assert sorted(p.name for p in (out / "sheets").iterdir()) == ["car.png"]
     assert open_dataset(str(out)).arrow.to_table(columns=["id"]).column("id").to_pylist() == [
         "syn/car/000000", "syn/car/000001"]
@@ -356,10 +357,15 @@ def test_two_drivers_at_once_do_not_corrupt_the_output(env, tmp_path, ray_sessio
     assert len(results) == 2 and finished, results
     assert all(isinstance(r, AugmentError) and "was taken over by" in str(r) for r in results if r not in finished)
     assert all(r["rows"] == 14 and r["shards"] == 7 for r in finished)
-    ids = pq.read_table(tmp_path / "out" / "data").column("id").to_pylist()
-    assert len(ids) == len(set(ids)) == 14
-    assert sorted((tmp_path / "out" / "data").iterdir()) == [tmp_path / "out" / "data" / f"shard-{k:05d}.parquet"
-                                                             for k in range(7)]
+    ds = open_dataset(str(tmp_path / "out"))  # dataset.json lists one file per shard, of either run (per-run names)
+    ids = ds.arrow.to_table(columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 14 and len(ds.info.files) == 7
+    assert [f.split(".")[0] for f in ds.info.files] == [f"data/shard-{k:05d}" for k in range(7)]
+    # Anything else left in data/ can only be a shard the superseded driver's worker committed as the winner
+    # finished (same job, so kept for adoption; the next run sweeps it).
+    winners = {r["run_id"] for r in finished}
+    extra = {f"data/{p.name}" for p in (tmp_path / "out" / "data").iterdir()} - set(ds.info.files)
+    assert not [name for name in extra if any(run_id in name for run_id in winners)]
     assert open_dataset(str(tmp_path / "out")).info.num_rows == 14
 
 

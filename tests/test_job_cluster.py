@@ -63,7 +63,7 @@ def test_lost_worker_node_mid_job_still_completes_exactly_once(tmp_path, cluster
     deadline = time.monotonic() + 300
     while not list(markers.glob("shard-*.json")) and driver.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-    first = read_marker(OutputFolder(str(out)), int(sorted(markers.glob("shard-*.json"))[0].stem.split("-")[1]))
+    first = read_marker(OutputFolder(str(out)), int(sorted(markers.glob("shard-*.json"))[0].name[6:11]))
     victim = next(n for n in workers if n.node_id == first.node)
     c.remove_node(victim)
     done_at_removal = len(list(markers.glob("shard-*.json")))

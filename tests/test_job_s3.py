@@ -15,8 +15,8 @@ BUCKET = "augment-test"
 
 
 @pytest.fixture
-def s3_base(monkeypatch):
-    """URI maker for a fresh bucket on a moto S3 server on 127.0.0.1; Ray restarted so workers get the credentials."""
+def moto_s3(monkeypatch):
+    """URI maker for a fresh bucket on a moto S3 server on 127.0.0.1 (credentials in this process's environment)."""
     boto3 = pytest.importorskip("boto3")
     server_mod = pytest.importorskip("moto.server")
     import moto
@@ -24,10 +24,6 @@ def s3_base(monkeypatch):
     if moto.__version__ in ("5.2.0", "5.2.1"):
         pytest.skip(f"moto {moto.__version__} answers S3 CompleteMultipartUpload with a root tag pyarrow rejects "
                     f"(getmoto/moto#10055); install moto>=5.2.2")
-    import ray
-
-    from conftest import ensure_local_ray
-
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -35,13 +31,38 @@ def s3_base(monkeypatch):
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
         monkeypatch.setenv(key, value)
     boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    ray.shutdown()
-    ensure_local_ray()
     try:
         yield lambda key: f"s3://{BUCKET}/{key}?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
     finally:
-        ray.shutdown()
         server.stop()
+
+
+@pytest.fixture
+def s3_base(moto_s3):
+    """`moto_s3`, with Ray restarted so its workers get the credentials."""
+    import ray
+
+    from conftest import ensure_local_ray
+
+    ray.shutdown()
+    ensure_local_ray()
+    try:
+        yield moto_s3
+    finally:
+        ray.shutdown()
+
+
+def test_s3_claims_are_conditional_puts(moto_s3, monkeypatch):
+    """Two runs that both saw no claim numbered 1 (the race a read-back cannot close): If-None-Match lets one win."""
+    from augment.core.errors import AugmentError
+    from augment.runner.markers import OutputFolder, claim_run
+
+    folder = OutputFolder(moto_s3("jobs/claims"))
+    monkeypatch.setattr(OutputFolder, "exists", lambda self, relative="": False)  # no check-then-write can help
+    first = claim_run(folder, "a" * 64, None)
+    with pytest.raises(AugmentError, match="another run claimed this output at the same moment"):
+        claim_run(folder, "b" * 64, None)
+    assert folder.current_run() == first and folder.runs() == [1]
 
 
 def test_job_writes_to_s3_and_reads_back(tmp_path, s3_base):
@@ -69,7 +90,7 @@ def test_job_writes_to_s3_and_reads_back(tmp_path, s3_base):
     filesystem, root = afs.resolve(out_uri)
     names = {p[len(root) + 1:] for p in afs.list_files(filesystem, root, recursive=True)}
     assert {"dataset.json", "plan.json", "job.json", "summary.json", "sheets/car.png", "sheets/pedestrian.png"} <= names
-    assert {f"data/shard-{k:05d}.parquet" for k in range(3)} <= names
+    assert {f"data/shard-{k:05d}.{summary['run_id']}.parquet" for k in range(3)} <= names
     assert not any(n.startswith("data/.shard-") for n in names)
     assert isinstance(filesystem, pafs.S3FileSystem)
     from augment.core.errors import AugmentError

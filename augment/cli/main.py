@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check a finished job output or a dataset (files, sizes, checksums, rows) "
                                       "without running anything")
-    p.add_argument("output", help="job output or dataset folder or URI")
+    p.add_argument("output", type=_path, help="job output or dataset folder or URI")
     p.set_defaults(handler="augment.cli.jobs:verify_command")
 
     p = sub.add_parser("retrain", help="retrain the segmenter on real + synthetic data and report per-class gains")

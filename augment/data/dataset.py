@@ -47,7 +47,7 @@ ROW_GROUP_BYTES = 32 << 20
 ROW_GROUP_ROWS = 256
 PART_FILE_PATTERN = r"part-\d{5,}-\d{4,}\.parquet"
 """Names of the Parquet files a PartWriter with prefix `part-<chunk:05d>` writes into a dataset folder."""
-DATA_FILE = re.compile(PART_FILE_PATTERN + r"|data/shard-\d{5,}\.parquet")
+DATA_FILE = re.compile(PART_FILE_PATTERN + r"|data/shard-\d{5,}(?:\.r\d{6,}-[0-9a-f]{8})?\.parquet")
 """Names (relative to the dataset folder) of every Parquet file augment lists in a dataset.json: ingest's part files
 and an augmentation job's shards (augment.runner.markers)."""
 PARQUET_MAGIC = b"PAR1"
@@ -336,7 +336,7 @@ def dataset_files(fs: pafs.FileSystem, path: str) -> set[str]:
             raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a file inside the folder")
         if not DATA_FILE.fullmatch(name):
             raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a name augment gives its Parquet files "
-                               f"(part-NNNNN-NNNN.parquet or data/shard-NNNNN.parquet)")
+                               f"(part-NNNNN-NNNN.parquet or data/shard-NNNNN.<run>.parquet)")
         head = _head(fs, afs.join(path, name), len(PARQUET_MAGIC))
         if head is not None and head != PARQUET_MAGIC:
             raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a Parquet file (no {PARQUET_MAGIC.decode()} "

@@ -82,6 +82,14 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
+def delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a file, best effort: one already gone, or that cannot be deleted now, is left."""
+    try:
+        fs.delete_file(path)
+    except OSError:
+        pass
+
+
 def is_within(path: str, base: str) -> bool:
     """Whether `path` is `base` or lies below it, comparing normalised paths (`..` resolved by name, no I/O)."""
     path, base = posixpath.normpath(path), posixpath.normpath(base)

@@ -4,21 +4,25 @@
  1. validation, writing nothing: the dataset opens and has one image size; the generator and segmenter load (weights
     sha256-verified) and fit the dataset's classes, and the generator its image size; the filter is valid; the plan
     can be made (unknown classes, quotas no source map can serve -> refused).
- 2. the output: it must belong to no job (new output, which must hold no other files) or to this job's
-    fingerprint (resume); another job's is refused unless `overwrite`. The run then claims the output with a new
-    run id (augment.runner.markers.claim_run: create-exclusive, so of two runs claiming it at once one is refused),
-    which fences off every older run's writers; only then does `overwrite` remove the other job's files (only the
-    names in augment.runner.markers' layout, listed on stdout). Temporary shard files of older runs are removed.
- 3. `plan.json`; the resume check: every shard with a marker of this job is verified (file present, size and
-    sha256 as the marker says), and every shard not complete and sound is run on the worker pool
-    (augment.runner.pool, augment.runner.shard) whose workers carry the run id. A shard found missing, truncated
-    or corrupt is named ("shard-00003: checksum mismatch, remaking") and remade, only it.
+ 2. the output: workers that Ray could never place are refused first (augment.core.cluster.check_placeable), so
+    nothing is written for them. The output must belong to no job (new output, which must hold no other files) or
+    to this job's fingerprint (resume); another job's is refused unless `overwrite`, and a folder that only has
+    job-file names but provably is no augment output (augment.runner.markers.OutputFolder.belongs_to_augment) is
+    refused either way. The run then claims the output with a new run id (augment.runner.markers.claim_run:
+    create-exclusive, so of two runs claiming it at once one is refused), which fences off every older run's
+    writers; only then are files of superseded runs removed (see augment.runner.markers, "Removal"; listed on
+    stdout), and job.json is written if the run is still current.
+ 3. `plan.json`; the resume check: the shards with a marker of this job (by any run) are verified (file present,
+    size and sha256 as the marker says), and every shard not complete and sound is run on the worker pool
+    (augment.runner.pool, augment.runner.shard) whose workers carry the run id and write names of their run. A
+    shard found missing, truncated or corrupt is named ("shard-00003: checksum mismatch, remaking") and remade,
+    only it.
  4. the final verify: size and sha256 of every shard again (a shard that fails is remade, up to
-    MAX_SHARD_ROUNDS rounds), then a check that the shard files hold every planned sample exactly once (minus
-    rejected ones unless keep_rejected, minus quarantined ones); then, if this run still owns the output, shard
-    files beyond the plan left by a superseded writer and this run's temporary files are removed, and the contact
-    sheets, `summary.json` and `dataset.json` (last) are written. A run superseded by a newer claim stops with an
-    error naming the newer run.
+    MAX_SHARD_ROUNDS rounds); then, if this run still owns the output, a check that the shard files hold every
+    planned sample exactly once (minus rejected ones unless keep_rejected, minus quarantined ones); files of this
+    and older runs that the output does not use are removed, and the contact sheets, `summary.json` and
+    `dataset.json` (last, listing the shard files with size and sha256) are written, ownership checked before each.
+    A run superseded by a newer claim stops with an error naming the newer run.
 
 The fingerprint is the sha256 of the job's canonical content: dataset identity (sha256 of its dataset.json),
 generator and segmenter identity (weights sha256), seed, quotas, balance, edits, samples_per_shard (it fixes the
@@ -52,10 +56,10 @@ from augment.core.errors import AugmentError
 from augment.data.drawing import png_bytes, render_sheet
 from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
 from augment.runner.markers import (
-    JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, is_run_claim,
-    is_temporary, shard_file, shard_name,
+    JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, examples_file,
+    is_temporary, marker_file, run_number, shard_name,
 )
-from augment.runner.pool import Progress, run_shards, workers_native_bf16
+from augment.runner.pool import Progress, run_shards, worker_resources, workers_native_bf16
 from augment.runner.shard import ShardSettings, SynthesisSettings, read_examples
 from augment.runner.verify import id_problem
 from augment.synthesis.plan import Plan, PlannedSample, make_plan
@@ -172,26 +176,24 @@ class Claim:
 def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
     """Make the output this job's and claim it for this run (see the module docstring, step 2)."""
     ours, other = out.classify()
-    settled = [rel for rel in ours if not is_temporary(rel) and not is_run_claim(rel)]
     current = out.current_run()  # after listing: a run claiming beside us makes our claim below fail
-    try:
-        record = out.read_json(JOB_FILE)
-    except ValueError:
-        raise AugmentError(f"{out.uri}/{JOB_FILE} is not valid JSON; remove it or choose another output") from None
+    record = out.job_record()
     if other:
-        listed = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
         raise AugmentError(
-            f"{out.uri} holds files that are not an augmentation job's output ({listed}); choose an empty or new "
-            f"output location"
+            f"{out.uri} holds files that are not an augmentation job's output ({_listed(other)}); choose an empty or "
+            f"new output location"
         )
+    settled = [rel for rel in ours if not is_temporary(rel)]
+    if settled and not out.belongs_to_augment():
+        what = f"a {JOB_FILE} augment did not write" if record is not None else f"no {JOB_FILE} and no run claims"
+        raise AugmentError(f"{out.uri} is not an augment job's output ({what}) but holds {_listed(settled)}; "
+                           f"refusing to write there, with or without --overwrite; choose another output")
     owner = current.fingerprint if current is not None else (record or {}).get("fingerprint")
     if owner == job.fingerprint:
         mode = "resume"
     elif owner is None and not settled:
         mode = "new"
     elif not overwrite:
-        if owner is None:
-            raise AugmentError(f"{out.uri} holds job files but no {JOB_FILE}; pass --overwrite to replace them")
         content = record.get("content", {}) if record and record.get("fingerprint") == owner else {}
         changed = _changed_keys(content, job.content) if content else []
         if changed == ["precision"]:
@@ -205,14 +207,24 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
         mode = "overwrite"
     claim = claim_run(out, job.fingerprint, current)
     swept = set(out.sweep_temporaries(claim.run - 1))
-    doomed = [rel for rel in ours if not is_run_claim(rel) and rel not in swept] if mode == "overwrite" else []
+    if mode == "overwrite":  # every file of the runs before this claim, and the job-wide files they wrote
+        doomed = [rel for rel in ours if rel not in swept and (run_number(rel) or 0) <= claim.run
+                  and claim.run_id not in rel]
+    else:  # files of older runs of other jobs (a resume adopts this job's)
+        doomed = [rel for rel in out.orphans(claim.run - 1, set(), job.fingerprint) if rel not in swept]
     if doomed:
-        print(f"augment run: --overwrite: removing {len(doomed)} files of the previous job in {out.uri}:", flush=True)
+        print(f"augment run: {mode}: removing {len(doomed)} files of superseded runs in {out.uri}:", flush=True)
         for rel in doomed:
             print(f"  {rel}", flush=True)
         out.remove_job_files(doomed)
-    _write_job_record(out, job)
+    if out.is_current(claim.run_id):
+        _write_job_record(out, job)
     return Claim(mode, claim)
+
+
+def _listed(files: list[str]) -> str:
+    """A few of `files` for a one-line message."""
+    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
 
 
 def _precision_refusal(out: OutputFolder, recorded: str, job: PreparedJob) -> str:
@@ -270,10 +282,10 @@ def _sound_shards(out: OutputFolder, job: PreparedJob) -> dict[int, ShardStats]:
 
 def _verify(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStats]) -> list[str]:
     """Check the shard files hold exactly the expected ids, once each; returns the files (relative)."""
-    files = [shard_file(k) for k in range(len(job.shards))]
-    missing = [f for k, f in enumerate(files) if k not in done]
+    missing = [shard_name(k) for k in range(len(job.shards)) if k not in done]
     if missing:
         raise AugmentError(f"{out.uri}: shards without a completion marker: {', '.join(missing[:5])}")
+    files = [done[k].file for k in range(len(job.shards))]
     problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.synthesis.keep_rejected, done, files)
     if problem is not None:
         raise AugmentError(f"{out.uri}: {problem}; rerun with --overwrite")
@@ -307,7 +319,7 @@ def _write_sheets(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStat
             break
         if not done[k].examples:
             continue
-        for ex in read_examples(out, k):
+        for ex in read_examples(out, k, done[k].run_id):
             bucket = rows.get(ex["target_class"], {}).get(ex["accepted"])
             if bucket is not None and len(bucket) < per:
                 bucket.append((ex["mask"], ex["image"], ex["pred"], ex["accepted"], ex["caption"]))
@@ -335,14 +347,17 @@ def _versions() -> dict[str, str]:
 def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, ShardStats],
             summary: dict[str, Any]) -> dict[str, Any]:
     """Steps 4's checks and writes (see the module docstring), given the verified complete shards `done`."""
+    _check_owner(out, claim)  # a superseded driver stops here: a newer overwrite may have removed its shards
     files = _verify(out, job, done)
+    own = claim.run.run
     _check_owner(out, claim)
-    strays = out.strays(len(job.shards))
-    if strays:
-        print(f"augment run: removing {len(strays)} shard files beyond this job's plan, left by a superseded run: "
-              f"{', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}", flush=True)
-        out.remove_job_files(strays)
-    out.sweep_temporaries(claim.run.run)
+    keep = {rel for k, st in done.items()
+            for rel in (st.file, marker_file(k, st.run_id), examples_file(k, st.run_id))}
+    orphans = out.orphans(own, keep)  # only names of this run or older ones: never a newer run's
+    if orphans:
+        print(f"augment run: removing {len(orphans)} files of superseded runs not in this output: "
+              f"{', '.join(orphans[:3])}{' ...' if len(orphans) > 3 else ''}", flush=True)
+        out.remove_job_files(orphans)
     info = job.dataset.info
     merged = PartStats(info.num_classes)
     for k in sorted(done):
@@ -354,6 +369,7 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
             counts[name]["accepted"] += n
         for name, n in s.rejected.items():
             counts[name]["rejected"] += n
+    _check_owner(out, claim)
     sheets = _write_sheets(out, job, done)
     accepted = sum(c["accepted"] for c in counts.values())
     rejected = sum(c["rejected"] for c in counts.values())
@@ -373,23 +389,32 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
         "job_fingerprint": job.fingerprint,
     }
     new_info.extra = {"counts": counts, "job": job.cfg.document, "plan": job.plan.summary(), "versions": _versions()}
+    new_info.extra["file_checksums"] = {done[k].file: {"size": done[k].size, "sha256": done[k].sha256}
+                                        for k in sorted(done)}
+    new_info.lineage["run_id"] = claim.run.run_id
+    summary["wall_seconds"] = round(time.perf_counter() - summary.pop("_start"), 3)
+    _check_owner(out, claim)
     if quarantined:
         out.write_bytes(QUARANTINE_FILE, "".join(json.dumps(q) + "\n" for q in quarantined).encode())
-    summary["wall_seconds"] = round(time.perf_counter() - summary.pop("_start"), 3)
     out.write_json(SUMMARY_FILE, summary)
-    if (out.read_json(JOB_FILE) or {}).get("fingerprint") != job.fingerprint:
-        _write_job_record(out, job)  # a run that lost the claim race on S3 may have written its own
     new_info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _check_owner(out, claim)
     out.write_bytes(INFO_FILE, new_info.to_json().encode())
+    if not out.is_current(claim.run.run_id):  # superseded as it wrote: take back a dataset.json that is still ours
+        if ((out.read_json(INFO_FILE) or {}).get("lineage") or {}).get("run_id") == claim.run.run_id:
+            afs.delete_quietly(out.fs, out.full(INFO_FILE))
+        _check_owner(out, claim)
     return summary
 
 
 def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run (or resume) a job; returns the summary also written to `summary.json` (see the module docstring)."""
     start = time.perf_counter()
-    job = prepare_job(cfg, lambda: workers_native_bf16(cfg.resources, _start_ray(address)))
+    job = prepare_job(cfg, lambda: workers_native_bf16(cfg.resources, _placeable(cfg, address)))
     out = OutputFolder(cfg.output)
+    _placeable(cfg, address)  # refused before the output is claimed
     claim = claim_output(out, job, overwrite)
+    _check_owner(out, claim)
     _write_plan(out, job.plan)
     shards = job.shards
     done = _sound_shards(out, job)
@@ -429,6 +454,16 @@ def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None)
         "_start": start,
     }
     return _finish(out, job, claim, done, summary)
+
+
+def _placeable(cfg: JobConfig, address: str | None) -> bool:
+    """Start or join Ray and refuse (AugmentError) workers it could never place; returns whether Ray is local."""
+    from augment.core.cluster import JOB_RESOURCE_NAMES, check_placeable
+
+    local = _start_ray(address)
+    workers, gpus, cpus = worker_resources(cfg.resources, cfg.resources.workers or 1, local, quiet=True)
+    check_placeable({"CPU": cpus, "GPU": gpus}, workers, JOB_RESOURCE_NAMES, local)
+    return local
 
 
 def _start_ray(address: str | None) -> bool:

@@ -1,55 +1,64 @@
 """The output folder of an augmentation job, its completion markers, its job fingerprint and its run claims.
 
-Layout (local folder or pyarrow URI such as s3://bucket/prefix)::
+Layout (local folder or pyarrow URI such as s3://bucket/prefix); <run> is a run id, r<number>-<8 hex>::
 
     _runs/run-NNNNNN.json         one per run that claimed the output (RunClaim); the highest number is the current run
-    job.json                      the job's fingerprint and the canonical content it hashes (rewritten by each claim)
+    job.json                      the job's fingerprint, the canonical content it hashes and augment_version (written
+                                  by each claim, only while it is current)
     plan.json                     the synthesis plan (augment.synthesis.plan.Plan), written before any shard
-    data/shard-NNNNN.parquet      one per planned shard, `synthetic` schema, rows in plan order
-    data/.shard-NNNNN.<run>.<uuid>.tmp  a shard being written by run <run> (renamed to its final name when complete)
-    _markers/shard-NNNNN.json     completion marker of shard NNNNN with its stats (ShardStats), written last
-    _markers/shard-NNNNN.examples.parquet  a few samples (PNG bytes + segmenter prediction) for the contact sheets
+    data/shard-NNNNN.<run>.parquet  shard NNNNN as run <run> wrote it, `synthetic` schema, rows in plan order
+    data/.shard-NNNNN.<run>.<uuid>.tmp  a shard being written by run <run> (renamed to its run's name when complete)
+    _markers/shard-NNNNN.<run>.json  completion marker of run <run>'s shard NNNNN with its stats (ShardStats), last
+    _markers/shard-NNNNN.<run>.examples.parquet  a few samples (PNG bytes + segmenter prediction) for the sheets
     sheets/<class>.png            per-class contact sheets (label | synthetic | prediction)
     quarantine.jsonl              planned samples that could not be made (unreadable source map), when any
     summary.json                  the run's summary (counts, images/s, wall time)
-    dataset.json                  written last, once every planned shard is complete: the output is then a dataset
+    dataset.json                  written last, once every planned shard is complete: the output is then a dataset;
+                                  it lists the exact shard files (one per shard) with their size and sha256
+                                  (extra.file_checksums) and is what readers trust
 
 Every Parquet file is written with page checksums (augment.data.dataset.parquet_write_options) and read with their
-verification.
+verification. Names from an augment before per-run names (data/shard-NNNNN.parquet, _markers/shard-NNNNN.json) are
+not adopted: such shards are remade once and the old files removed as files of a superseded run.
 
 Content-checked shards
     A marker records its shard file's size and sha256 (of the file bytes, streamed through the pyarrow
-    filesystem), computed from the temporary file before it is renamed into place. A shard counts as done only when
-    its marker carries this job's fingerprint and the file is there with that size and checksum (`marker_done`,
-    `OutputFolder.verified`); a shard that is missing, truncated or corrupt is therefore not done and is made again
-    under the same name. A marker without a checksum (written by an augment before markers had one) does not count:
-    that shard is remade once.
+    filesystem), computed from the temporary file before it is renamed into place. A shard counts as done when one
+    of its markers carries this job's fingerprint and its file is there with that size and checksum (`marker_done`,
+    `OutputFolder.verified`; of several, the oldest run's); a shard that is missing, truncated or corrupt is
+    therefore not done and is made again, under the new run's names. A marker without a checksum does not count.
 
 Run claims (fencing)
     Each run that takes the output (new, resumed or overwritten) first creates the next `_runs/run-NNNNNN.json`
     (`claim_run`), create-exclusive: on a local filesystem the claim is written to a temporary sibling and
     hard-linked to its name, which fails when the name exists (falling back to `open(..., "x")` where the
-    filesystem has no hard links); of two runs claiming the same number, one wins and the other is refused. Its
-    `run_id` is the fencing token: workers carry it (ShardSettings.run_id) and a shard commit checks that it is
-    still the current run's (`OutputFolder.is_current`) before renaming its file into place and again before writing
-    the examples and the marker; a stale writer deletes its temporary file, renames nothing, writes no marker and
-    reports itself stale. A resume of the same job also takes over with a new run id: shards already complete and
-    verified are kept, since the fingerprint, not the run, decides what is done. The job an output belongs to is the
-    current run's fingerprint (job.json's for outputs written before run claims).
-    What remains: the check and the rename are two operations, so a writer that passed the check a moment before a
-    new claim can still land one shard (the new run's checksums then catch a file changed under its marker, and it
-    removes shards beyond its own plan); S3 has no create-exclusive put that pyarrow can issue, so there a claim is
-    "absent, then written, then read back": two runs claiming at the same instant may both proceed, but only the one
-    whose claim the object holds passes the commit check, the other's shards are discarded and it stops.
+    filesystem has no hard links); on S3 with boto3 installed, a conditional put (`If-None-Match: *`); elsewhere
+    "absent, then written, then read back" (two runs claiming at the same instant may both proceed, but only the
+    one whose claim the object holds passes the commit checks). Of two runs claiming the same number, one wins and
+    the other is refused. Its `run_id` is the fencing token: workers carry it (ShardSettings.run_id).
+    A shard commit checks the run is current before renaming its temporary file to its run's name, writes the
+    examples and then the marker under its run's names, and checks again: a writer superseded by then removes its
+    own marker, examples and file (unless the current run is of the same job, which may adopt them). Since every
+    name a writer commits carries its run id, a stale writer can never replace another run's file, whenever it
+    stalls. A resume of the same job takes over with a new run id and adopts the sound shards of earlier runs of the
+    same fingerprint. The job an output belongs to is the current run's fingerprint (job.json's for outputs written
+    before run claims).
 
-Temporary shard files
-    Those of a run older than the current one belong to fenced writers (they can never be committed) and are removed
-    when a run claims the output; the current run removes its own (and older) ones when it finishes, once its
-    workers are stopped. A run never removes the temporary files of a newer run.
-
-`--overwrite` removes only the files this layout names (listed above, matched by name), and only after the job is
-validated and its claim made; the run claims are kept (they keep the run numbers increasing). Anything else in the
-output makes the job refuse it, overwrite or not.
+Removal (what a run deletes, and when)
+    Only files with the names above, never anything under `_runs/` (the claims and claims being created are the
+    fencing history), and only names of runs no newer than the remover's claim: a run never removes a newer run's
+    files. At its claim, a run removes the temporary files of older runs (their writers are fenced off) and the
+    files of older runs of other jobs; with `--overwrite` also the job-wide files (job.json, plan.json, sheets,
+    summary.json, dataset.json) and every older run's files. `--overwrite` removes anything only in a folder that
+    provably belongs to augment (`OutputFolder.belongs_to_augment`: a run claim, or a job.json that `is_job_record`);
+    any other folder holding these names is refused and listed, and files with other names are always refused.
+    At its finish, after the final verify and an ownership check, the run removes every shard file, marker, examples
+    and temporary file of its own or an older run that the output does not use. A driver checks it still owns the
+    output before each destructive step of its finish and writes nothing once superseded; it re-checks after writing
+    dataset.json and takes back a dataset.json that carries its run id when a newer run claimed meanwhile.
+    What remains: a check and the step after it are two operations, so a superseded driver can still write one
+    job-wide file (sheets, summary.json, dataset.json) in that window; the newer run's finish replaces them, and
+    they name only the superseded run's own files.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ import os
 import re
 import socket
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -78,15 +88,19 @@ SHEETS_DIR = "sheets"
 RUNS_DIR = "_runs"
 VERIFY_THREADS = 8
 
-_KNOWN = re.compile(
-    r"^(?:(?:job|plan|summary|dataset)\.json|quarantine\.jsonl|data/shard-\d{5,}\.parquet"
-    r"|_markers/shard-\d{5,}\.(?:json|examples\.parquet)|sheets/[A-Za-z0-9_.-]+\.png|_runs/run-\d{6,}\.json)"
+_RUN_ID = r"r(\d{6,})-[0-9a-f]{8}"
+_TOP_FILES = re.compile(r"^(?:(?:job|plan|summary|dataset)\.json|quarantine\.jsonl|sheets/[A-Za-z0-9_.-]+\.png)"
+                        r"(?:\.tmp-\d+-[0-9a-f]+)?$")
+_RUN_PART = re.compile(
+    rf"^(?:data/shard-(\d{{5,}})\.{_RUN_ID}\.parquet|_markers/shard-(\d{{5,}})\.{_RUN_ID}\.(?:json|examples\.parquet))"
     r"(?:\.tmp-\d+-[0-9a-f]+)?$"
-    r"|^data/\.shard-\d{5,}\.(?:r\d{6,}-[0-9a-f]+\.)?[0-9a-f]+\.tmp$"
 )
-_TMP_SHARD = re.compile(r"^data/\.shard-\d{5,}\.(?:r(\d{6,})-[0-9a-f]+\.)?[0-9a-f]+\.tmp$")
+_LEGACY_PART = re.compile(r"^(?:data/shard-\d{5,}\.parquet|_markers/shard-\d{5,}\.(?:json|examples\.parquet))"
+                          r"(?:\.tmp-\d+-[0-9a-f]+)?$")
+_TMP_SHARD = re.compile(rf"^data/\.shard-\d{{5,}}\.(?:{_RUN_ID}\.)?[0-9a-f]+\.tmp$")
 _RUN_FILE = re.compile(r"^run-(\d{6,})\.json$")
-_SHARD_PART = re.compile(r"^(?:data/shard-(\d{5,})\.parquet|_markers/shard-(\d{5,})\.(?:json|examples\.parquet))$")
+_MARKER = re.compile(rf"^shard-(\d{{5,}})\.({_RUN_ID})\.json$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
 def is_temporary(relative: str) -> bool:
@@ -95,17 +109,35 @@ def is_temporary(relative: str) -> bool:
 
 
 def is_run_claim(relative: str) -> bool:
-    """A run's claim file (kept by --overwrite; not part of a job's content)."""
-    return relative.startswith(f"{RUNS_DIR}/") and bool(_RUN_FILE.match(relative[len(RUNS_DIR) + 1:]))
+    """A file under `_runs/` (a claim, or a claim being created): never removed by the product."""
+    return relative.startswith(f"{RUNS_DIR}/")
+
+
+def is_product_file(relative: str) -> bool:
+    """Whether the name is one this layout gives a file (see the module docstring); `_runs/` is left out."""
+    return bool(_TOP_FILES.match(relative) or _RUN_PART.match(relative) or _LEGACY_PART.match(relative)
+                or _TMP_SHARD.match(relative))
+
+
+def run_number(relative: str) -> int | None:
+    """The number of the run whose id names this shard file, marker, examples or temporary file (0 for the names of
+    an augment from before per-run names); None for any other file."""
+    if m := _RUN_PART.match(relative):
+        return int(m.group(2) or m.group(4))
+    if m := _TMP_SHARD.match(relative):
+        return int(m.group(1) or 0)
+    if _LEGACY_PART.match(relative):
+        return 0
+    return None
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def shard_file(index: int) -> str:
-    """The shard's data file, relative to the output folder."""
-    return f"{DATA_DIR}/{shard_name(index)}.parquet"
+def shard_file(index: int, run_id: str) -> str:
+    """The data file of shard `index` written by run `run_id`, relative to the output folder."""
+    return f"{DATA_DIR}/{shard_name(index)}.{run_id}.parquet"
 
 
 def temporary_shard_file(index: int, run_id: str) -> str:
@@ -115,6 +147,14 @@ def temporary_shard_file(index: int, run_id: str) -> str:
 
 def run_file(run: int) -> str:
     return f"{RUNS_DIR}/run-{run:06d}.json"
+
+
+def is_job_record(record: Any) -> bool:
+    """Whether `record` (a parsed job.json) is one augment writes: a mapping with a 64-hex `fingerprint`, a
+    `content` mapping and `augment_version`."""
+    return (isinstance(record, dict) and isinstance(record.get("fingerprint"), str)
+            and bool(_FINGERPRINT.match(record["fingerprint"])) and isinstance(record.get("content"), dict)
+            and "augment_version" in record)
 
 
 @dataclass
@@ -204,20 +244,44 @@ class OutputFolder:
         prefix = self.path.rstrip("/") + "/"
         return [p[len(prefix):] for p in afs.list_files(self.fs, self.path, recursive=True)]
 
+    def job_record(self) -> dict[str, Any] | None:
+        """The parsed job.json, or None when there is none; AugmentError (one line) when it is not valid JSON or not
+        a JSON object."""
+        try:
+            record = self.read_json(JOB_FILE)
+        except ValueError:
+            raise AugmentError(f"{self.uri}/{JOB_FILE} is not valid JSON; remove it or choose another output") from None
+        if record is not None and not isinstance(record, dict):
+            raise AugmentError(f"{self.uri}/{JOB_FILE} is a JSON {type(record).__name__}, not a job record (an "
+                               f"object); remove it or choose another output")
+        return record
+
+    def belongs_to_augment(self) -> bool:
+        """Whether the folder provably is an augment job's output: it holds a run claim, or a job.json augment
+        writes (`is_job_record`). Names alone prove nothing."""
+        if self.runs():
+            return True
+        try:
+            return is_job_record(self.job_record())
+        except AugmentError:
+            return False
+
     def classify(self) -> tuple[list[str], list[str]]:
-        """(files a job writes, other files) under the output."""
+        """(files with the names this layout gives, other files) under the output; run claims are in neither."""
         ours, other = [], []
         for rel in self.relative_files():
-            (ours if _KNOWN.match(rel) else other).append(rel)
+            if not is_run_claim(rel):
+                (ours if is_product_file(rel) else other).append(rel)
         return ours, other
 
     def remove_job_files(self, files: list[str]) -> None:
-        """Delete the listed job files (never a run claim), then the layout's folders if they are left empty."""
+        """Delete the listed files of this layout (never anything under `_runs/`), then the layout's folders if they
+        are left empty."""
         for rel in files:
-            if _KNOWN.match(rel) and not is_run_claim(rel):
+            if is_product_file(rel) and not is_run_claim(rel):
                 try:
                     self.fs.delete_file(self.full(rel))
-                except FileNotFoundError:  # a temporary file its writer renamed or removed meanwhile
+                except FileNotFoundError:  # removed meanwhile (a writer discarding its own file)
                     pass
         for folder in (DATA_DIR, MARKER_DIR, SHEETS_DIR):
             path = self.full(folder)
@@ -229,11 +293,13 @@ class OutputFolder:
 
     def create_exclusive(self, relative: str, data: bytes) -> bool:
         """Create the file with `data` unless it exists; True when this call created it (see the module docstring:
-        atomic on a local filesystem, written-then-read-back elsewhere)."""
+        atomic on a local filesystem and, with boto3, on S3; written-then-read-back elsewhere)."""
         path = self.full(relative)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
             return _create_exclusive_local(path, data)
+        if self.fs.type_name == "s3" and (put := _s3_conditional_put(self.uri)) is not None:
+            return put(path, data)
         if self.exists(relative):
             return False
         self.write_bytes(relative, data)
@@ -267,8 +333,8 @@ class OutputFolder:
         found = {}
         for info in self._listing(DATA_DIR):
             rel = f"{DATA_DIR}/{info.base_name}"
-            if m := _TMP_SHARD.match(rel):
-                found[rel] = int(m.group(1) or 0)
+            if _TMP_SHARD.match(rel):
+                found[rel] = run_number(rel) or 0
         return found
 
     def sweep_temporaries(self, upto_run: int) -> list[str]:
@@ -276,16 +342,22 @@ class OutputFolder:
         that is safe); returns them."""
         removed = [rel for rel, run in sorted(self.temporaries().items()) if run <= upto_run]
         for rel in removed:
-            delete_quietly(self.fs, self.full(rel))
+            afs.delete_quietly(self.fs, self.full(rel))
         return removed
 
-    def strays(self, shards: int) -> list[str]:
-        """Shard files, markers and examples numbered `shards` or more: not part of a job with `shards` shards."""
+    def orphans(self, upto_run: int, keep: set[str], fingerprint: str | None = None) -> list[str]:
+        """Shard files, markers, examples and temporary files named by runs numbered up to `upto_run` (0: legacy
+        names) that are not in `keep`; with `fingerprint`, only those of runs whose claim is another job's (a run of
+        the same job wrote files a resume adopts)."""
+        same = {r for r in self.runs() if r <= upto_run and (c := self.read_run(r)) and c.fingerprint == fingerprint}
         found = []
         for rel in self.relative_files():
-            m = _SHARD_PART.match(rel)
-            if m and int(m.group(1) or m.group(2)) >= shards:
-                found.append(rel)
+            run = run_number(rel)
+            if run is None or run > upto_run or rel in keep:
+                continue
+            if fingerprint is not None and run in same and not is_temporary(rel):
+                continue
+            found.append(rel)
         return found
 
     def _listing(self, folder: str) -> list[pafs.FileInfo]:
@@ -294,47 +366,69 @@ class OutputFolder:
             return []
         return [i for i in self.fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File]
 
-    def completed(self, fingerprint: str) -> dict[int, ShardStats]:
-        """Stats of the shards whose marker exists and belongs to the job with `fingerprint`."""
-        done: dict[int, ShardStats] = {}
+    def markers(self) -> list[tuple[int, int, str]]:
+        """(shard, run number, run id) of every marker with a per-run name, by shard then run."""
+        found = []
         for info in self._listing(MARKER_DIR):
-            m = re.fullmatch(r"shard-(\d{5,})\.json", info.base_name)
-            if not m:
-                continue
-            stats = read_marker(self, int(m.group(1)))
+            if m := _MARKER.match(info.base_name):
+                found.append((int(m.group(1)), int(m.group(3)), m.group(2)))
+        return sorted(found)
+
+    def completed(self, fingerprint: str) -> dict[int, ShardStats]:
+        """{shard: stats of its oldest run's marker that belongs to the job with `fingerprint`} (files unchecked)."""
+        return {k: sts[0] for k, sts in self.candidates(fingerprint).items()}
+
+    def candidates(self, fingerprint: str) -> dict[int, list[ShardStats]]:
+        """{shard: stats of its markers that belong to the job with `fingerprint`, oldest run first}."""
+        done: dict[int, list[ShardStats]] = {}
+        for shard, _, run_id in self.markers():
+            stats = read_marker(self, shard, run_id)
             if stats is not None and stats.fingerprint == fingerprint:
-                done[stats.shard] = stats
+                done.setdefault(shard, []).append(stats)
         return done
 
     def verified(self, fingerprint: str, shards: int) -> tuple[dict[int, ShardStats], dict[int, str]]:
-        """(sound, problems) among the first `shards` shards with a marker of this job: `sound` are the stats of
-        those whose file matches the marker's size and sha256, `problems` says what is wrong with the others."""
-        marked = {k: st for k, st in self.completed(fingerprint).items() if k < shards}
+        """(sound, problems) among the first `shards` shards with a marker of this job: `sound` has, per shard, the
+        stats of the oldest run's marker whose file matches it (size and sha256); `problems` says what is wrong with
+        a shard none of whose markers has a sound file."""
+        marked = {k: sts for k, sts in self.candidates(fingerprint).items() if k < shards}
+        flat = [st for sts in marked.values() for st in sts]
         with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
-            found = dict(zip(marked, pool.map(lambda st: shard_problem(self, st), marked.values())))
-        sound = {k: marked[k] for k, problem in found.items() if problem is None}
-        return sound, {k: problem for k, problem in sorted(found.items()) if problem is not None}
+            found = list(zip(flat, pool.map(lambda st: shard_problem(self, st), flat)))
+        sound: dict[int, ShardStats] = {}
+        problems: dict[int, str] = {}
+        for st, problem in found:
+            if problem is None:
+                sound.setdefault(st.shard, st)
+            else:
+                problems.setdefault(st.shard, problem)
+        return sound, {k: p for k, p in sorted(problems.items()) if k not in sound}
 
 
-def marker_file(index: int) -> str:
-    return f"{MARKER_DIR}/{shard_name(index)}.json"
+def marker_file(index: int, run_id: str) -> str:
+    return f"{MARKER_DIR}/{shard_name(index)}.{run_id}.json"
 
 
-def examples_file(index: int) -> str:
-    return f"{MARKER_DIR}/{shard_name(index)}.examples.parquet"
+def examples_file(index: int, run_id: str) -> str:
+    return f"{MARKER_DIR}/{shard_name(index)}.{run_id}.examples.parquet"
 
 
-def read_marker(out: OutputFolder, index: int) -> ShardStats | None:
-    """The marker's stats, or None when absent or unreadable (an unreadable marker means: not done)."""
-    path = out.full(marker_file(index))
+def read_marker(out: OutputFolder, index: int, run_id: str | None = None) -> ShardStats | None:
+    """The stats in shard `index`'s marker written by run `run_id` (None: by the oldest run that left one), or None
+    when absent or unreadable (an unreadable marker means: not done)."""
+    if run_id is None:
+        runs = [r for shard, _, r in out.markers() if shard == index]
+        if not runs:
+            return None
+        run_id = runs[0]
     try:
-        return ShardStats.from_json(afs.read_bytes(out.fs, path))
+        return ShardStats.from_json(afs.read_bytes(out.fs, out.full(marker_file(index, run_id))))
     except (FileNotFoundError, OSError, ValueError, TypeError):
         return None
 
 
 def write_marker(out: OutputFolder, stats: ShardStats) -> None:
-    out.write_bytes(marker_file(stats.shard), stats.to_json().encode())
+    out.write_bytes(marker_file(stats.shard, stats.run_id), stats.to_json().encode())
 
 
 def shard_problem(out: OutputFolder, stats: ShardStats) -> str | None:
@@ -342,8 +436,8 @@ def shard_problem(out: OutputFolder, stats: ShardStats) -> str | None:
     when the file is there with the marker's size and sha256."""
     if not stats.sha256:
         return "its marker has no checksum (written by an older augment)"
-    if stats.file != shard_file(stats.shard):
-        return f"its marker names {stats.file!r}, not {shard_file(stats.shard)}"
+    if stats.file != shard_file(stats.shard, stats.run_id):
+        return f"its marker names {stats.file!r}, not {shard_file(stats.shard, stats.run_id)}"
     info = out.fs.get_file_info(out.full(stats.file))
     if info.type != pafs.FileType.File:
         return "file missing"
@@ -359,12 +453,12 @@ def shard_problem(out: OutputFolder, stats: ShardStats) -> str | None:
 
 
 def marker_done(out: OutputFolder, index: int, fingerprint: str) -> ShardStats | None:
-    """The shard's stats when it is complete for this job (marker of this fingerprint, file matching it), else
-    None."""
-    stats = read_marker(out, index)
-    if stats is None or stats.fingerprint != fingerprint or shard_problem(out, stats) is not None:
-        return None
-    return stats
+    """The shard's stats when it is complete for this job (a marker of this fingerprint, by any run, whose file
+    matches it), else None."""
+    for stats in out.candidates(fingerprint).get(index, []):
+        if shard_problem(out, stats) is None:
+            return stats
+    return None
 
 
 def claim_run(out: OutputFolder, fingerprint: str, seen: RunClaim | None) -> RunClaim:
@@ -375,7 +469,12 @@ def claim_run(out: OutputFolder, fingerprint: str, seen: RunClaim | None) -> Run
     claim = RunClaim(run=run, run_id=f"r{run:06d}-{os.urandom(4).hex()}", fingerprint=fingerprint,
                      host=socket.gethostname(), pid=os.getpid(),
                      claimed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    if not out.create_exclusive(run_file(run), claim.to_json().encode()):
+    try:
+        created = out.create_exclusive(run_file(run), claim.to_json().encode())
+    except FileNotFoundError:
+        raise AugmentError(f"{out.uri}: the claim {run_file(run)} being created vanished (something removed files "
+                           f"under {RUNS_DIR}/); rerun") from None
+    if not created:
         other = out.read_run(run)
         whose = f"job {other.fingerprint[:12]} on {other.host} pid {other.pid}" if other else "unknown"
         raise AugmentError(
@@ -387,14 +486,17 @@ def claim_run(out: OutputFolder, fingerprint: str, seen: RunClaim | None) -> Run
 
 def _create_exclusive_local(path: str, data: bytes) -> bool:
     """Create a local file with `data` unless it exists: a hard link of a complete temporary sibling, so the name
-    never shows partial content (where hard links are unsupported, `open(path, "xb")`)."""
+    never shows partial content (where hard links are unsupported, `open(path, "xb")`). FileNotFoundError when the
+    temporary file vanished before it was linked."""
     tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     with open(tmp, "wb") as f:
         f.write(data)
     try:
         os.link(tmp, path)
         return True
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):
+        if not os.path.exists(tmp):
+            raise FileNotFoundError(tmp) from None
         return False
     except OSError:
         try:
@@ -404,20 +506,42 @@ def _create_exclusive_local(path: str, data: bytes) -> bool:
         except FileExistsError:
             return False
     finally:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
-def delete_quietly(filesystem: pafs.FileSystem, path: str) -> None:
-    """Delete a file, best effort: one already gone, or that cannot be deleted now, is left (temporary files only)."""
+def _s3_conditional_put(uri: str) -> Any:
+    """A function (path "bucket/key", data) -> whether it created the object, through boto3's conditional put
+    (`If-None-Match: *`) to the endpoint the URI names; None when boto3 is not installed."""
     try:
-        filesystem.delete_file(path)
-    except OSError:
-        pass
+        import boto3
+        from botocore.exceptions import ClientError
+    except ImportError:
+        return None
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query))
+    endpoint = query.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=query.get("region"))
+
+    def put(path: str, data: bytes) -> bool:
+        bucket, key = path.split("/", 1)
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise AugmentError(f"{uri}: could not create {key}: {exc}") from None
+
+    return put
 
 
 __all__ = [
     "DATA_DIR", "INFO_FILE", "JOB_FILE", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "RUNS_DIR",
-    "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "delete_quietly", "examples_file", "is_run_claim",
-    "is_temporary", "marker_done", "marker_file", "read_marker", "run_file", "shard_file", "shard_name",
-    "shard_problem", "temporary_shard_file", "write_marker",
+    "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "examples_file", "is_job_record",
+    "is_product_file", "is_run_claim", "is_temporary", "marker_done", "marker_file", "read_marker", "run_file",
+    "run_number", "shard_file", "shard_name", "shard_problem", "temporary_shard_file", "write_marker",
 ]

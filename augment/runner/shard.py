@@ -5,10 +5,12 @@ generator and the segmenter run on the device back to back, and PNG encoding of 
 pool while the next batch is on the device. Rows stream into `data/.shard-NNNNN.<run>.<uuid>.tmp` in plan order
 (Parquet with page checksums); when the shard is complete its size and sha256 are read back from the file, the
 worker checks its run still owns the output (the fencing check, augment.runner.markers), the file is renamed to
-`data/shard-NNNNN.parquet`, the run is checked again, then the examples for the contact sheets and finally the marker
-with the size and checksum are written. A worker whose run was superseded discards its shard (removes its temporary
-file, renames nothing, writes no marker) and returns a stale report instead of stats. Memory holds about three
-batches.
+`data/shard-NNNNN.<run>.parquet` (a name of this run only, so it never replaces another run's file), then the
+examples and finally the marker with the size and checksum are written under names of this run too, and the run is
+checked again. A worker whose run was superseded before the rename discards its shard (removes its temporary file,
+renames nothing, writes no marker); one superseded while it committed removes its own marker, examples and file
+(unless the newer run is of the same job, which may adopt them); either returns a stale report instead of stats.
+Memory holds about three batches.
 
 Stage timings: set `ShardProcessor.timings` to a dict and `run` adds the busy seconds of each stage to it (see
 `STAGES`; pool stages are timed on their threads, so they overlap the device stages and the sum exceeds the wall
@@ -46,7 +48,7 @@ from augment.core.device import RESOLVED_PRECISIONS, pick_device
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
 from augment.models.segmenter import segment
 from augment.runner.markers import (
-    DATA_DIR, OutputFolder, ShardStats, delete_quietly, examples_file, marker_done, shard_file, shard_name,
+    DATA_DIR, OutputFolder, ShardStats, examples_file, marker_done, marker_file, shard_file, shard_name,
     temporary_shard_file, write_marker,
 )
 from augment.synthesis.edit import apply_edits
@@ -263,7 +265,7 @@ class ShardProcessor:
         planned = [PlannedSample(**d) for d in samples]
         tally = _Tally(s.classes, self.synthesis.sheets, PartStats(len(s.classes)))
         tmp = self.out.full(temporary_shard_file(shard, s.run_id))
-        final = self.out.full(shard_file(shard))
+        final = self.out.full(shard_file(shard, s.run_id))
         self.out.fs.create_dir(self.out.full(DATA_DIR), recursive=True)
         try:
             with self.out.fs.open_output_stream(tmp) as sink, \
@@ -271,31 +273,25 @@ class ShardProcessor:
                 self._write_rows(planned, writer, tally)
             size, sha256 = afs.size_and_sha256(self.out.fs, tmp)
         except BaseException as exc:
-            delete_quietly(self.out.fs, tmp)
+            afs.delete_quietly(self.out.fs, tmp)
             if isinstance(exc, Exception) and not self.out.is_current(s.run_id):
                 return self._stale(shard, "its temporary file was removed by the newer run")  # swept at its claim
             raise
         if not self.out.is_current(s.run_id):
-            delete_quietly(self.out.fs, tmp)
+            afs.delete_quietly(self.out.fs, tmp)
             return self._stale(shard, "its file was discarded, nothing renamed")
         try:
-            self.out.fs.move(tmp, final)
+            self.out.fs.move(tmp, final)  # a name of this run only: it never replaces another run's file
         except OSError:
-            # A newer run swept our temporary file (we are stale), or another driver of this job finished the shard.
-            if not self.out.is_current(s.run_id):
+            if not self.out.is_current(s.run_id):  # a newer run swept our temporary file
                 return self._stale(shard, "its temporary file was removed by the newer run, nothing renamed")
-            done = marker_done(self.out, shard, s.fingerprint)
-            if done is None:
-                raise
-            return {**asdict(done), "skipped": True}
-        if not self.out.is_current(s.run_id):
-            return self._stale(shard, "its file was renamed as the new run claimed the output; no marker written")
+            raise
         if self.synthesis.sheets:
             t = time.perf_counter()
             self._write_examples(shard, tally.examples)
             self._clock("write", t)
         stats = ShardStats(
-            shard=shard, fingerprint=s.fingerprint, file=shard_file(shard), rows=tally.stats.rows,
+            shard=shard, fingerprint=s.fingerprint, file=shard_file(shard, s.run_id), rows=tally.stats.rows,
             generated=tally.generated, accepted=dict(tally.accepted), rejected=dict(tally.rejected),
             rejected_ids=tally.rejected_ids, quarantined=tally.quarantined, part=asdict(tally.stats),
             seconds=round(time.perf_counter() - start, 3), worker=self.worker, node=self.node,
@@ -303,8 +299,21 @@ class ShardProcessor:
             run_id=s.run_id, precision=self.synthesis.precision,
         )
         write_marker(self.out, stats)
+        current = self.out.current_run()
+        if current is None or current.run_id != s.run_id:
+            if current is None or current.fingerprint != s.fingerprint:
+                self._discard(shard)
+                return self._stale(shard, "the newer run claimed the output as it committed; its files were removed")
+            return self._stale(shard, "it committed as a newer run of the same job claimed the output, which may "
+                                      "adopt the shard")
         self.shards_made += 1
         return {**asdict(stats), "skipped": False}
+
+    def _discard(self, shard: int) -> None:
+        """Remove this run's files of `shard` (its own names only), marker first."""
+        run_id = self.settings.run_id
+        for rel in (marker_file(shard, run_id), examples_file(shard, run_id), shard_file(shard, run_id)):
+            afs.delete_quietly(self.out.fs, self.out.full(rel))
 
     def _stale(self, shard: int, what: str) -> dict[str, Any]:
         """The report of a worker whose run was superseded (also printed on the worker's stderr)."""
@@ -492,7 +501,7 @@ class ShardProcessor:
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(examples, schema=EXAMPLE_SCHEMA), buf,
                        **parquet_write_options(EXAMPLE_SCHEMA))
-        self.out.write_bytes(examples_file(shard), buf.getvalue())
+        self.out.write_bytes(examples_file(shard, self.settings.run_id), buf.getvalue())
 
 
 def _row(sample: PlannedSample, image_png: bytes, mask_png: bytes, h: int, w: int, pixels: np.ndarray,
@@ -516,15 +525,16 @@ def _ray_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def read_examples(out: OutputFolder, shard: int) -> list[dict[str, Any]]:
-    """The contact-sheet examples a shard stored, decoded: mask, image, pred arrays plus id/class/accepted/caption."""
-    path = out.full(examples_file(shard))
+def read_examples(out: OutputFolder, shard: int, run_id: str) -> list[dict[str, Any]]:
+    """The contact-sheet examples run `run_id` stored with shard `shard`, decoded: mask, image, pred arrays plus
+    id/class/accepted/caption."""
+    path = out.full(examples_file(shard, run_id))
     try:
         with out.fs.open_input_file(path) as f:
             rows = open_parquet(f).read().to_pylist()
     except (FileNotFoundError, OSError):
         return []
-    where = f"{out.uri} {examples_file(shard)}"
+    where = f"{out.uri} {examples_file(shard, run_id)}"
     return [
         {**r, "image": decode_image(r["image"], where), "mask": decode_mask(r["mask"], where),
          "pred": decode_mask(r["pred"], where)}

@@ -3,9 +3,10 @@
 A dataset (any folder with `dataset.json`) is checked by augment.data.verify: its listed files exist, their rows,
 image sizes and splits add up to what dataset.json says, ids are unique, and a full read verifies every Parquet page
 checksum. A job output (a folder with `job.json`, see augment.runner.markers) is also checked against its own
-layout: the job it belongs to (the current run's fingerprint), every planned shard has a marker of that job and a
-file of the marker's size and sha256, the shard files hold exactly the planned ids (minus rejected and quarantined
-ones) once each, and dataset.json (written last) is there and lists exactly the shard files. Temporary files left
+layout: the job it belongs to (the current run's fingerprint), every planned shard has a marker of that job (by any
+run) and a file of the marker's size and sha256, the shard files hold exactly the planned ids (minus rejected and
+quarantined ones) once each, and dataset.json (written last) is there and lists exactly those shard files, with
+their sizes and sha256. Temporary files left
 by dead writers are reported but are not problems (the next run removes them).
 
 Each check prints one line ("ok: ..."), each problem one line ("problem: ..."); the command exits 0 when the folder
@@ -23,7 +24,7 @@ from augment.data.dataset import INFO_FILE, parquet_format
 from augment.data.verify import Findings, verify_dataset
 from augment.core.errors import AugmentError
 from augment.runner.markers import (
-    JOB_FILE, PLAN_FILE, OutputFolder, ShardStats, is_temporary, read_marker, shard_file, shard_name, shard_problem,
+    JOB_FILE, PLAN_FILE, OutputFolder, ShardStats, is_temporary, run_file, shard_name,
 )
 from augment.synthesis.plan import Plan
 
@@ -59,16 +60,24 @@ class JobRecord:
 
 def _read_job_record(out: OutputFolder, found: Findings) -> JobRecord | None:
     try:
-        record = out.read_json(JOB_FILE) or {}
+        record = out.job_record() or {}
         current = out.current_run()
         plan_bytes = out.read_bytes(PLAN_FILE) if out.exists(PLAN_FILE) else None
     except (ValueError, AugmentError) as exc:
         found.problem(f"{JOB_FILE}: {exc}")
         return None
     fingerprint = current.fingerprint if current is not None else record.get("fingerprint")
-    content = record.get("content", {}) if record.get("fingerprint") == fingerprint else {}
-    if not fingerprint or "samples_per_shard" not in content:
-        found.problem(f"{JOB_FILE}: no job fingerprint and content to check the output against")
+    content = record.get("content") if record.get("fingerprint") == fingerprint else None
+    if not fingerprint or not isinstance(content, dict) or "samples_per_shard" not in content:
+        if current is not None and record.get("fingerprint") not in (None, fingerprint):
+            found.problem(f"{JOB_FILE}: records job {str(record['fingerprint'])[:12]}, but the current run "
+                          f"{current.run_id} ({run_file(current.run)}) is of job {fingerprint[:12]}, which has not "
+                          f"written its record; rerun that job to finish the output")
+        elif current is not None and not record:
+            found.problem(f"{JOB_FILE}: missing; the current run {current.run_id} ({run_file(current.run)}) of job "
+                          f"{fingerprint[:12]} has not written it; rerun that job to finish the output")
+        else:
+            found.problem(f"{JOB_FILE}: no job fingerprint and content to check the output against")
         return None
     if plan_bytes is None:
         found.problem(f"{PLAN_FILE}: missing")
@@ -89,20 +98,18 @@ def verify_job_output(out: OutputFolder, found: Findings) -> None:
     if job is None:
         return
     shards = job.plan.shards(job.samples_per_shard)
-    done: dict[int, ShardStats] = {}
+    sound, problems = out.verified(job.fingerprint, len(shards))
+    others = {shard for shard, _, _ in out.markers()}
     for k in range(len(shards)):
-        stats = read_marker(out, k)
-        if stats is None:
-            found.problem(f"{shard_name(k)}: no completion marker")
-        elif stats.fingerprint != job.fingerprint:
-            found.problem(f"{shard_name(k)}: its marker belongs to another job ({stats.fingerprint[:12]})")
-        elif (problem := shard_problem(out, stats)) is not None:
-            found.problem(f"{shard_name(k)}: {problem}")
-        else:
-            done[k] = stats
+        if k in problems:
+            found.problem(f"{shard_name(k)}: {problems[k]}")
+        elif k not in sound:
+            found.problem(f"{shard_name(k)}: " + ("its markers belong to another job" if k in others
+                                                   else "no completion marker"))
+    done = sound
     if len(done) == len(shards):
         found.ok(f"{len(shards)} shards: markers of this job, sizes and sha256 match")
-        files = [shard_file(k) for k in range(len(shards))]
+        files = [done[k].file for k in range(len(shards))]
         problem = id_problem(out, {p.sample_id for p in job.plan.samples}, job.keep_rejected, done, files)
         if problem is None:
             found.ok(f"ids: {sum(s.rows for s in done.values())} rows, every planned sample once")
@@ -113,12 +120,17 @@ def verify_job_output(out: OutputFolder, found: Findings) -> None:
         found.note(f"{len(temporaries)} temporary files left by writers that died ({temporaries[0]}, ...); the next "
                    f"run of the job removes them")
     info = out.read_json(INFO_FILE) if out.exists(INFO_FILE) else None
-    if info is None:
+    if not isinstance(info, dict):
         found.problem(f"{INFO_FILE}: missing, the job has not finished (rerun it to finish)")
         return
-    listed, planned = info.get("files"), [shard_file(k) for k in range(len(shards))]
-    if listed != planned:
-        found.problem(f"{INFO_FILE}: lists {len(listed or [])} files, the job has {len(planned)} shards")
+    listed = info.get("files")
+    if len(done) == len(shards) and listed != [done[k].file for k in range(len(shards))]:
+        found.problem(f"{INFO_FILE}: lists {len(listed or [])} files, not the {len(shards)} sound shard files")
+    checksums = (info.get("extra") or {}).get("file_checksums") or {}
+    for k, st in sorted(done.items()):
+        if checksums.get(st.file) != {"size": st.size, "sha256": st.sha256}:
+            found.problem(f"{INFO_FILE}: its size and sha256 of {st.file} differ from the shard's marker")
+            break
     lineage = info.get("lineage", {}).get("job_fingerprint")
     if lineage != job.fingerprint:
         found.problem(f"{INFO_FILE}: written for job {str(lineage)[:12]}, the output belongs to {job.fingerprint[:12]}")
