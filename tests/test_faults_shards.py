@@ -21,7 +21,6 @@ from augment.runner.job import claim_output, load_job, prepare_job, run_job, sha
 from augment.runner.markers import (
     OutputFolder, claim_run, marker_file, read_marker, shard_file, temporary_shard_file,
 )
-from augment.runner.verify import verify_output
 from job_helpers import make_example_dataset, make_job_env, write_job
 
 QUOTAS = {"car": 4, "pedestrian": 4}
@@ -400,7 +399,7 @@ def test_writer_that_passed_its_last_check_cannot_replace_a_newer_runs_shard(env
 
 
 def test_superseded_driver_removes_and_writes_nothing_of_the_newer_run(env, finished, tmp_path, capsys):
-    from augment.runner.job import Claim, _finish, _sound_shards
+    from augment.runner.job import _finish, _sound_shards
 
     out, path = copy_of(finished, env, tmp_path)
     folder = OutputFolder(str(out))

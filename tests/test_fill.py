@@ -11,7 +11,6 @@ from augment.report.insertion_sheets import (
     BOX_RGB, COLUMNS, InsertionRow, insertion_row, insertion_sheets, object_panel, render_insertion_sheet,
 )
 from augment.data.drawing import ACCEPTED_RGB, BORDER, CAPTION_H, REJECTED_RGB, panel_size
-from augment.synthesis import inpaint
 from augment.synthesis.composite import placed_region
 from augment.synthesis.fill import (
     DEFAULT_BAND, FILLERS, check_filler, fill_batch, fill_insertion, scene_label_map, source_object,
@@ -70,7 +69,6 @@ def test_filler_names_have_one_home():
     assert [check_filler(f) for f in FILLERS] == list(FILLERS)
     with pytest.raises(AugmentError, match="filler must be one of scene, paste, insert; got 'copy'"):
         check_filler("copy")
-    assert DEFAULT_BAND == inpaint.DEFAULT_BAND
 
 
 @pytest.mark.parametrize("filler", ["paste", "insert"])

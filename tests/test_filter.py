@@ -3,7 +3,6 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.core.errors import AugmentError
 from augment.data.drawing import BORDER, CAPTION_H, contact_sheet, colorize, render_sheet
 from augment.filtering.quality import accept, pixel_ignore_masks, score_batch
 from augment.runner.jobfile import filter_config

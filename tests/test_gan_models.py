@@ -348,7 +348,7 @@ def test_one_minimum_side_for_every_size() -> None:
     test_generator_and_discriminator_shapes) and refuse one pixel less."""
     from augment.data import example
     from augment.data.codec import MIN_SIDE, parse_size
-    from augment.errors import AugmentError
+    from augment.core.errors import AugmentError
     from augment.models.discriminator import num_downsamples
     from augment.models.generator import num_upsamples
 

@@ -370,7 +370,7 @@ def test_two_drivers_at_once_do_not_corrupt_the_output(env, tmp_path, ray_sessio
 
 
 def test_unreadable_source_map_is_quarantined_and_counted(tmp_path, ray_session):
-    from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, read_info
+    from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, read_info
 
     good = make_example_dataset(tmp_path / "good", n=3, size=(32, 32))
     info = read_info(good)

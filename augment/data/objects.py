@@ -11,6 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+DEFAULT_MIN_PIXELS = 16
+"""Smallest object (in pixels) that placement, insertion plans and training crops take by default."""
+
 _NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # with their opposites: the 8-neighbourhood
 
 

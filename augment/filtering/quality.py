@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from augment.core.errors import AugmentError
-
 @dataclass(frozen=True)
 class FilterConfig:
     """Acceptance thresholds (a sample passes when it reaches all three) and the pixel-level ignore mode.

@@ -34,6 +34,7 @@ from augment.models.losses import (
 from augment.core.errors import CheckpointError
 
 __all__ = [
+    "GAN_KIND",
     "GANConfig",
     "GANConfigError",
     "build_discriminator",
@@ -45,6 +46,8 @@ __all__ = [
     "refresh_ema_batchnorm",
 ]
 
+GAN_KIND = "gan"
+"""The `kind` in a train-gan run's card."""
 WIDTH_KEYS = ("g_width", "d_width", "spade_hidden")
 # short side up to -> (g_width, d_width, spade_hidden); larger sizes use OASIS's own widths
 _WIDTH_RULE = ((64, (16, 32, 64)), (128, (32, 64, 128)))

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import pyarrow.fs as pafs
 import torch
+from torch import nn
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -36,7 +37,7 @@ from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import DatasetInfo
 from augment.core.errors import AugmentError, CheckpointError
-from augment.models.gan import GANConfig, build_generator
+from augment.models.gan import GAN_KIND, GANConfig, build_generator
 from augment.models.segmenter import SEGMENTER_KIND, build_segmenter
 
 CARD_FILE = "card.json"
@@ -277,7 +278,7 @@ def generator_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Te
 def load_generator(run: str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelCard]:
     """The EMA generator of a train-gan run, in eval mode and channels_last on `device`, and its card."""
     card = load_card(run)
-    if card.kind != "gan":
+    if card.kind != GAN_KIND:
         raise CheckpointError(f"{run}: a {card.kind!r} checkpoint, not a GAN (train-gan) run")
     try:
         cfg = GANConfig.from_dict(card.model_config)

@@ -49,7 +49,7 @@ from augment.data.dataset import make_row, open_dataset
 from augment.data.schema import arrow_schema
 from augment.core.device import pick_device, use_bf16
 from augment.filtering.quality import accept, pixel_ignore_masks, score_batch
-from augment.models.gan import GANConfig, build_generator
+from augment.models.gan import GAN_KIND, GANConfig, build_generator
 from augment.models.losses import one_hot_labels
 from augment.models.segmenter import build_segmenter, segment, segmenter_config
 from augment.runner import shard as shard_mod
@@ -168,7 +168,7 @@ def make_models(root: Path, data: str, segmenter: str, model: str, seed: int = 0
                               "ignore_index": info.ignore_index, "size": list(size)}
     gan_run, seg_run = str(root / "gan-run"), str(root / "seg-run")
     save_checkpoint(gan_run, {f"generator.{k}": v for k, v in generator.state_dict().items()},
-                    ModelCard(kind="gan", model_config=gan_cfg.to_dict(), **common))
+                    ModelCard(kind=GAN_KIND, model_config=gan_cfg.to_dict(), **common))
     seg = build_segmenter(segmenter, info.num_classes).eval()
     save_checkpoint(seg_run, seg.state_dict(), ModelCard(kind="segmenter",
                     model_config=segmenter_config(segmenter, info.num_classes), **common))

@@ -1,1 +1,1 @@
-"""Reports: retraining comparison, figures and sample sheets."""
+"""Rendering only: pages (md/html), figures, paired statistics, the retrain report's page, insertion sheets."""

@@ -27,7 +27,8 @@ from augment.data.drawing import (
     ACCEPTED_RGB, BACKGROUND_RGB, BORDER, CAPTION_H, REJECTED_RGB, colorize, panel_size,
 )
 from augment.synthesis.composite import placed_region
-from augment.synthesis.fill import DEFAULT_BAND, source_object
+from augment.synthesis.composite import DEFAULT_BAND
+from augment.synthesis.fill import source_object
 from augment.synthesis.insert_plan import PlannedInsertion
 
 COLUMNS = ("host", "object", "result", "prediction")

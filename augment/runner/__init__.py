@@ -1,1 +1,1 @@
-"""The job runner: shards, executors (local, Ray), completion markers, job files."""
+"""The job runner: job files, the job driver, the worker pool, shard processing, completion markers, verify."""

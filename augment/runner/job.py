@@ -45,7 +45,7 @@ import json
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from augment import __version__
@@ -54,7 +54,7 @@ from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, Dataset, DatasetInf
 from augment.core.device import local_native_bf16, resolve_precision
 from augment.core.errors import AugmentError
 from augment.data.drawing import png_bytes, render_sheet
-from augment.runner.jobfile import JobConfig, Resources, job_schema, load_job
+from augment.runner.jobfile import JobConfig, job_schema, load_job
 from augment.runner.markers import (
     JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, RunClaim, ShardStats, claim_run, examples_file,
     is_temporary, marker_file, run_number, shard_name,

@@ -329,7 +329,6 @@ class ShardProcessor:
         A batch is encoded in as many slices as the pool has threads, so PNG encoding (the CPU stage that must keep
         up with a GPU) uses all of them; rows keep the plan's order.
         """
-        s = self.settings
         sources = self._read_sources(planned)
         size = self.synthesis.batch_size
         batches = [planned[i:i + size] for i in range(0, len(planned), size)]

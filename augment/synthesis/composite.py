@@ -22,6 +22,9 @@ import numpy as np
 from PIL import Image
 
 from augment.data.objects import feather_alpha
+
+DEFAULT_BAND = 3
+"""Pixels of the feathered band around a pasted or painted object (blended; ignore in the written mask)."""
 from augment.synthesis.placement import Placement, scale_shape, scaled_size
 
 
@@ -109,7 +112,7 @@ def label_placed(host_mask: np.ndarray, obj: np.ndarray, alpha: np.ndarray, clas
 
 def paste(
     host_image: np.ndarray, host_mask: np.ndarray, obj_image: np.ndarray, obj_shape: np.ndarray,
-    placement: Placement, band: int = 3, ignore_index: int = 255,
+    placement: Placement, band: int = DEFAULT_BAND, ignore_index: int = 255,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(image, mask): the object's real pixels (`obj_image`, marked by `obj_shape`, as from
     `ObjectComponent.crop`) placed into the host by `placement`. Outside the object and its `band` the result is

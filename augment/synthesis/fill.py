@@ -26,13 +26,11 @@ from typing import Any
 import numpy as np
 
 from augment.core.errors import AugmentError, BadSample
-from augment.synthesis.composite import label_placed, paste, placed_region
+from augment.synthesis.composite import DEFAULT_BAND, label_placed, paste, placed_region
 from augment.synthesis.insert_plan import PlannedInsertion, component_of
 from augment.data.objects import ObjectComponent
 
 FILLERS = ("scene", "paste", "insert")
-DEFAULT_BAND = 3
-"""The feathered band, in pixels (as `inpaint.paint`'s default)."""
 
 
 def check_filler(name: Any) -> str:

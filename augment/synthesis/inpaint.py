@@ -32,13 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.models.context import context_input
-from augment.synthesis.composite import composite, label_placed, placed_region
+from augment.synthesis.composite import DEFAULT_BAND, composite, label_placed, placed_region
 from augment.synthesis.generate import synthesise
 from augment.synthesis.placement import Placement
 from augment.training.crops import DEFAULT_DILATION, crop_window, hole_mask
 from augment.training.transforms import normalize
 
-DEFAULT_BAND = 3
 
 
 @dataclass

@@ -35,13 +35,12 @@ from typing import Any
 import numpy as np
 
 from augment.core.errors import AugmentError
-from augment.data.objects import ObjectComponent, find_objects
+from augment.data.objects import DEFAULT_MIN_PIXELS, ObjectComponent, find_objects
 from augment.synthesis.placement import Placement, PlacementContext, place
 from augment.synthesis.plan import MAX_PLAN_SAMPLES, derive_seed
 
 INSERT_PLAN_VERSION = 1
 WEIGHTINGS = ("pixels", "uniform")
-DEFAULT_MIN_PIXELS = 16
 DEFAULT_MAX_HOSTS = 8
 PLACE_OPTIONS = ("min_ground", "min_contact", "scale_range", "flip_prob", "tries")
 """The keyword options of `placement.place` a plan may set (`place_options`)."""

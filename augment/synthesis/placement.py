@@ -34,7 +34,7 @@ import numpy as np
 
 from augment.data.codec import resize_mask
 from augment.core.errors import AugmentError
-from augment.data.objects import ObjectComponent, all_components, check_label_map, find_objects, normalised_row
+from augment.data.objects import DEFAULT_MIN_PIXELS, ObjectComponent, all_components, check_label_map, normalised_row
 
 def contact_pixels(shape: np.ndarray, foot: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) in `shape` of its contact pixels: True pixels whose pixel below is False or outside, in the
@@ -177,7 +177,7 @@ def fit_horizon(
 
 
 def fit_context(
-    masks: Iterable[np.ndarray], num_classes: int, ignore_index: int, *, min_pixels: int = 16,
+    masks: Iterable[np.ndarray], num_classes: int, ignore_index: int, *, min_pixels: int = DEFAULT_MIN_PIXELS,
     row_bins: int = 20, foot: float = 0.1, min_objects: int = 5, min_correlation: float = 0.3,
 ) -> PlacementContext:
     """Learn a `PlacementContext` from label maps (H x W, labels < num_classes or `ignore_index`) as described in

@@ -1,4 +1,5 @@
-"""Training loops (GAN, segmenter) on Ray Train, checkpoints, metrics and evaluation."""
+"""Training loops (GAN, segmenter) on Ray Train: seeded streams and transforms (crop-mode crops too), metrics,
+evaluation."""
 
 CLASS_WEIGHTS = ("none", "median-frequency")
 """Segmenter loss class weightings (`augment.training.segmenter.class_weights`); here so the CLI needs no torch."""

@@ -25,12 +25,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from augment.data.objects import ObjectComponent, feather_alpha, find_objects
+from augment.data.objects import DEFAULT_MIN_PIXELS, ObjectComponent, feather_alpha, find_objects
 
 DEFAULT_DILATION = 3
 """Pixels the hole reaches beyond the object (at least the feathered band `paint` blends)."""
 DEFAULT_TEMPERATURE = 0.5
-DEFAULT_MIN_PIXELS = 16
 MIN_CROP = 32
 MAX_CROP = 256
 HOLE_ON = 255

@@ -37,6 +37,7 @@ from augment.data.dataset import Dataset, decode_row, open_dataset
 from augment.core.errors import AugmentError
 from augment.models.context import context_input
 from augment.models.gan import (
+    GAN_KIND,
     GANConfig,
     build_discriminator,
     build_ema,
@@ -66,7 +67,6 @@ from augment.models.store import (
 from augment.training.data import BatchMixer, common_size, training_stream
 from augment.training.transforms import CoverCrop, apply_joint, normalize
 
-GAN_KIND = "gan"
 SAMPLES_DIR = "samples"
 DEFAULT_SAMPLE_EVERY = 500
 CROP_SHEET_COLUMNS = ("label", "blanked", "painted")
