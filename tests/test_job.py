@@ -454,7 +454,8 @@ def test_example_job_file_is_valid():
         schema_default("keep_rejected"), schema_default("noise"), schema_default("precision"),
         schema_default("sheets"), schema_default("resources", "max_shard_attempts"))
     assert cfg.resources.gpus_per_worker == 1 and cfg.edits["paste"] == {"prob": 0.3, "max": 2}
-    assert cfg.data == str(PROJECT_ROOT / "demo-out" / "data")
+    assert cfg.data == str(PROJECT_ROOT / "demo-out" / "data" / "train")  # what `augment demo` writes
+    assert cfg.segmenter == str(PROJECT_ROOT / "demo-out" / "baseline")
 
 
 def test_gpu_workers_get_their_node_share_of_cpus(monkeypatch):
