@@ -37,7 +37,7 @@ import numpy as np
 from augment.core.errors import AugmentError
 from augment.data.objects import DEFAULT_MIN_PIXELS, ObjectComponent, find_objects
 from augment.synthesis.placement import Placement, PlacementContext, place
-from augment.synthesis.plan import MAX_PLAN_SAMPLES, derive_seed
+from augment.synthesis.plan import MAX_PLAN_SAMPLES, derive_seed, split_into_shards
 
 INSERT_PLAN_VERSION = 1
 WEIGHTINGS = ("pixels", "uniform")
@@ -115,10 +115,7 @@ class InsertionPlan:
         return len(self.insertions)
 
     def shards(self, samples_per_shard: int) -> list[list[PlannedInsertion]]:
-        """Consecutive runs of at most `samples_per_shard` insertions; every insertion in exactly one shard."""
-        if samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-        return [self.insertions[i : i + samples_per_shard] for i in range(0, len(self), samples_per_shard)]
+        return split_into_shards(self.insertions, samples_per_shard)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the insertions and the context, with classes by name."""

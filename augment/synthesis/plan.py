@@ -54,6 +54,12 @@ plan.json within what an ordinary driver machine holds; it is far beyond any rea
 refused before any work: split it into several jobs."""
 
 
+def split_into_shards(items: list[Any], samples_per_shard: int) -> list[list[Any]]:
+    """Consecutive runs of at most `samples_per_shard` planned items; every item in exactly one shard, in plan order."""
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    return [items[i : i + samples_per_shard] for i in range(0, len(items), samples_per_shard)]
+
 @dataclass
 class PlannedSample:
     """One synthetic sample to make: start from `source_id`'s label map, apply `edits`, generate with `seed`."""
@@ -86,10 +92,7 @@ class Plan:
         return len(self.samples)
 
     def shards(self, samples_per_shard: int) -> list[list[PlannedSample]]:
-        """Consecutive runs of at most `samples_per_shard` samples; every sample in exactly one shard."""
-        if samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-        return [self.samples[i : i + samples_per_shard] for i in range(0, len(self.samples), samples_per_shard)]
+        return split_into_shards(self.samples, samples_per_shard)
 
     def summary(self) -> dict[str, Any]:
         """What dataset.json's extra["plan"] records: everything but the sample list."""
