@@ -23,7 +23,7 @@ except ImportError:
 from augment.core.errors import AugmentError
 from augment.data.codec import parse_size
 from augment.models.gan import parse_widths
-from augment.pipelines.experiment import STAGES, TARGETS, Experiment, run
+from augment.pipelines.experiment import SETTINGS, STAGES, TARGETS, Experiment, run
 from augment.training import CLASS_WEIGHTS
 
 
@@ -65,6 +65,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers per training run")
     p.add_argument("--gpus-per-worker", type=float, default=None)
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+    p.add_argument("--arms", default=",".join(SETTINGS), help="arms to train, comma-separated ((a) always): "
+                   + "; ".join(f"{k} {v[0]}" for k, v in SETTINGS.items()))
+    p.add_argument("--no-control", action="store_true", help="skip the control arm ((a) trained twice)")
+    p.add_argument("--train-match", default=None, metavar="REGEX",
+                   help="draw training subsets from train frames whose id matches (e.g. '^(0006R0|0016E5)_')")
+    p.add_argument("--heldout-match", default=None, metavar="REGEX",
+                   help="train frames whose id matches form a held-out evaluation set (e.g. '^0001TP_')")
+    p.add_argument("--crop", type=int, default=d.crop, help="insert arms: the crop GAN's crop size")
+    p.add_argument("--crop-gan-steps", type=int, default=d.crop_gan_steps, help="insert arms: crop GAN steps")
+    p.add_argument("--crop-gan-batch", type=int, default=d.crop_gan_batch, help="insert arms: crop GAN batch")
+    p.add_argument("--band", type=int, default=d.band, help="paste/insert arms: feathered band (px), ignore in masks")
+    p.add_argument("--min-region-iou", type=float, default=d.min_region_iou, help="insert arms: region IoU threshold")
+    p.add_argument("--pixel-rule-k", type=float, default=d.pixel_rule_k, help="(g): FreeMask pixel rule's k")
     p.add_argument("--stages", default="all", help=f"comma-separated subset of {', '.join(STAGES)} (default: all)")
     a = p.parse_args(argv)
     stages = list(STAGES) if a.stages == "all" else [s.strip() for s in a.stages.split(",") if s.strip()]
@@ -75,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         p.error(f"--fractions must lie in (0, 1], got {a.fractions}")
     targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    arms = sorted({"a", *[k.strip() for k in a.arms.split(",") if k.strip()]})
+    if any(k not in SETTINGS for k in arms):
+        p.error(f"--arms: unknown arm(s) {[k for k in arms if k not in SETTINGS]}; choose from {', '.join(SETTINGS)}")
     try:
         size = parse_size(a.size)
     except ValueError as exc:
@@ -92,7 +108,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
         gan_widths=gan_widths, per_class=a.per_class, targets=targets, ratio=a.ratio,
         min_miou=a.min_miou, min_target_iou=a.min_target_iou, ignore_confidence=a.ignore_confidence,
         job_batch=a.job_batch, deterministic=a.deterministic, workers=a.workers, gpus_per_worker=a.gpus_per_worker,
-        address=a.address,
+        address=a.address, arms=arms, control=not a.no_control, train_match=a.train_match,
+        heldout_match=a.heldout_match, crop=a.crop, crop_gan_steps=a.crop_gan_steps, crop_gan_batch=a.crop_gan_batch,
+        band=a.band, min_region_iou=a.min_region_iou, pixel_rule_k=a.pixel_rule_k,
     )
     return x, stages
 

@@ -1,4 +1,4 @@
-"""The fillers (augment/synthesis/fill.py) and the insertion contact sheets (augment/report/insertion_sheets.py)."""
+"""The fillers (augment/synthesis/fill.py) and the insertion contact sheets (augment/synthesis/insertion_sheets.py)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from augment.data import example
 from augment.core.errors import AugmentError, BadSample
 from augment.models.gan import GANConfig, build_generator
-from augment.report.insertion_sheets import (
+from augment.synthesis.insertion_sheets import (
     BOX_RGB, COLUMNS, InsertionRow, insertion_row, insertion_sheets, object_panel, render_insertion_sheet,
 )
 from augment.data.drawing import ACCEPTED_RGB, BORDER, CAPTION_H, REJECTED_RGB, panel_size

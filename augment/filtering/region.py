@@ -27,6 +27,7 @@ tensors' device, with no host synchronisation until a caller reads a result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,18 @@ from augment.core.errors import AugmentError
 from augment.models.segmenter import segment
 
 DEFAULT_K = 1.25
+
+
+@dataclass(frozen=True)
+class RegionFilterConfig:
+    """The insertion filter of a job (modes paste and insert): accept when `region_iou` with `margin` reaches
+    `min_iou`; with `pixel_rule`, `pixel_rule` with `k` edits the written mask. No defaults here: a job's come from
+    its job file over the job schema's (augment.runner.jobfile.region_filter_config)."""
+
+    min_iou: float
+    margin: int
+    pixel_rule: bool
+    k: float
 
 
 def region_masks(boxes: torch.Tensor, size: tuple[int, int], margin: int) -> torch.Tensor:

@@ -57,9 +57,18 @@ SETTINGS = {
     "b": ("real + synthetic, no filter", "nofilter"),
     "c": ("real + synthetic, filter", "filter"),
     "d": ("real + synthetic, filter + pixel ignore", "ignore"),
+    "e": ("real + copy-paste", "paste"),
+    "f": ("real + insert, region filter", "insert"),
+    "g": ("real + insert, region filter + pixel rule", "insert-rule"),
 }
-RUN_NAMES = {"b": "b-nofilter", "c": "c-filter", "d": "d-ignore"}
+"""Arm key -> (what it is, the name of its augmentation job's output `syn-<name>`; None: no job)."""
+RUN_NAMES = {"b": "b-nofilter", "c": "c-filter", "d": "d-ignore", "e": "e-paste", "f": "f-insert",
+             "g": "g-insert-rule"}
+SCENE_ARMS = ("b", "c", "d")
+INSERT_ARMS = ("f", "g")
 CONTROL_RUN = "real-again"
+EVAL_SPLITS = ("val", "heldout")
+"""Where every arm is evaluated: CamVid's val split, and (with --heldout-match) the held-out frames of train."""
 
 
 @dataclass
@@ -93,16 +102,50 @@ class Experiment:
     workers: int = 1
     gpus_per_worker: float | None = None
     address: str | None = None
+    arms: list[str] = field(default_factory=lambda: list(SETTINGS))
+    """The arms to train ((a) always; the others against it)."""
+    control: bool = True
+    """Train (a) twice with the first seed (the control arm)."""
+    train_match: str | None = None
+    """A regex on frame ids: the training subsets are drawn from the train frames it matches only."""
+    heldout_match: str | None = None
+    """A regex on train frame ids: those frames are the held-out evaluation set (data/heldout), never trained on."""
+    crop: int = 64
+    """Crop size of the insert arms' generator (train-gan --crop)."""
+    crop_gan_steps: int = 2000
+    crop_gan_batch: int = 8
+    band: int = 2
+    """Paste/insert: the feathered band around an object (ignore in the mask)."""
+    min_region_iou: float = 0.3
+    pixel_rule_k: float = 1.25
 
     def path(self, *parts: str) -> str:
         return afs.join(self.out, *parts)
 
     def train_data(self, fraction: float) -> str:
-        return self.path("data", "train" if fraction >= 1.0 else f"train-{tag(fraction)}")
+        if fraction >= 1.0:
+            return self.pool_data
+        return self.path("data", f"train-{tag(fraction)}")
+
+    @property
+    def pool_data(self) -> str:
+        """What the training subsets are drawn from: train, or its frames matching --train-match."""
+        return self.path("data", "train-pool" if self.train_match else "train")
 
     @property
     def val_data(self) -> str:
         return self.path("data", "val")
+
+    @property
+    def heldout_data(self) -> str:
+        return self.path("data", "heldout")
+
+    def eval_data(self) -> dict[str, str]:
+        """Evaluation split name -> dataset."""
+        return {"val": self.val_data, **({"heldout": self.heldout_data} if self.heldout_match else {})}
+
+    def uses(self, arms: tuple[str, ...]) -> bool:
+        return any(a in self.arms for a in arms)
 
 
 def tag(fraction: float) -> str:
@@ -118,11 +161,15 @@ def complete(uri: str, name: str = INFO_FILE) -> bool:
     return afs.exists(filesystem, afs.join(path, name))
 
 
-def subset_dataset(src: str, out: str, fraction: float, seed: int) -> str:
-    """A fixed subset of `src`: round(fraction * rows) rows drawn with `seed`, written in `src`'s row order."""
+def subset_dataset(src: str, out: str, fraction: float, seed: int, of_rows: int | None = None) -> str:
+    """A fixed subset of `src`: round(fraction * N) rows drawn with `seed`, written in `src`'s row order; N is
+    `of_rows` (e.g. the whole split's rows when `src` holds some of its sequences only), else `src`'s rows.
+    AugmentError when `src` has fewer rows than that."""
     ds = open_dataset(src)
     ids = ds.arrow.to_table(columns=["id"]).column("id").to_pylist()
-    k = max(1, round(fraction * len(ids)))
+    k = max(1, round(fraction * (of_rows or len(ids))))
+    if k > len(ids):
+        raise AugmentError(f"{src}: {fraction:.0%} of {of_rows} rows is {k}, but it holds only {len(ids)}")
     chosen = set(np.asarray(sorted(ids))[np.random.default_rng(seed).permutation(len(ids))[:k]].tolist())
     with StagedOutput(out) as staged:
         writer = PartWriter(staged.fs, staged.staging, "part-00000", ds.schema_name, ds.info.num_classes)
@@ -133,7 +180,7 @@ def subset_dataset(src: str, out: str, fraction: float, seed: int) -> str:
         stats = writer.close()
         info = DatasetInfo(classes=list(ds.info.classes), palette=ds.info.palette, ignore_index=ds.info.ignore_index,
                            lineage={"source": src, "subset_fraction": fraction, "subset_seed": seed,
-                                    "subset_of_rows": len(ids)})
+                                    "subset_of_rows": of_rows or len(ids), "drawn_from_rows": len(ids)})
         info.apply_stats(stats)
         staged.commit(info, [])
     return out
@@ -142,29 +189,48 @@ def subset_dataset(src: str, out: str, fraction: float, seed: int) -> str:
 def stage_data(x: Experiment) -> None:
     from augment.data.ingest import ingest
 
-    for split, uri in (("train", x.path("data", "train")), ("val", x.val_data)):
+    wanted = [("train", x.path("data", "train"), None), ("val", x.val_data, None)]
+    if x.train_match:
+        wanted.append(("train", x.pool_data, x.train_match))
+    if x.heldout_match:
+        wanted.append(("train", x.heldout_data, x.heldout_match))
+    for split, uri, match in wanted:
         if complete(uri):
             say(f"data: {uri} complete")
             continue
-        result = ingest(x.camvid, "camvid", uri, split=split, size=x.size,
-                        command=f"jobs/experiment.py data {split} {x.size[0]}x{x.size[1]}")
+        result = ingest(x.camvid, "camvid", uri, split=split, size=x.size, match=match,
+                        command=f"jobs/experiment.py data {split} {x.size[0]}x{x.size[1]} match {match}")
         say(f"data: {result.summary('ingested')}")
+    if x.train_match and x.heldout_match:
+        ids = [set(open_dataset(u).arrow.to_table(columns=["id"]).column("id").to_pylist())
+               for u in (x.pool_data, x.heldout_data)]
+        if ids[0] & ids[1]:
+            raise AugmentError(f"--train-match and --heldout-match share frames ({sorted(ids[0] & ids[1])[:3]}); "
+                               f"the held-out set must be disjoint from training")
+    rows = open_dataset(x.path("data", "train")).info.num_rows
     for f in x.fractions:
         uri = x.train_data(f)
         if f < 1.0 and not complete(uri):
-            subset_dataset(x.path("data", "train"), uri, f, x.subset_seed)
-            say(f"data: {uri}: {open_dataset(uri).info.num_rows} rows ({f:.0%} of train, subset seed {x.subset_seed})")
+            subset_dataset(x.pool_data, uri, f, x.subset_seed, of_rows=rows)
+            say(f"data: {uri}: {open_dataset(uri).info.num_rows} rows ({f:.0%} of train's {rows}, drawn from "
+                f"{x.pool_data}, subset seed {x.subset_seed})")
 
 
 def stage_gan(x: Experiment, f: float) -> None:
+    """The whole-scene GAN of arms (b)-(d) and the crop-mode GAN of arms (f)-(g), each when an arm needs it."""
     from augment.training.gan import GANTrainConfig, train_gan
 
-    out = x.path(tag(f), "gan")
-    say(f"gan {tag(f)}: {x.gan_steps} steps on {x.train_data(f)} -> {out}")
     model = dict(zip(WIDTH_KEYS, x.gan_widths)) if x.gan_widths else {}
-    train_gan(GANTrainConfig(data=x.train_data(f), out=out, size=x.size, steps=x.gan_steps, batch=x.gan_batch,
-                             l1=x.gan_l1, model=model, workers=x.workers, gpus_per_worker=x.gpus_per_worker,
-                             resume=True, address=x.address, deterministic=x.deterministic))
+    common = dict(data=x.train_data(f), l1=x.gan_l1, model=model, workers=x.workers, resume=True,
+                  gpus_per_worker=x.gpus_per_worker, address=x.address, deterministic=x.deterministic)
+    if x.uses(SCENE_ARMS):
+        out = x.path(tag(f), "gan")
+        say(f"gan {tag(f)}: {x.gan_steps} steps on {x.train_data(f)} -> {out}")
+        train_gan(GANTrainConfig(out=out, size=x.size, steps=x.gan_steps, batch=x.gan_batch, **common))
+    if x.uses(INSERT_ARMS):
+        out = x.path(tag(f), "cropgan")
+        say(f"crop gan {tag(f)}: {x.crop_gan_steps} steps of {x.crop}x{x.crop} crops on {x.train_data(f)} -> {out}")
+        train_gan(GANTrainConfig(out=out, crop=x.crop, steps=x.crop_gan_steps, batch=x.crop_gan_batch, **common))
 
 
 def seg_epochs(x: Experiment, f: float) -> int:
@@ -176,7 +242,7 @@ def stage_baseline(x: Experiment, f: float, seed: int) -> None:
     """(a) for one seed; for the first seed also the control arm, (a) once more with the same seed."""
     from augment.training.segmenter import SegTrainConfig, train_segmenter
 
-    runs = ["real"] + ([CONTROL_RUN] if seed == x.seeds[0] else [])
+    runs = ["real"] + ([CONTROL_RUN] if x.control and seed == x.seeds[0] else [])
     for run in runs:
         out = x.path(tag(f), f"seed{seed}", run)
         what = "(a)" if run == "real" else "(a) again, the control arm,"
@@ -190,27 +256,55 @@ def stage_baseline(x: Experiment, f: float, seed: int) -> None:
 
 def job_filters(x: Experiment) -> dict[str, dict[str, Any]]:
     thresholds = {"min_miou": x.min_miou, "min_target_iou": x.min_target_iou}
+    region = {"min_region_iou": x.min_region_iou}
     return {
         "nofilter": {"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": 0.0},
         "filter": thresholds,
         "ignore": {**thresholds, "pixel_ignore": True, "ignore_confidence": x.ignore_confidence},
+        "paste": {"min_region_iou": 0.0},
+        "insert": region,
+        "insert-rule": {**region, "pixel_rule": True, "pixel_rule_k": x.pixel_rule_k},
     }
+
+
+def job_documents(x: Experiment, f: float, seed: int) -> dict[str, dict[str, Any]]:
+    """The augmentation jobs of fraction `f` and `seed`, by output name (`syn-<name>`), for the chosen arms. The
+    scene jobs (b)-(d) share seed, plan and generator, so their images are the same and only the filter differs;
+    so do the insert jobs (f) and (g); (e) pastes the objects (f) and (g) paint, at the same placements."""
+    folder = x.path(tag(f), f"seed{seed}")
+    filters = job_filters(x)
+    docs = {}
+    for key in x.arms:
+        name = SETTINGS[key][1]
+        if name is None:
+            continue
+        doc: dict[str, Any] = {
+            "data": x.train_data(f), "segmenter": afs.join(folder, "real"), "output": afs.join(folder, f"syn-{name}"),
+            "seed": seed, "classes": {c: x.per_class for c in x.targets}, "filter": filters[name],
+            "resources": {"batch_size": x.job_batch, "samples_per_shard": 4 * x.job_batch},
+        }
+        if key in SCENE_ARMS:
+            doc["generator"] = x.path(tag(f), "gan")
+        else:
+            doc["version"] = 2
+            doc["synthesis"] = {"mode": "paste" if key == "e" else "insert", "band": x.band}
+            if key in INSERT_ARMS:
+                doc["generator"] = x.path(tag(f), "cropgan")
+        docs[name] = doc
+    return docs
 
 
 def stage_synth(x: Experiment, f: float, seed: int) -> None:
     from augment.runner.job import format_summary, run_job
     from augment.runner.jobfile import job_from_document
 
-    folder = x.path(tag(f), f"seed{seed}")
-    for name, filt in job_filters(x).items():
-        out = afs.join(folder, f"syn-{name}")
-        doc = {"data": x.train_data(f), "generator": x.path(tag(f), "gan"), "segmenter": afs.join(folder, "real"),
-               "output": out, "seed": seed, "classes": {c: x.per_class for c in x.targets}, "filter": filt,
-               "resources": {"batch_size": x.job_batch, "samples_per_shard": 4 * x.job_batch}}
+    for name, doc in job_documents(x, f, seed).items():
+        out = doc["output"]
         if complete(out) and open_dataset(out).info.extra.get("job") == doc:
             say(f"synth {tag(f)} seed {seed} {name}: {out} complete")
             continue
-        say(f"synth {tag(f)} seed {seed} {name}: {x.per_class} samples x {len(x.targets)} classes, filter {filt}")
+        say(f"synth {tag(f)} seed {seed} {name}: {x.per_class} samples x {len(x.targets)} classes, "
+            f"{doc.get('synthesis', {}).get('mode', 'scene')}, filter {doc['filter']}")
         summary = run_job(job_from_document(doc, source=f"experiment {tag(f)} seed {seed} {name}"),
                           address=x.address)
         print(format_summary(summary), flush=True)
@@ -221,6 +315,8 @@ def stage_retrain(x: Experiment, f: float, seed: int) -> None:
 
     folder = x.path(tag(f), f"seed{seed}")
     for key, run in RUN_NAMES.items():
+        if key not in x.arms:
+            continue
         out = afs.join(folder, run)
         synthetic = afs.join(folder, f"syn-{SETTINGS[key][1]}")
         skipped = afs.join(folder, f"{run}.skipped.json")
@@ -253,8 +349,12 @@ def _read_json(uri: str) -> dict[str, Any] | None:
 
 
 def collect(x: Experiment) -> list[dict[str, Any]]:
-    """One cell per (fraction, seed, setting) with its val metrics; (a) is evaluated directly."""
+    """One cell per (fraction, evaluation split, seed, setting) with its metrics there: (a) and, on splits other
+    than val, every run is evaluated directly; on val the retrain report's evaluation of the augmented run is
+    taken (the same protocol)."""
     from augment.training.evaluate import evaluate_segmenter
+
+    from augment.pipelines.retrain import AUGMENTED_DIR
 
     cells = []
     for f in x.fractions:
@@ -263,25 +363,32 @@ def collect(x: Experiment) -> list[dict[str, Any]]:
             real = afs.join(folder, "real")
             if not complete(real, "card.json"):
                 continue
-            metrics = evaluate_segmenter(real, x.val_data)
-            cells.append(_cell(f, seed, "a", metrics, None, real))
+            for split, data in x.eval_data().items():
+                cells.append(_cell(f, seed, "a", evaluate_segmenter(real, data), None, real, split=split))
             for key, run in RUN_NAMES.items():
+                if key not in x.arms:
+                    continue
                 report = _read_json(afs.join(folder, run, "report.json"))
                 if report is None:
                     skipped = _read_json(afs.join(folder, f"{run}.skipped.json"))
                     if skipped is not None:
-                        cells.append({**_cell(f, seed, key, {"miou": None, "pixel_accuracy": None, "iou": {}}, 0,
-                                              afs.join(folder, run)), "skipped": skipped["reason"]})
+                        cells += [{**_cell(f, seed, key, {"miou": None, "pixel_accuracy": None, "iou": {}}, 0,
+                                           afs.join(folder, run), split=split), "skipped": skipped["reason"]}
+                                  for split in x.eval_data()]
                     continue
                 rows = sum(d.get("accepted_rows", 0) for d in report["mix"]["datasets"] if d["role"] == "synthetic")
-                cells.append(_cell(f, seed, key, report["runs"]["augmented"]["metrics"], rows,
-                                   afs.join(folder, run), baseline_miou=report["miou"]["baseline"]))
+                for split, data in x.eval_data().items():
+                    metrics = (report["runs"]["augmented"]["metrics"] if split == "val"
+                               else evaluate_segmenter(afs.join(folder, run, AUGMENTED_DIR), data))
+                    cells.append(_cell(f, seed, key, metrics, rows, afs.join(folder, run),
+                                       baseline_miou=report["miou"]["baseline"] if split == "val" else None,
+                                       split=split))
     return cells
 
 
 def _cell(f: float, seed: int, key: str, metrics: dict[str, Any], rows: int | None, run: str,
-          baseline_miou: float | None = None) -> dict[str, Any]:
-    return {"fraction": f, "seed": seed, "setting": key, "name": SETTINGS[key][0], "run": run,
+          baseline_miou: float | None = None, split: str = "val") -> dict[str, Any]:
+    return {"fraction": f, "split": split, "seed": seed, "setting": key, "name": SETTINGS[key][0], "run": run,
             "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"], "iou": metrics["iou"],
             "synthetic_rows": rows, "baseline_miou": baseline_miou}
 
@@ -298,7 +405,7 @@ def control_agreement(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[s
     from augment.models.store import load_card
     from augment.training.evaluate import evaluate_segmenter
 
-    by = {(c["fraction"], c["seed"], c["setting"]): c for c in cells}
+    by = {(c["fraction"], c["seed"], c["setting"]): c for c in cells if c.get("split", "val") == "val"}
     out = []
     for f in x.fractions:
         seed = x.seeds[0]
@@ -320,17 +427,17 @@ def control_agreement(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[s
 
 
 def summarize(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (fraction, setting): mean and s.d. over seeds, and for settings other than (a) the paired difference
-    against (a) of the same fraction and seed (`augment.report.stats.paired_difference`: per seed, mean, 95%
+    """Per (fraction, evaluation split, setting): mean and s.d. over seeds, and for settings other than (a) the
+    paired difference against (a) of the same fraction, split and seed (`augment.report.stats.paired_difference`: per seed, mean, 95%
     interval) for mIoU, the targeted mean and each targeted class."""
-    by = {(c["fraction"], c["seed"], c["setting"]): c for c in cells}
+    by = {(c["fraction"], c.get("split", "val"), c["seed"], c["setting"]): c for c in cells}
     rows = []
-    for f in x.fractions:
+    for f, split in [(f, s) for f in x.fractions for s in EVAL_SPLITS]:
         for key in SETTINGS:
-            mine = [c for c in cells if c["fraction"] == f and c["setting"] == key]
+            mine = [c for c in cells if c["fraction"] == f and c.get("split", "val") == split and c["setting"] == key]
             if not mine:
                 continue
-            base = [by.get((f, c["seed"], "a")) for c in mine]
+            base = [by.get((f, split, c["seed"], "a")) for c in mine]
 
             def stats(values: list[float | None]) -> dict[str, Any]:
                 vals = [v for v in values if v is not None]
@@ -345,7 +452,8 @@ def summarize(x: Experiment, cells: list[dict[str, Any]]) -> list[dict[str, Any]
                                          [c["seed"] for c in mine]).to_dict()
 
             rows.append({
-                "fraction": f, "setting": key, "name": SETTINGS[key][0], "seeds": [c["seed"] for c in mine],
+                "fraction": f, "split": split, "setting": key, "name": SETTINGS[key][0],
+                "seeds": [c["seed"] for c in mine],
                 "miou": stats([c["miou"] for c in mine]),
                 "targeted": stats([_targeted_mean(c, x.targets) for c in mine]),
                 "iou": {t: stats([c["iou"].get(t) for c in mine]) for t in x.targets},
@@ -366,12 +474,17 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
         f"{', widths ' + ','.join(map(str, x.gan_widths)) if x.gan_widths else ''}{', L1' if x.gan_l1 else ''}; "
         f"{x.per_class} synthetic samples per targeted class, "
         f"{x.ratio:.0%} of every batch synthetic; filter min mIoU {x.min_miou}, min target IoU {x.min_target_iou}, "
-        f"pixel ignore at confidence {x.ignore_confidence}. Seeds {', '.join(map(str, x.seeds))}"
+        f"pixel ignore at confidence {x.ignore_confidence}"
+        + (f"; insert arms: crop GAN {x.crop_gan_steps} steps of batch {x.crop_gan_batch} at {x.crop}x{x.crop}, band "
+           f"{x.band} px, region IoU >= {x.min_region_iou}, pixel rule k {x.pixel_rule_k}" if x.uses(("e", "f", "g"))
+           else "")
+        + (f"; training frames matching {x.train_match} only" if x.train_match else "")
+        + f". Seeds {', '.join(map(str, x.seeds))}"
         f"{', deterministic algorithms' if x.deterministic else ''}. "
         f"Change columns: paired difference to (a) of the same fraction and seed, mean over seeds [95% Student-t "
         f"confidence interval], '{WITHIN_NOISE}' where the interval contains 0."
     )
-    header = ["train data", "setting", "mIoU", "change mIoU", "targeted mean", "change targeted",
+    header = ["train data", "evaluated on", "setting", "mIoU", "change mIoU", "targeted mean", "change targeted",
               *x.targets, "synthetic rows"]
     rows = []
     for r in summary:
@@ -379,7 +492,8 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
             return mean_spread(s["values"])
 
         rows.append([
-            f"{r['fraction']:.0%} of train", f"({r['setting']}) {r['name']}", cell(r["miou"]),
+            f"{r['fraction']:.0%} of train", _split_name(x, r.get("split", "val")), f"({r['setting']}) {r['name']}",
+            cell(r["miou"]),
             "" if r["setting"] == "a" else _change(r["delta_miou"]), cell(r["targeted"]),
             "" if r["setting"] == "a" else _change(r["delta_targeted"]), *[cell(r["iou"][t]) for t in x.targets],
             "" if r["synthetic_rows"] is None else f"{r['synthetic_rows']['mean']:.0f}",
@@ -398,13 +512,18 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
     return page
 
 
+def _split_name(x: Experiment, split: str) -> str:
+    return "val" if split == "val" else f"held-out frames of train ({x.heldout_match})"
+
+
 def _change(record: dict[str, Any] | None) -> str:
     return "-" if record is None else format_difference(PairedDifference.from_dict(record))
 
 
 def _difference_table(page: Page, x: Experiment, r: dict[str, Any]) -> None:
     """One setting's paired differences to (a): per seed, mean, 95% interval and verdict, per metric (points)."""
-    page.heading(f"{r['fraction']:.0%} of train, ({r['setting']}) {r['name']} minus (a), IoU points")
+    page.heading(f"{r['fraction']:.0%} of train, on {_split_name(x, r.get('split', 'val'))}: ({r['setting']}) "
+                 f"{r['name']} minus (a), IoU points")
     metrics = [("mIoU", r["delta_miou"]), ("targeted mean", r["delta_targeted"]),
                *[(t, r["delta_iou"][t]) for t in x.targets]]
     rows = []

@@ -45,7 +45,7 @@ import json
 import platform
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from augment import __version__
@@ -62,7 +62,10 @@ from augment.runner.markers import (
 from augment.runner.pool import Progress, run_shards, worker_resources, workers_native_bf16
 from augment.runner.shard import ShardSettings, SynthesisSettings, read_examples
 from augment.runner.verify import id_problem
+from augment.synthesis.insert_plan import InsertionPlan, make_insertion_plan
+from augment.synthesis.insertion_sheets import InsertionRow, render_insertion_sheet
 from augment.synthesis.plan import Plan, PlannedSample, make_plan
+from augment.training.crops import DEFAULT_DILATION
 from augment.models.store import CheckpointError, ModelCard, check_compatible, load_generator, load_segmenter
 
 FINGERPRINT_VERSION = 1
@@ -80,12 +83,14 @@ class PreparedJob:
 
     cfg: JobConfig
     dataset: Dataset
-    generator_card: ModelCard
+    generator_card: ModelCard | None
     segmenter_card: ModelCard
-    plan: Plan
+    plan: Plan | InsertionPlan
     synthesis: SynthesisSettings
     content: dict[str, Any]
     fingerprint: str
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """Insertion plans: source maps left out for not decoding (quarantined with the job's bad rows)."""
 
     @property
     def shards(self) -> list[list[PlannedSample]]:
@@ -98,28 +103,43 @@ def job_fingerprint(content: dict[str, Any]) -> str:
 
 
 def _fingerprint_content(
-    cfg: JobConfig, dataset: Dataset, gen: ModelCard, seg: ModelCard, plan: Plan, synthesis: SynthesisSettings
+    cfg: JobConfig, dataset: Dataset, gen: ModelCard | None, seg: ModelCard, plan: Plan | InsertionPlan,
+    synthesis: SynthesisSettings,
 ) -> dict[str, Any]:
+    """What the fingerprint hashes (module docstring). Mode scene: exactly version 1's keys, so version 1 outputs
+    resume; paste and insert: no edits, the placement options instead, and no generator for paste."""
     info_bytes = afs.read_bytes(dataset.fs, afs.join(dataset.path, INFO_FILE))
-    return {
+    content: dict[str, Any] = {
         "version": FINGERPRINT_VERSION,
         "data": {"dataset_json_sha256": hashlib.sha256(info_bytes).hexdigest(), "num_rows": dataset.info.num_rows},
-        "generator": {"weights_sha256": gen.weights_sha256},
+        "generator": None if gen is None else {"weights_sha256": gen.weights_sha256},
         "segmenter": {"weights_sha256": seg.weights_sha256},
         "seed": cfg.seed,
         "quotas": {str(c): q for c, q in sorted(plan.quotas.items())},
         "balance": None if cfg.balance_total is None else {"total": cfg.balance_total, "power": cfg.balance_power},
-        "edits": plan.edit_options,
         **synthesis.fingerprint_fields(),
         "samples_per_shard": cfg.resources.samples_per_shard,
     }
+    if synthesis.inserts:
+        content["placement"] = cfg.synthesis.placement
+        if synthesis.class_means is not None:
+            content["class_means"] = list(synthesis.class_means)
+    else:
+        content["edits"] = plan.edit_options
+    return content
 
 
-def _check_size(card: ModelCard, info: DatasetInfo, what: str) -> None:
+def _one_size(info: DatasetInfo) -> tuple[int, int]:
+    """The dataset's one image size; AugmentError when its images have several."""
     size = info.image_size
     if size is None:
         shapes = ", ".join(f"{s['height']}x{s['width']}" for s in info.sizes[:4])
         raise AugmentError(f"the dataset's images have several sizes ({shapes}); ingest it with --size HxW")
+    return tuple(size)
+
+
+def _check_size(card: ModelCard, info: DatasetInfo, what: str) -> None:
+    size = _one_size(info)
     if tuple(card.size) != tuple(size):
         raise CheckpointError(
             f"{what} was trained at {card.size[0]}x{card.size[1]}, but the dataset's images are {size[0]}x{size[1]}"
@@ -127,12 +147,79 @@ def _check_size(card: ModelCard, info: DatasetInfo, what: str) -> None:
 
 
 
-def synthesis_settings(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) -> SynthesisSettings:
+def synthesis_settings(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16,
+                       gen_card: ModelCard | None = None,
+                       means: list[float | None] | None = None) -> SynthesisSettings:
     """The job's worker settings, precision resolved: `native` (asked only for "auto") says whether the workers'
-    device computes bf16 natively."""
+    device computes bf16 natively; mode insert's hole dilation, when the job file gives none, is the one the
+    generator (`gen_card`) was trained with; `means` are the pixel rule's class means (`class_means`)."""
     precision = resolve_precision(cfg.precision, cfg.precision == "auto" and native())
+    syn = cfg.synthesis
+    extra: dict[str, Any] = {}
+    if syn.inserts:
+        dilation = syn.dilation
+        if dilation is None and gen_card is not None:
+            dilation = int((gen_card.metrics.get("training") or {}).get("hole_dilation", DEFAULT_DILATION))
+        extra = {"mode": syn.mode, "band": syn.band, "dilation": int(dilation or 0), "region": cfg.region_filter,
+                 "class_means": None if means is None else tuple(means)}
     return SynthesisSettings(filter=cfg.filter, keep_rejected=cfg.keep_rejected, noise=cfg.noise, precision=precision,
-                             batch_size=cfg.resources.batch_size, sheets=cfg.sheets)
+                             batch_size=cfg.resources.batch_size, sheets=cfg.sheets, **extra)
+
+
+def class_means(segmenter: str, dataset: Dataset, batch: int = 8) -> list[float | None]:
+    """The pixel rule's per-class mean loss of the segmenter run `segmenter` over every real row of `dataset`
+    (augment.filtering.region.class_mean_losses), computed in fp32 on this process's CPU so that every run of a job
+    gets the same numbers; they are part of the job's fingerprint."""
+    import torch
+
+    from augment.filtering.region import class_mean_losses
+    from augment.training.data import iter_eval_batches
+    from augment.training.transforms import normalize
+
+    model, card = load_segmenter(segmenter, "cpu")
+    norm = card.model_config.get("normalize", "imagenet")
+    size = (int(card.size[0]), int(card.size[1]))
+    with torch.inference_mode():
+        return class_mean_losses(model, ((normalize(b.images, norm), b.masks)
+                                         for b in iter_eval_batches(dataset, batch, size)),
+                                 dataset.info.num_classes, dataset.info.ignore_index)
+
+
+def _load_checked(cfg: JobConfig, info: DatasetInfo) -> tuple[ModelCard | None, ModelCard]:
+    """The generator's card (None in mode paste) and the segmenter's, each checked against the dataset and the
+    mode: a whole-scene generator of the dataset's image size for scene, a crop-mode one for insert."""
+    gen_card = None
+    if cfg.generator is not None:
+        generator, gen_card = load_generator(cfg.generator, "cpu")
+        crop_mode = bool(getattr(generator, "context_channels", 0))
+        del generator
+        what = f"generator {cfg.generator}"
+        check_compatible(gen_card, info, what)
+        if cfg.synthesis.mode == "insert" and not crop_mode:
+            raise CheckpointError(f"{what} is a whole-scene generator; synthesis mode insert paints objects with a "
+                                  f"crop-mode one (augment train-gan --crop SIZE)")
+        if cfg.synthesis.mode == "scene":
+            if crop_mode:
+                raise CheckpointError(f"{what} is a crop-mode generator (train-gan --crop); synthesis mode scene needs "
+                                      f"a whole-scene one (or use synthesis mode insert)")
+            _check_size(gen_card, info, what)
+    segmenter, seg_card = load_segmenter(cfg.segmenter, "cpu")
+    del segmenter
+    check_compatible(seg_card, info, f"segmenter {cfg.segmenter}")
+    return gen_card, seg_card
+
+
+def _make_plan(cfg: JobConfig, dataset: Dataset) -> tuple[Plan | InsertionPlan, list[dict[str, str]]]:
+    """The job's plan (mode scene: `make_plan`; paste and insert: `make_insertion_plan`) and the source maps left
+    out of an insertion plan for not decoding (quarantine records)."""
+    try:
+        if cfg.synthesis.inserts:
+            return make_insertion_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.synthesis.placement,
+                                       balance_power=cfg.balance_power)
+        return make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits,
+                         balance_power=cfg.balance_power), []
+    except AugmentError as exc:
+        raise AugmentError(f"{cfg.source}: {exc}") from None
 
 
 def prepare_job(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) -> PreparedJob:
@@ -143,22 +230,21 @@ def prepare_job(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) 
     info = dataset.info
     if not info.num_rows:
         raise AugmentError(f"{cfg.data}: the dataset has no rows")
-    generator, gen_card = load_generator(cfg.generator, "cpu")
-    del generator
-    check_compatible(gen_card, info, f"generator {cfg.generator}")
-    _check_size(gen_card, info, f"generator {cfg.generator}")
-    segmenter, seg_card = load_segmenter(cfg.segmenter, "cpu")
-    del segmenter
-    check_compatible(seg_card, info, f"segmenter {cfg.segmenter}")
-    try:
-        plan = make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits, balance_power=cfg.balance_power)
-    except AugmentError as exc:
-        raise AugmentError(f"{cfg.source}: {exc}") from None
+    if cfg.synthesis.inserts:
+        _one_size(info)
+    gen_card, seg_card = _load_checked(cfg, info)
+    plan, skipped = _make_plan(cfg, dataset)
     if not len(plan):
+        unplaced = getattr(plan, "unplaced", {})
+        if any(unplaced.values()):
+            raise AugmentError(f"{cfg.source}: no planned object found a place in any host "
+                               f"({', '.join(f'{info.classes[c]} {n}' for c, n in unplaced.items() if n)} unplaced); "
+                               f"loosen synthesis.placement (scale_range, min_ground, min_contact, max_hosts)")
         raise AugmentError(f"{cfg.source}: the job plans no samples (every quota is 0)")
-    synthesis = synthesis_settings(cfg, native)
+    rule = cfg.synthesis.inserts and cfg.region_filter.pixel_rule
+    synthesis = synthesis_settings(cfg, native, gen_card, class_means(cfg.segmenter, dataset) if rule else None)
     content = _fingerprint_content(cfg, dataset, gen_card, seg_card, plan, synthesis)
-    return PreparedJob(cfg, dataset, gen_card, seg_card, plan, synthesis, content, job_fingerprint(content))
+    return PreparedJob(cfg, dataset, gen_card, seg_card, plan, synthesis, content, job_fingerprint(content), skipped)
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -247,7 +333,7 @@ def _write_job_record(out: OutputFolder, job: PreparedJob) -> None:
     out.write_json(JOB_FILE, {"fingerprint": job.fingerprint, "content": job.content, "augment_version": __version__})
 
 
-def _write_plan(out: OutputFolder, plan: Plan) -> None:
+def _write_plan(out: OutputFolder, plan: Plan | InsertionPlan) -> None:
     text = plan.to_json()
     path = out.full(PLAN_FILE)
     if out.exists(PLAN_FILE):
@@ -266,7 +352,8 @@ def shard_settings(job: PreparedJob, run_id: str) -> ShardSettings:
     return ShardSettings(
         data=cfg.data, generator=cfg.generator, segmenter=cfg.segmenter, output=cfg.output,
         fingerprint=job.fingerprint, classes=list(info.classes), ignore_index=info.ignore_index,
-        generator_sha256=job.generator_card.weights_sha256, segmenter_sha256=job.segmenter_card.weights_sha256,
+        generator_sha256=None if job.generator_card is None else job.generator_card.weights_sha256,
+        segmenter_sha256=job.segmenter_card.weights_sha256,
         run_id=run_id, synthesis=job.synthesis,
     )
 
@@ -322,14 +409,22 @@ def _write_sheets(out: OutputFolder, job: PreparedJob, done: dict[int, ShardStat
         for ex in read_examples(out, k, done[k].run_id):
             bucket = rows.get(ex["target_class"], {}).get(ex["accepted"])
             if bucket is not None and len(bucket) < per:
-                bucket.append((ex["mask"], ex["image"], ex["pred"], ex["accepted"], ex["caption"]))
+                bucket.append(ex)
     written = []
     for c in sorted(wanted):
         sheet_rows = rows[c][True] + rows[c][False]
         if not sheet_rows:
             continue
         rel = f"{SHEETS_DIR}/{_safe_name(info.classes[c])}.png"
-        out.write_bytes(rel, png_bytes(render_sheet(sheet_rows, info.palette)))
+        if job.synthesis.inserts:
+            sheet = render_insertion_sheet([
+                InsertionRow(ex["host"], ex["object"], ex["object_shape"].astype(bool), ex["image"], ex["pred"],
+                             ex["accepted"], ex["caption"], None if ex["box"] is None else tuple(ex["box"]))
+                for ex in sheet_rows], info.palette)
+        else:
+            sheet = render_sheet([(ex["mask"], ex["image"], ex["pred"], ex["accepted"], ex["caption"])
+                                  for ex in sheet_rows], info.palette)
+        out.write_bytes(rel, png_bytes(sheet))
         written.append(rel)
     return written
 
@@ -362,7 +457,7 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
     merged = PartStats(info.num_classes)
     for k in sorted(done):
         merged.merge(done[k].part_stats())
-    quarantined = [q for k in sorted(done) for q in done[k].quarantined]
+    quarantined = job.skipped + [q for k in sorted(done) for q in done[k].quarantined]
     counts = {info.classes[c]: {"accepted": 0, "rejected": 0} for c, q in job.plan.quotas.items() if q > 0}
     for s in done.values():
         for name, n in s.accepted.items():
@@ -377,6 +472,14 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
         "counts": counts, "accepted": accepted, "rejected": rejected, "quarantined": len(quarantined),
         "generated": accepted + rejected, "rows": merged.rows, "sheets": sheets,
     })
+    syn = job.synthesis
+    if syn.inserts:
+        plan_summary = job.plan.summary()
+        summary["synthesis"] = {"mode": syn.mode, "band": syn.band, "dilation": syn.dilation,
+                                "region_filter": asdict(syn.region), "unplaced": plan_summary["unplaced"],
+                                "candidates": plan_summary["candidates"]}
+        if syn.class_means is not None:
+            summary["synthesis"]["class_mean_losses"] = dict(zip(info.classes, syn.class_means))
     new_info = DatasetInfo(classes=list(info.classes), palette=info.palette, ignore_index=info.ignore_index,
                            kind="synthetic")
     new_info.apply_stats(merged)
@@ -384,7 +487,8 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
     new_info.files = files
     new_info.lineage = {
         "source": job.cfg.data, "dataset_json_sha256": job.content["data"]["dataset_json_sha256"],
-        "generator": job.cfg.generator, "generator_sha256": job.generator_card.weights_sha256,
+        "generator": job.cfg.generator,
+        "generator_sha256": None if job.generator_card is None else job.generator_card.weights_sha256,
         "segmenter": job.cfg.segmenter, "segmenter_sha256": job.segmenter_card.weights_sha256,
         "job_fingerprint": job.fingerprint,
     }
@@ -482,6 +586,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         rate = f"{100 * c['accepted'] / total:.0f}%" if total else "-"
         lines.append(f"{name:<20} {c['accepted']:>9} {c['rejected']:>9} {rate:>6}")
     lines.append(f"{'total':<20} {summary['accepted']:>9} {summary['rejected']:>9}")
+    syn = summary.get("synthesis")
+    if syn:
+        unplaced = {k: v for k, v in syn["unplaced"].items() if v}
+        lines.append(f"synthesis mode {syn['mode']}: objects put into real images (band {syn['band']} px)"
+                     + (f"; unplaced (no host gave them a place): "
+                        f"{', '.join(f'{k} {v}' for k, v in unplaced.items())}" if unplaced else ""))
     if summary["quarantined"]:
         lines.append(f"quarantined (unreadable source maps): {summary['quarantined']}, see quarantine.jsonl")
     lines.append(

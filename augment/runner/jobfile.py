@@ -1,4 +1,9 @@
-"""Job files: YAML or JSON validated against `schemas/job-v1.schema.json`, loaded into a `JobConfig` with defaults.
+"""Job files: YAML or JSON validated against `schemas/job-v2.schema.json`, loaded into a `JobConfig` with defaults.
+
+A version 1 file (no `synthesis` block) is a version 2 file of synthesis mode scene. Keys that belong to another
+mode than the file's (`edits`/`noise` or the whole-image filter thresholds outside mode scene, the region filter in
+mode scene, `dilation` outside mode insert, a generator for mode paste) are refused naming the key, so a file
+never says something the job does not do.
 
 The schema is the one home of every default and range: the dataclasses below take their defaults from it
 (`schema_default`), and a key the job file leaves out is simply not passed, so no value is restated here. The
@@ -27,8 +32,9 @@ import yaml
 from augment.data import fs as afs
 from augment.core.errors import AugmentError
 from augment.filtering.quality import FilterConfig
+from augment.filtering.region import RegionFilterConfig
 
-SCHEMA_FILE = "job-v1.schema.json"
+SCHEMA_FILE = "job-v2.schema.json"
 
 
 @lru_cache(maxsize=1)
@@ -51,13 +57,54 @@ def schema_default(*path: str) -> Any:
 
 def section_defaults(section: str) -> dict[str, Any]:
     """{key: default} of the schema's object `section` (e.g. "filter"), for the keys that have one."""
-    return {k: copy.deepcopy(v["default"]) for k, v in _schema_node((section,))["properties"].items()
-            if "default" in v}
+    return section_defaults_at(section)
+
+
+def section_defaults_at(*path: str) -> dict[str, Any]:
+    """{key: default} of the schema's object at `path` (e.g. "synthesis", "placement"), for the keys with one."""
+    return {k: copy.deepcopy(v["default"]) for k, v in _schema_node(path)["properties"].items() if "default" in v}
+
+
+SCENE_FILTER_KEYS = tuple(FilterConfig.__dataclass_fields__)
+REGION_FILTER_KEYS = {"min_region_iou": "min_iou", "region_margin": "margin", "pixel_rule": "pixel_rule",
+                      "pixel_rule_k": "k"}
+"""The job file's region filter keys -> RegionFilterConfig's fields."""
 
 
 def filter_config(section: dict[str, Any] | None = None) -> FilterConfig:
-    """A job file's `filter` mapping (already validated against the schema) over the schema's defaults."""
-    return FilterConfig(**{**section_defaults("filter"), **(section or {})})
+    """The whole-image filter (mode scene) of a job's `filter` mapping (validated) over the schema's defaults."""
+    merged = {**section_defaults("filter"), **(section or {})}
+    return FilterConfig(**{k: merged[k] for k in SCENE_FILTER_KEYS})
+
+
+def region_filter_config(section: dict[str, Any] | None = None) -> RegionFilterConfig:
+    """The insertion filter (modes paste and insert) of a job's `filter` mapping over the schema's defaults."""
+    merged = {**section_defaults("filter"), **(section or {})}
+    return RegionFilterConfig(**{field: merged[key] for key, field in REGION_FILTER_KEYS.items()})
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """A job's `synthesis` block over the schema's defaults: the mode, the band and hole dilation (None: the
+    generator's), and the placement options (augment.synthesis.insert_plan.PLAN_OPTIONS, every key filled)."""
+
+    mode: str = schema_default("synthesis", "mode")
+    band: int = schema_default("synthesis", "band")
+    dilation: int | None = None
+    placement: dict[str, Any] = field(default_factory=lambda: section_defaults_at("synthesis", "placement"))
+
+    @property
+    def inserts(self) -> bool:
+        """Whether objects go into real hosts (paste, insert) rather than whole scenes being synthesised."""
+        return self.mode != "scene"
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What the job's fingerprint records of it; nothing for mode scene, whose jobs keep version 1's
+        fingerprint."""
+        if not self.inserts:
+            return {}
+        return {"synthesis": {"mode": self.mode, "band": self.band, "dilation": self.dilation,
+                              "placement": self.placement}}
 
 
 @dataclass(frozen=True)
@@ -81,7 +128,7 @@ class JobConfig:
     prepared (augment.runner.job.prepare_job), and only the resolved value reaches workers and the fingerprint."""
 
     data: str
-    generator: str
+    generator: str | None
     segmenter: str
     output: str
     seed: int = schema_default("seed")
@@ -89,6 +136,8 @@ class JobConfig:
     balance_total: int | None = None
     balance_power: float = schema_default("balance", "power")
     filter: FilterConfig = field(default_factory=filter_config)
+    region_filter: RegionFilterConfig = field(default_factory=region_filter_config)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     keep_rejected: bool = schema_default("keep_rejected")
     noise: str = schema_default("noise")
     precision: str = schema_default("precision")
@@ -159,8 +208,10 @@ def job_from_document(doc: dict[str, Any], source: str = "<job>", base_dir: str 
     if isinstance(doc, dict) and isinstance(doc.get("classes"), dict):
         doc["classes"] = {str(k): v for k, v in doc["classes"].items()}
     validate_document(doc, source)
+    synthesis = _synthesis_config(doc, source)
     base = None if base_dir is None else os.path.abspath(base_dir)
-    given: dict[str, Any] = {key: _resolve_path(key, doc[key], base, source) for key in PATH_KEYS}
+    given: dict[str, Any] = {key: _resolve_path(key, doc[key], base, source) for key in PATH_KEYS if key in doc}
+    given.setdefault("generator", None)
     given.update({key: copy.deepcopy(doc[key]) for key in PASSED_KEYS if key in doc})
     if "balance" in doc:
         given["balance_total"] = doc["balance"]["total"]
@@ -168,9 +219,50 @@ def job_from_document(doc: dict[str, Any], source: str = "<job>", base_dir: str 
             given["balance_power"] = float(doc["balance"]["power"])
     if "filter" in doc:
         given["filter"] = filter_config(doc["filter"])
+        given["region_filter"] = region_filter_config(doc["filter"])
     if "resources" in doc:
         given["resources"] = Resources(**doc["resources"])
-    return JobConfig(**given, source=source, document=doc)
+    return JobConfig(**given, synthesis=synthesis, source=source, document=doc)
+
+
+MODE_KEYS = {
+    "scene": {"top": ("edits", "noise"), "filter": SCENE_FILTER_KEYS, "synthesis": ()},
+    "paste": {"top": (), "filter": tuple(REGION_FILTER_KEYS), "synthesis": ("band", "placement")},
+    "insert": {"top": (), "filter": tuple(REGION_FILTER_KEYS), "synthesis": ("band", "dilation", "placement")},
+}
+"""Per synthesis mode, the keys (top-level, in `filter`, in `synthesis`) that only it reads; `mode` is always
+allowed."""
+
+
+def _synthesis_config(doc: dict[str, Any], source: str) -> SynthesisConfig:
+    """The validated document's synthesis block as a SynthesisConfig, refusing keys of another mode (module
+    docstring) in one line naming the key."""
+    block = doc.get("synthesis")
+    if block is not None and doc.get("version", 1) != 2:
+        raise AugmentError(f"{source}: a synthesis block needs 'version: 2' (this file is version "
+                           f"{doc.get('version', 1)})")
+    block = block or {}
+    mode = block.get("mode", schema_default("synthesis", "mode"))
+    for section, keys in (("top", [k for k in doc]), ("filter", list(doc.get("filter", {}))),
+                          ("synthesis", [k for k in block if k != "mode"])):
+        for key in keys:
+            owners = [m for m, known in MODE_KEYS.items() if key in known[section]]
+            if owners and mode not in owners:
+                where = key if section == "top" else f"{section}.{key}"
+                raise AugmentError(f"{source}: {where!r} applies to synthesis mode {' and '.join(owners)}, this job's "
+                                   f"mode is {mode}; drop it or change synthesis.mode")
+    if mode == "paste" and "generator" in doc:
+        raise AugmentError(f"{source}: synthesis mode paste copies real pixels and uses no generator; drop "
+                           f"'generator'")
+    if mode != "paste" and "generator" not in doc:
+        what = "a crop-mode generator (train-gan --crop)" if mode == "insert" else "a whole-scene generator"
+        raise AugmentError(f"{source}: missing required key 'generator' (synthesis mode {mode} needs {what})")
+    placement = {**section_defaults_at("synthesis", "placement"), **block.get("placement", {})}
+    lo, hi = placement["scale_range"]
+    if lo > hi:
+        raise AugmentError(f"{source}: synthesis.placement.scale_range: [min, max] with min <= max, got {[lo, hi]}")
+    return SynthesisConfig(mode=mode, band=block.get("band", schema_default("synthesis", "band")),
+                           dilation=block.get("dilation"), placement=placement)
 
 
 def load_job(path: str) -> JobConfig:

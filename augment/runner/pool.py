@@ -147,7 +147,7 @@ def run_shards(
             for slot in range(n_workers):
                 while queue and sum(1 for a, _, _ in in_flight.values() if a == slot) < depth:
                     k = queue.popleft()
-                    payload = [asdict(p) for p in shards[k]]
+                    payload = [p.to_dict() if hasattr(p, "to_dict") else asdict(p) for p in shards[k]]
                     in_flight[actors[slot].run.remote(k, payload)] = (slot, k, actors[slot])
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_INTERVAL_S)
             if not ready:

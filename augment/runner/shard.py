@@ -39,19 +39,24 @@ import torch
 
 from augment.data.codec import class_pixels, decode_image, decode_mask, encode_image, encode_mask
 from augment.data import fs as afs
+from augment.data.lookup import RowLookup
 from augment.data.dataset import (
-    ROW_GROUP_BYTES, Dataset, PartStats, make_row, open_dataset, open_parquet, parquet_write_options,
+    ROW_GROUP_BYTES, PartStats, make_row, open_dataset, open_parquet, parquet_write_options,
 )
 from augment.data.schema import arrow_schema
 from augment.core.errors import BadSample
 from augment.core.device import RESOLVED_PRECISIONS, pick_device
 from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
+from augment.filtering.region import RegionFilterConfig, accept_regions, pixel_rule, region_iou
 from augment.models.segmenter import segment
 from augment.runner.markers import (
     DATA_DIR, OutputFolder, ShardStats, examples_file, marker_done, marker_file, shard_file, shard_name,
     temporary_shard_file, write_marker,
 )
+from augment.synthesis.composite import insertion_box, placed_region
 from augment.synthesis.edit import apply_edits
+from augment.synthesis.fill import fill_batch, source_object
+from augment.synthesis.insert_plan import PlannedInsertion
 from augment.synthesis.generate import synthesise
 from augment.synthesis.plan import PlannedSample
 from augment.models.store import CheckpointError, load_generator, load_segmenter
@@ -74,6 +79,9 @@ PNG_COMPRESS_LEVEL = 1
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("target_class", pa.int32()), ("accepted", pa.bool_()), ("caption", pa.string()),
     ("image", pa.binary()), ("mask", pa.binary()), ("pred", pa.binary()),
+    # modes paste and insert only (null in mode scene): the host before the insertion, the object's source crop,
+    # its shape (0/1) and the placed object's box (top, left, bottom, right) in the host
+    ("host", pa.binary()), ("object", pa.binary()), ("object_shape", pa.binary()), ("box", pa.list_(pa.int32())),
 ])
 
 
@@ -89,11 +97,28 @@ class SynthesisSettings:
     precision: str
     batch_size: int
     sheets: int
+    mode: str = "scene"
+    """scene: whole images from edited label maps (PlannedSample); paste or insert: a real object put into a real
+    host (PlannedInsertion, augment.synthesis.fill), scored by `region`."""
+    band: int = 0
+    dilation: int = 0
+    """Mode insert: the hole's dilation (resolved from the generator's card when the job file gives none)."""
+    region: RegionFilterConfig | None = None
+    class_means: tuple[float | None, ...] | None = None
+    """With `region.pixel_rule`: the real-data segmenter's mean loss per class on the real training images."""
 
     def __post_init__(self) -> None:
         if self.precision not in RESOLVED_PRECISIONS:
             raise ValueError(f"a worker's precision must be resolved to one of {RESOLVED_PRECISIONS}, "
                              f"got {self.precision!r}")
+        if self.inserts and self.region is None:
+            raise ValueError(f"mode {self.mode} needs its region filter")
+        if self.inserts and self.region.pixel_rule and self.class_means is None:
+            raise ValueError("the pixel rule needs the class means")
+
+    @property
+    def inserts(self) -> bool:
+        return self.mode != "scene"
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change what is written, for the job's fingerprint (augment.runner.job):
@@ -107,7 +132,14 @@ class SynthesisSettings:
 
         Left out: batch_size, like the other resources, is how the work is cut, not what it makes (in fp32 on a
         CPU an image has the same bytes at any batch size); sheets only picks the contact-sheet examples, which
-        are not rows."""
+        are not rows.
+
+        Modes paste and insert record the mode, band, dilation and region filter instead of the whole-image filter
+        and noise they do not use; mode scene records exactly what version 1 jobs did, so their outputs resume."""
+        if self.inserts:
+            return {"mode": self.mode, "band": self.band, "dilation": self.dilation,
+                    "region_filter": asdict(self.region), "keep_rejected": self.keep_rejected,
+                    "precision": self.precision}
         return {"filter": asdict(self.filter), "keep_rejected": self.keep_rejected, "noise": self.noise,
                 "precision": self.precision}
 
@@ -118,60 +150,32 @@ class ShardSettings:
     claim on the output (augment.runner.markers.claim_run), checked at every shard commit."""
 
     data: str
-    generator: str
+    generator: str | None
     segmenter: str
     output: str
     fingerprint: str
     classes: list[str]
     ignore_index: int
-    generator_sha256: str
+    generator_sha256: str | None
     segmenter_sha256: str
     run_id: str
     synthesis: SynthesisSettings
     threads: int = 1
 
 
-class SourceMasks:
-    """Encoded masks of a dataset by id, reading only the row groups that hold the ids asked for.
-
-    The index (id -> file, row group) is built once from the `id` column, so a shard never scans the whole mask
-    column, however large the dataset.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self.index: dict[str, tuple[int, int]] = {}
-        for f, path in enumerate(dataset.files):
-            with dataset.fs.open_input_file(path) as handle:
-                parquet = open_parquet(handle)
-                for g in range(parquet.num_row_groups):
-                    for sample_id in parquet.read_row_group(g, columns=["id"]).column("id").to_pylist():
-                        self.index[sample_id] = (f, g)
-
-    def read(self, ids: set[str]) -> dict[str, bytes]:
-        """{id: mask PNG bytes} for the ids found (missing ids are left out)."""
-        groups: dict[int, set[int]] = {}
-        for sample_id in ids:
-            if sample_id in self.index:
-                f, g = self.index[sample_id]
-                groups.setdefault(f, set()).add(g)
-        out: dict[str, bytes] = {}
-        for f, row_groups in sorted(groups.items()):
-            with self.dataset.fs.open_input_file(self.dataset.files[f]) as handle:
-                table = open_parquet(handle).read_row_groups(sorted(row_groups), columns=["id", "mask"])
-            masks = table.column("mask").combine_chunks().field("bytes").to_pylist()
-            out.update((i, m) for i, m in zip(table.column("id").to_pylist(), masks) if i in ids)
-        return out
-
-
 @dataclass
 class _Prepared:
     """The label maps of one batch, after edits; samples whose source could not be read are quarantined."""
 
-    samples: list[PlannedSample]
+    samples: list[Any]
     masks: list[np.ndarray]
     quarantined: list[dict[str, str]]
     seconds: float = 0.0
+    hosts: list[np.ndarray] = field(default_factory=list)
+    """Modes paste and insert: the host images; `masks` are the host masks."""
+    sources: list[tuple[np.ndarray | None, np.ndarray]] = field(default_factory=list)
+    """Modes paste and insert: (source image, source mask) of each sample's object (the image read for paste and
+    for contact-sheet examples only)."""
 
 
 @dataclass
@@ -224,13 +228,15 @@ class ShardProcessor:
         self.settings = s = settings
         self.device = pick_device(device)
         torch.set_num_threads(max(1, s.threads))
-        self.generator, gen_card = load_generator(s.generator, self.device)
+        self.generator, gen_card = (None, None) if s.generator is None else load_generator(s.generator, self.device)
         self.segmenter, seg_card = load_segmenter(s.segmenter, self.device)
         self.segmenter.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         for what, card, expected in (("generator", gen_card, s.generator_sha256),
                                      ("segmenter", seg_card, s.segmenter_sha256)):
+            if card is None:
+                continue
             if card.weights_sha256 != expected:
                 raise CheckpointError(
                     f"{what} weights changed since the job was validated (sha256 {card.weights_sha256[:12]}, "
@@ -239,7 +245,7 @@ class ShardProcessor:
         self.normalize_mode = seg_card.model_config.get("normalize", "imagenet")
         self.synthesis = s.synthesis
         self.dataset = open_dataset(s.data)
-        self.sources: SourceMasks | None = None
+        self.sources: RowLookup | None = None
         self.out = OutputFolder(s.output)
         self.schema = arrow_schema("synthetic")
         self.pool_size = max(2, s.threads)
@@ -262,7 +268,8 @@ class ShardProcessor:
         if done is not None:
             return {**asdict(done), "skipped": True}
         start = time.perf_counter()
-        planned = [PlannedSample(**d) for d in samples]
+        planned = ([PlannedInsertion.from_dict(d) for d in samples] if self.synthesis.inserts
+                   else [PlannedSample(**d) for d in samples])
         tally = _Tally(s.classes, self.synthesis.sheets, PartStats(len(s.classes)))
         tmp = self.out.full(temporary_shard_file(shard, s.run_id))
         final = self.out.full(shard_file(shard, s.run_id))
@@ -387,17 +394,62 @@ class ShardProcessor:
         self._clock("wait", t)
         return result
 
-    def _read_sources(self, planned: list[PlannedSample]) -> dict[str, bytes]:
-        """Encoded masks of the source and paste maps the shard needs, by id (masks only, never images)."""
+    def _read_sources(self, planned: list[Any]) -> dict[str, Any]:
+        """Mode scene: encoded masks of the source and paste maps the shard needs, by id (masks only, never images).
+        Paste and insert: {id: {"image", "mask"}} of the hosts and the objects' sources."""
         t = time.perf_counter()
         if self.sources is None:
-            self.sources = SourceMasks(self.dataset)
-        sources = self.sources.read({p.source_id for p in planned}
-                                    | {e["from"] for p in planned for e in p.edits.get("paste", [])})
+            self.sources = RowLookup(self.dataset)
+        if self.synthesis.inserts:
+            sources = self.sources.read({p.host_id for p in planned} | {p.source_id for p in planned},
+                                        ("image", "mask"))
+        else:
+            sources = self.sources.masks({p.source_id for p in planned}
+                                         | {e["from"] for p in planned for e in p.edits.get("paste", [])})
         self._clock("decode", t)
         return sources
 
-    def _prepare(self, batch: list[PlannedSample], sources: dict[str, bytes]) -> _Prepared:
+    def _prepare_insertions(self, batch: list[PlannedInsertion], sources: dict[str, Any]) -> _Prepared:
+        """Decode each insertion's host and source; a row missing or not decoding quarantines the sample."""
+        start = time.perf_counter()
+        s = self.settings
+        where = self.dataset.uri
+        cache: dict[tuple[str, str], np.ndarray] = {}
+
+        def decoded(row_id: str, column: str) -> np.ndarray:
+            if (row_id, column) not in cache:
+                if row_id not in sources:
+                    raise BadSample(f"row {row_id!r} is not in the dataset", where)
+                decode = decode_image if column == "image" else decode_mask
+                cache[row_id, column] = decode(sources[row_id][column], f"{where} row {row_id}")
+            return cache[row_id, column]
+
+        out = _Prepared([], [], [])
+        for sample in batch:
+            try:
+                host, host_mask = decoded(sample.host_id, "image"), decoded(sample.host_id, "mask")
+                source_mask = decoded(sample.source_id, "mask")
+                source_image = decoded(sample.source_id, "image")
+                for row_id, image, mask in ((sample.host_id, host, host_mask),
+                                            (sample.source_id, source_image, source_mask)):
+                    if image.shape[:2] != mask.shape:
+                        raise BadSample(f"image {image.shape[1]}x{image.shape[0]} and mask "
+                                        f"{mask.shape[1]}x{mask.shape[0]} differ in size", f"{where} row {row_id}")
+                class_pixels(host_mask, len(s.classes), s.ignore_index, f"{where} row {sample.host_id}")
+                source_object(source_mask, sample)
+            except BadSample as exc:
+                out.quarantined.append({"id": sample.sample_id, "source": sample.source_id, "reason": str(exc)})
+                continue
+            out.samples.append(sample)
+            out.masks.append(host_mask)
+            out.hosts.append(host)
+            out.sources.append((source_image, source_mask))
+        out.seconds = time.perf_counter() - start
+        return out
+
+    def _prepare(self, batch: list[Any], sources: dict[str, Any]) -> _Prepared:
+        if self.synthesis.inserts:
+            return self._prepare_insertions(batch, sources)
         start = time.perf_counter()
         s = self.settings
         where = self.dataset.uri
@@ -424,8 +476,46 @@ class ShardProcessor:
         return out
 
     @torch.inference_mode()
+    def _infer_insertions(self, prepared: _Prepared) -> dict[str, Any]:
+        """Fill (paste or paint), segment and score one batch of insertions by their region; on the CPU."""
+        s, syn = self.settings, self.synthesis
+        t = time.perf_counter()
+        samples = prepared.samples
+        filled = fill_batch(syn.mode, prepared.hosts, prepared.masks, [src[0] for src in prepared.sources],
+                            [src[1] for src in prepared.sources], samples, self.generator, band=syn.band,
+                            ignore_index=s.ignore_index, precision=syn.precision, dilation=syn.dilation)
+        images = torch.from_numpy(np.stack([image for image, _ in filled])).to(self.device).permute(0, 3, 1, 2)
+        masks = torch.from_numpy(np.stack([mask for _, mask in filled])).to(self.device)
+        t = self._clock("generate", t, device=True)
+        logits = segment(self.segmenter, normalize(images.contiguous(), self.normalize_mode))
+        t = self._clock("segment", t, device=True)
+        targets = [p.target_class for p in samples]
+        scores = score_batch(logits, masks, targets, len(s.classes), s.ignore_index)
+        boxes = torch.tensor([insertion_box(source_object(src[1], p).shape, p.placement)
+                              for p, src in zip(samples, prepared.sources)], dtype=torch.long)
+        pred = logits.argmax(1)
+        region = syn.region
+        scores["target_iou"] = region_iou(pred, masks, boxes, targets, region.margin, s.ignore_index)
+        ok = accept_regions(scores["target_iou"], region.min_iou)
+        written = (pixel_rule(logits, masks, syn.class_means, region.k, s.ignore_index) if region.pixel_rule
+                   else masks)
+        result = {
+            "images": images.permute(0, 2, 3, 1).cpu().numpy(),
+            "masks": written.to(torch.uint8).cpu().numpy(),
+            "preds": pred.to(torch.uint8).cpu().numpy(),
+            "accepted": ok.cpu().tolist(),
+            "scores": {k: v.cpu().tolist() for k, v in scores.items()},
+            "hosts": prepared.hosts,
+            "sources": prepared.sources,
+        }
+        self._clock("score", t, device=True)
+        return result
+
+    @torch.inference_mode()
     def _infer(self, prepared: _Prepared) -> dict[str, Any]:
         """Generate, segment and score one batch; everything returned is on the CPU."""
+        if self.synthesis.inserts:
+            return self._infer_insertions(prepared)
         s = self.settings
         t = time.perf_counter()
         samples = prepared.samples
@@ -478,8 +568,23 @@ class ShardProcessor:
                     "id": sample.sample_id, "target_class": sample.target_class, "accepted": ok,
                     "caption": f"{sample.sample_id}  mIoU {miou:.2f}  IoU {tiou:.2f}  acc {pacc:.2f}",
                     "image": image_png, "mask": mask_png, "pred": encode_mask(result["preds"][i]),
+                    **(self._insertion_example(sample, result["hosts"][i], *result["sources"][i])
+                       if self.synthesis.inserts else {}),
                 })
         return _Encoded(rows, examples, time.perf_counter() - start)
+
+    def _insertion_example(self, sample: PlannedInsertion, host: np.ndarray, source_image: np.ndarray,
+                           source_mask: np.ndarray) -> dict[str, Any]:
+        """The contact-sheet columns of an insertion: the host before, the object's source crop (`band` pixels
+        around it) and shape, and the placed object's box in the host (None when none of it lies inside)."""
+        obj = source_object(source_mask, sample)
+        pixels, shape = obj.crop(source_image, margin=self.synthesis.band)
+        placed, _ = placed_region(obj.shape, sample.placement, host.shape[:2], 0)
+        ys, xs = np.nonzero(placed)
+        box = [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1] if len(ys) else None
+        return {"host": encode_image(host, compress_level=PNG_COMPRESS_LEVEL),
+                "object": encode_image(pixels, compress_level=PNG_COMPRESS_LEVEL),
+                "object_shape": encode_mask(shape.astype(np.uint8)), "box": box}
 
     def _flush(self, writer: pq.ParquetWriter, buffer: list[dict[str, Any]], final: bool) -> None:
         """Write row groups of ROW_GROUP_ROWS rows (or ROW_GROUP_BYTES), so the layout depends only on the rows."""
@@ -534,9 +639,11 @@ def read_examples(out: OutputFolder, shard: int, run_id: str) -> list[dict[str, 
     except (FileNotFoundError, OSError):
         return []
     where = f"{out.uri} {examples_file(shard, run_id)}"
+    optional = {"host": decode_image, "object": decode_image, "object_shape": decode_mask}
     return [
         {**r, "image": decode_image(r["image"], where), "mask": decode_mask(r["mask"], where),
-         "pred": decode_mask(r["pred"], where)}
+         "pred": decode_mask(r["pred"], where),
+         **{k: None if r.get(k) is None else decode(r[k], where) for k, decode in optional.items()}}
         for r in rows
     ]
 

@@ -34,10 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from augment.core.errors import AugmentError
+from augment.core.errors import AugmentError, BadSample
+from augment.data.dataset import Dataset
+from augment.data.lookup import LabelMaps, RowLookup
 from augment.data.objects import DEFAULT_MIN_PIXELS, ObjectComponent, find_objects
-from augment.synthesis.placement import Placement, PlacementContext, place
-from augment.synthesis.plan import MAX_PLAN_SAMPLES, derive_seed, split_into_shards
+from augment.synthesis.placement import Placement, PlacementContext, fit_context, place
+from augment.synthesis.plan import (
+    DEFAULT_BALANCE_POWER, MAX_PLAN_SAMPLES, derive_seed, job_quotas, split_into_shards,
+)
 
 INSERT_PLAN_VERSION = 1
 WEIGHTINGS = ("pixels", "uniform")
@@ -113,6 +117,11 @@ class InsertionPlan:
 
     def __len__(self) -> int:
         return len(self.insertions)
+
+    @property
+    def samples(self) -> list[PlannedInsertion]:
+        """The insertions (as `plan.Plan.samples`: what a job makes, in order)."""
+        return self.insertions
 
     def shards(self, samples_per_shard: int) -> list[list[PlannedInsertion]]:
         return split_into_shards(self.insertions, samples_per_shard)
@@ -360,3 +369,66 @@ def plan_insertions(
                                                found))
     return InsertionPlan(insertions, context, quotas, int(seed), list(class_names), min_pixels, weighting, max_hosts,
                          options, {c: len(pools[c].cdf) if c in pools else 0 for c in quotas}, unplaced)
+
+
+PLAN_OPTIONS = ("min_pixels", "weighting", "max_hosts", *PLACE_OPTIONS)
+"""The keys of a job's `synthesis.placement` block (`make_insertion_plan`'s `options`)."""
+
+
+def make_insertion_plan(
+    dataset: Dataset, classes: Mapping[str | int, int] | None, balance_total: int | None, seed: int,
+    options: Mapping[str, Any] | None = None, *, balance_power: float = DEFAULT_BALANCE_POWER,
+    splits: list[str] | None = None, cache: int = 4096,
+) -> tuple[InsertionPlan, list[dict[str, str]]]:
+    """(the insertion plan of a job over `dataset`, the source maps left out): quotas as `plan.job_quotas` works them
+    out (explicit `classes` or a `balance_total`), every label map of the source splits both a candidate source and a
+    candidate host, the placement context fitted on those maps (`placement.fit_context`, objects of `min_pixels`+),
+    then `plan_insertions` with `options` (keys of PLAN_OPTIONS). A map that does not decode is left out of the plan
+    and returned as a quarantine record ({"id", "source", "reason"}); the maps are decoded on demand, at most `cache`
+    held at once. AugmentError (module docstring of `plan_insertions`) for bad quotas or options."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(PLAN_OPTIONS))
+    if unknown:
+        raise AugmentError(f"placement: unknown option(s) {unknown}; known: {list(PLAN_OPTIONS)}")
+    sources, quotas, _, _ = job_quotas(dataset, dict(classes) if classes is not None else None, balance_total,
+                                       balance_power, splits)
+    info = dataset.info
+    maps = LabelMaps(RowLookup(dataset, sources.ids), cache)
+    skipped: list[dict[str, str]] = []
+    good: list[str] = []
+    for sample_id in maps:
+        try:
+            maps[sample_id]
+        except BadSample as exc:
+            skipped.append({"id": sample_id, "source": sample_id, "reason": str(exc)})
+            continue
+        good.append(sample_id)
+    usable = _Subset(maps, good)
+    min_pixels = options.pop("min_pixels", DEFAULT_MIN_PIXELS)
+    try:
+        context = fit_context(usable.values(), info.num_classes, info.ignore_index, min_pixels=min_pixels)
+    except ValueError as exc:
+        raise AugmentError(f"{dataset.uri}: {exc} (in sorted id order)") from None
+    plan = plan_insertions(usable, quotas, context, seed, class_names=list(info.classes), min_pixels=min_pixels,
+                           weighting=options.pop("weighting", "pixels"),
+                           max_hosts=options.pop("max_hosts", DEFAULT_MAX_HOSTS), place_options=options)
+    return plan, skipped
+
+
+class _Subset(Mapping[str, np.ndarray]):
+    """The maps of `ids` only, of a larger mapping."""
+
+    def __init__(self, maps: Mapping[str, np.ndarray], ids: list[str]) -> None:
+        self.maps, self.ids = maps, ids
+        self.known = set(ids)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self.known:
+            raise KeyError(key)
+        return self.maps[key]
+
+    def __iter__(self):
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)

@@ -282,6 +282,29 @@ def _plan_edits(
     return edits
 
 
+def job_quotas(
+    dataset: Dataset, classes: dict[str | int, int] | None, balance_total: int | None,
+    balance_power: float = DEFAULT_BALANCE_POWER, splits: list[str] | None = None,
+) -> tuple[_Sources, dict[int, int], str, list[str]]:
+    """(the source maps, quotas by class index, "explicit" or "balance", the source splits) for explicit quotas
+    (`classes`) or a balanced budget (`balance_total`) over the source maps of `splits` (default: train when the
+    dataset has it, else every split). AugmentError for both or neither, an unknown class, a bad quota, a split the
+    dataset lacks or no source map."""
+    if (classes is None) == (balance_total is None):
+        raise AugmentError("give either classes (explicit quotas) or balance (a total budget), not both or neither")
+    info = dataset.info
+    splits = list(splits) if splits is not None else _default_splits(dataset)
+    missing = [s for s in splits if s not in info.splits]
+    if missing:
+        raise AugmentError(f"{dataset.uri}: no split(s) {missing} to take source maps from; it has {list(info.splits)}")
+    sources = _read_sources(dataset, splits)
+    if not sources.ids:
+        raise AugmentError(f"{dataset.uri}: no source label maps{' in split(s) ' + str(splits) if splits else ''}")
+    if classes is not None:
+        return sources, _resolve_quotas(dataset, classes), "explicit", splits
+    return sources, balance_quotas(sources.pixels.sum(axis=0), int(balance_total), balance_power), "balance", splits
+
+
 def make_plan(
     dataset: Dataset,
     classes: dict[str | int, int] | None,
@@ -297,25 +320,11 @@ def make_plan(
     Raises AugmentError before any work for an unknown class name, an index out of range, a class with a quota that
     no source map contains, more than MAX_PLAN_SAMPLES samples, a bad edit option or a source split the dataset lacks.
     """
-    if (classes is None) == (balance_total is None):
-        raise AugmentError("give either classes (explicit quotas) or balance (a total budget), not both or neither")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise AugmentError(f"seed must be an integer >= 0, got {seed!r}")
     info = dataset.info
     opts = _check_edit_options(edit_options)
-    splits = list(splits) if splits is not None else _default_splits(dataset)
-    missing = [s for s in splits if s not in info.splits]
-    if missing:
-        raise AugmentError(f"{dataset.uri}: no split(s) {missing} to take source maps from; it has {list(info.splits)}")
-    sources = _read_sources(dataset, splits)
-    if not sources.ids:
-        raise AugmentError(f"{dataset.uri}: no source label maps{' in split(s) ' + str(splits) if splits else ''}")
-    if classes is not None:
-        quotas = _resolve_quotas(dataset, classes)
-        mode = "explicit"
-    else:
-        quotas = balance_quotas(sources.pixels.sum(axis=0), int(balance_total), balance_power)
-        mode = "balance"
+    sources, quotas, mode, splits = job_quotas(dataset, classes, balance_total, balance_power, splits)
     source_counts = {c: int((sources.pixels[:, c] > 0).sum()) for c in quotas}
     empty = [info.classes[c] for c, q in quotas.items() if q > 0 and source_counts[c] == 0]
     if empty:
