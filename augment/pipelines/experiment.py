@@ -562,7 +562,7 @@ def stage_report(x: Experiment) -> str:
 
 
 SETTINGS_FILE = "experiment.json"
-_RUN_ONLY = ("camvid", "out", "fractions", "seeds", "workers", "gpus_per_worker", "address", "job_batch")
+_RUN_ONLY = ("camvid", "out", "fractions", "seeds", "arms", "workers", "gpus_per_worker", "address", "job_batch")
 
 
 def recorded_settings(x: Experiment) -> Experiment:
