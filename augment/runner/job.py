@@ -188,7 +188,8 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
         )
     settled = [rel for rel in ours if not is_temporary(rel)]
     if settled and not out.belongs_to_augment():
-        what = f"a {JOB_FILE} augment did not write" if record is not None else f"no {JOB_FILE} and no run claims"
+        what = (f"a {out.locate(JOB_FILE)} augment did not write" if record is not None
+                else f"no {JOB_FILE} and no run claims")
         raise AugmentError(f"{out.uri} is not an augment job's output ({what}) but holds {_listed(settled)}; "
                            f"refusing to write there, with or without --overwrite; choose another output")
     owner = current.fingerprint if current is not None else (record or {}).get("fingerprint")
