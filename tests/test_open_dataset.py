@@ -231,16 +231,26 @@ def test_overwrite_refuses_a_users_readme_and_an_edited_card_and_replaces_its_ow
         [HF_YAML_FILE, CARD_FILE, INFO_FILE, QUARANTINE_FILE, "part-00000-0000.parquet"])
 
 
-def test_a_users_readme_in_a_job_output_is_refused_with_or_without_overwrite(job_output, tmp_path, ray_session):
+def test_a_users_readme_or_edited_card_in_a_job_output_is_refused_with_or_without_overwrite(job_output, tmp_path,
+                                                                                           ray_session):
     out = tmp_path / "out"
     shutil.copytree(job_output, out)
     (out / "README.md").write_text("mine")
     job = yaml.safe_load((job_output.parent / "job.yaml").read_text())
     path = write_job(tmp_path / "job.yaml", **{**job, "output": str(out)})
     for overwrite in (False, True):
-        with pytest.raises(AugmentError, match="not an augmentation job's output .*README.md"):
+        with pytest.raises(AugmentError, match=r"not an augmentation job's output \(README.md\)"):
             run_job(load_job(str(path)), overwrite=overwrite)
     assert (out / "README.md").read_text() == "mine"
+    (out / "README.md").unlink()
+    card = (out / CARD_FILE).read_text()
+    (out / CARD_FILE).write_text(card + "My notes.\n")
+    for overwrite in (False, True):
+        with pytest.raises(AugmentError, match=rf"not an augmentation job's output \({CARD_FILE}\)"):
+            run_job(load_job(str(path)), overwrite=overwrite)
+    assert (out / CARD_FILE).read_text() == card + "My notes.\n"
+    (out / CARD_FILE).write_text(card)
+    assert run_job(load_job(str(path)))["shards_run"] == 0  # the card it wrote is its own again: resumed
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ Removal (what a run deletes, and when)
     files of older runs of other jobs; with `--overwrite` also the job-wide files (job.json, plan.json, sheets,
     summary.json, dataset.json) and every older run's files. `--overwrite` removes anything only in a folder that
     provably belongs to augment (`OutputFolder.belongs_to_augment`: a run claim, or a job.json that `is_job_record`);
-    any other folder holding these names is refused and listed, and files with other names are always refused.
+    any other folder holding these names is refused and listed, and files with other names are always refused, as is
+    a dataset card whose content is not what `_dataset.json` records for it (someone edited it: `edited_cards`).
     At its finish, after the final verify and an ownership check, the run removes every shard file, marker, examples
     and temporary file of its own or an older run that the output does not use. A driver checks it still owns the
     output before each destructive step of its finish and writes nothing once superseded; it re-checks after writing
@@ -86,7 +87,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from augment.data import fs as afs
-from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, PartStats
+from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, DatasetInfo, PartStats, own_card_files
 from augment.data.layout import CARD_FILES, LEGACY_NAMES as LEGACY_DATASET_NAMES
 from augment.core.errors import AugmentError
 
@@ -301,12 +302,26 @@ class OutputFolder:
             return False
 
     def classify(self) -> tuple[list[str], list[str]]:
-        """(files with the names this layout gives, other files) under the output; run claims are in neither."""
+        """(files with the names this layout gives, other files) under the output; run claims are in neither. A
+        dataset card someone edited (`edited_cards`) is another file."""
         ours, other = [], []
+        edited = self.edited_cards()
         for rel in self.relative_files():
             if not is_run_claim(rel):
-                (ours if is_product_file(rel) else other).append(rel)
+                (ours if is_product_file(rel) and rel not in edited else other).append(rel)
         return ours, other
+
+    def edited_cards(self) -> set[str]:
+        """The dataset card files (`_README.md`, `.huggingface.yaml`) whose content is not what the output's
+        `_dataset.json` records for them (augment.data.dataset.own_card_files). Without a readable `_dataset.json`
+        (a job not finished, or one killed between writing its card and its info) the names decide."""
+        try:
+            info = DatasetInfo.from_dict(self.read_json(INFO_FILE) or {}) if self.exists(INFO_FILE) else None
+        except (ValueError, TypeError, AugmentError):
+            info = None
+        if info is None:
+            return set()
+        return {name for name in CARD_FILES if self.exists(name)} - set(own_card_files(self.fs, self.path, info))
 
     def remove_job_files(self, files: list[str]) -> None:
         """Delete the listed files of this layout (never anything under `_runs/`), then the layout's folders if they
