@@ -155,8 +155,8 @@ def test_resume_resolving_auto_otherwise_is_refused_unless_asked_explicitly(env,
     elsewhere = prepare_job(auto, lambda: False)
     with pytest.raises(AugmentError) as info:
         claim_output(out, elsewhere, overwrite=False)
-    assert str(info.value) == (f"{out.uri}/{JOB_FILE} records precision bf16, this cluster resolves auto to fp32; rerun "
-                               f"with precision: bf16 to continue as recorded, or a new output")
+    assert str(info.value) == (f"{out.uri}/{JOB_FILE} records precision bf16, this cluster resolves auto to fp32; "
+                               f"rerun with precision: bf16 to continue as recorded, or a new output")
     explicit = prepare_job(load_job(str(job_file(env, tmp_path / "b.yaml", out.uri, precision="bf16"))), lambda: False)
     assert claim_output(out, explicit, overwrite=False).mode == "resume"
     other = prepare_job(load_job(str(job_file(env, tmp_path / "c.yaml", out.uri, precision="fp32"))))

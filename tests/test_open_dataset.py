@@ -322,7 +322,8 @@ def test_open_dataset_gives_arrow_torch_and_hugging_face_views(ingested, tmp_pat
     image, mask = samples[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 16, 16) and mask.dtype == torch.int64
     assert mask.shape == (16, 16)
-    assert np.array_equal(image.permute(1, 2, 0).numpy(), first["image"]) and np.array_equal(mask.numpy(), first["mask"])
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), first["image"])
+    assert np.array_equal(mask.numpy(), first["mask"])
     assert torch.equal(samples[-1][1], samples[7][1])
     with pytest.raises(IndexError):
         samples[8]

@@ -459,8 +459,8 @@ def replaceable_files(fs: pafs.FileSystem, path: str, uri: str, overwrite: bool)
     extra = [f for f in files if f not in owned] + sorted(d + "/" for d in dirs - parents)
     if extra:
         raise DatasetError(
-            f"{uri} holds a dataset and files its {info_file(fs, path)} does not list ({_describe(extra)}); refusing to "
-            f"{'overwrite' if overwrite else 'write'} it, choose another output"
+            f"{uri} holds a dataset and files its {info_file(fs, path)} does not list ({_describe(extra)}); refusing "
+            f"to {'overwrite' if overwrite else 'write'} it, choose another output"
         )
     if not overwrite:
         raise DatasetError(f"{uri} already holds a dataset; pass --overwrite to replace it")
@@ -552,8 +552,8 @@ def remove_stale_staging(fs: pafs.FileSystem, path: str) -> list[str]:
     """Remove the staging folders `<path>.tmp-<host>-<pid>-<hex>` whose writer is gone (see `writer_gone`).
 
     Only folders of exactly that name holding only what a staging folder holds (STAGING_FILE: Parquet parts, the
-    info, quarantine and card files, their temporary files) are removed; a live writer's, another host's and anything else are
-    kept. Returns the folders removed.
+    info, quarantine and card files, their temporary files) are removed; a live writer's, another host's and anything
+    else are kept. Returns the folders removed.
     """
     removed = []
     for leftover in leftovers(fs, path, "tmp"):

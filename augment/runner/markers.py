@@ -589,8 +589,8 @@ def _s3_conditional_put(uri: str) -> Any:
 
 
 __all__ = [
-    "DATA_DIR", "INFO_FILE", "JOB_FILE", "LEGACY_NAMES", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "RUNS_DIR",
-    "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "examples_file", "is_job_record",
-    "is_product_file", "is_run_claim", "is_temporary", "marker_done", "marker_file", "read_marker", "run_file",
+    "DATA_DIR", "EXAMPLES_SUFFIX", "INFO_FILE", "JOB_FILE", "LEGACY_NAMES", "MARKER_DIR", "OutputFolder", "PLAN_FILE",
+    "QUARANTINE_FILE", "RUNS_DIR", "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "examples_file",
+    "is_job_record", "is_product_file", "is_run_claim", "is_temporary", "marker_done", "marker_file", "read_marker", "run_file",
     "run_number", "shard_file", "shard_name", "shard_problem", "temporary_shard_file", "write_marker",
 ]
