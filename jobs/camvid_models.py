@@ -34,7 +34,7 @@ except ImportError:
 import torch
 
 from augment.data.codec import parse_size
-from augment.data.dataset import read_info
+from augment.data.dataset import is_dataset, read_info
 from augment.data.ingest import ingest
 from augment.core.errors import AugmentError
 from augment.models.gan import WIDTH_KEYS, parse_widths
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ingest_split(args: argparse.Namespace, split: str) -> str:
     """`<out>/data/<split>` at --size, ingested once; refuses one at another size."""
     uri = str(Path(args.out) / "data" / split)
-    if (Path(uri) / "dataset.json").is_file():
+    if is_dataset(uri):
         info = read_info(uri)
         if info.image_size != tuple(args.size):
             raise AugmentError(f"{uri} holds {info.image_size} images, not {tuple(args.size)}; use another --out")

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "report": 6,
     "pipelines": 7,
     "cli": 8,
+    "api": 8,  # augment/api.py: the Python API (augment.open_dataset), a peer of the CLI
     "__main__": 9,  # `python -m augment`: runs the CLI
 }
 """Package (first name under augment) -> layer; peers share a layer. `augment` itself (its __version__) is below all."""

@@ -6,6 +6,7 @@ import pytest
 
 from augment.data.codec import class_pixels, decode_image, decode_mask, encode_image, encode_mask
 from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row, open_dataset
+from augment.data.layout import INFO_FILE, QUARANTINE_FILE
 from augment.data.schema import arrow_schema
 from augment.core.errors import BadSample, DatasetError
 
@@ -44,7 +45,7 @@ def test_round_trip_and_info(tmp_path):
     pf = pq.ParquetFile(ds.files[0])
     assert pf.metadata.num_row_groups == 3
     assert b"huggingface" in pf.schema_arrow.metadata
-    assert json.loads((tmp_path / "ds" / "quarantine.jsonl").read_text())["reason"] == "corrupt"
+    assert json.loads((tmp_path / "ds" / QUARANTINE_FILE).read_text())["reason"] == "corrupt"
     assert not list(tmp_path.glob("ds.tmp-*"))
 
 
@@ -76,9 +77,9 @@ def test_codec_errors():
 
 def test_bad_dataset_json(tmp_path):
     write_tiny(tmp_path / "ds")
-    info = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    info = json.loads((tmp_path / "ds" / INFO_FILE).read_text())
     info["schema_version"] = 99
-    (tmp_path / "ds" / "dataset.json").write_text(json.dumps(info))
+    (tmp_path / "ds" / INFO_FILE).write_text(json.dumps(info))
     with pytest.raises(DatasetError, match="schema_version 99"):
         open_dataset(str(tmp_path / "ds"))
     with pytest.raises(DatasetError, match="no such dataset"):

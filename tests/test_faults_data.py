@@ -22,6 +22,7 @@ from augment.cli import main
 from augment.data import fs as afs
 from augment.data.codec import MAX_PIXELS, decode_image, decode_mask, encode_mask
 from augment.data.dataset import StagedOutput, _host_tag, open_dataset, parquet_write_options, remove_stale_staging
+from augment.data.layout import CARD_FILE, HF_YAML_FILE, INFO_FILE, QUARANTINE_FILE
 from augment.data.schema import arrow_schema
 from augment.core.errors import AugmentError, BadSample, DatasetError
 from augment.runner.job import load_job, run_job
@@ -87,7 +88,7 @@ def test_overwrite_refuses_an_unrecognised_folder(tmp_path, capsys):
     before = snapshot(victim)
     rc, err = run_cli(capsys, "example-data", str(victim), "--n", "8", "--size", "48x64", "--overwrite")
     line = one_line_error(err)
-    assert rc == 2 and "victim: not an augment dataset (no dataset.json; holds notes.txt, sub/)" in line
+    assert rc == 2 and f"victim: not an augment dataset (no {INFO_FILE}; holds notes.txt, sub/)" in line
     assert line.endswith("refusing to overwrite")
     assert snapshot(victim) == before and sorted(p.name for p in tmp_path.iterdir()) == ["victim"]
     rc, err = run_cli(capsys, "example-data", str(victim), "--n", "8", "--size", "48x64")
@@ -99,7 +100,7 @@ def test_overwrite_refuses_an_unrecognised_folder(tmp_path, capsys):
 def test_overwrite_refuses_a_folder_with_an_invalid_dataset_json(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
-    (out / "dataset.json").write_text('{"schema_version": 1}')
+    (out / "dataset.json").write_text('{"schema_version": 1}')  # the name before _dataset.json: read as one too
     (out / "keep.bin").write_bytes(b"\0")
     before = snapshot(out)
     with pytest.raises(DatasetError, match=r"not an augment dataset \(dataset.json: invalid .*holds dataset.json, "
@@ -114,7 +115,7 @@ def test_overwrite_refuses_a_dataset_holding_files_it_does_not_list(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "extra").mkdir()
     before = snapshot(out)
-    with pytest.raises(DatasetError, match=r"files its dataset.json does not list \(notes.txt, extra/\); refusing "
+    with pytest.raises(DatasetError, match=rf"files its {INFO_FILE} does not list \(notes.txt, extra/\); refusing "
                                            r"to overwrite"):
         make_dataset(out, 3, overwrite=True)
     assert snapshot(out) == before and len(open_dataset(str(out))) == 2
@@ -125,21 +126,21 @@ def test_overwrite_refuses_a_dataset_json_listing_paths_outside_its_folder(tmp_p
     outside.write_bytes(b"keep")
     out = tmp_path / "ds"
     make_dataset(out, 2)
-    info = json.loads((out / "dataset.json").read_text())
+    info = json.loads((out / INFO_FILE).read_text())
     info["files"].append("../precious.parquet")
-    (out / "dataset.json").write_text(json.dumps(info))
+    (out / INFO_FILE).write_text(json.dumps(info))
     with pytest.raises(DatasetError, match=r"lists '../precious.parquet', which is not a file inside the folder"):
         make_dataset(out, 3, overwrite=True)
-    assert outside.read_bytes() == b"keep" and (out / "dataset.json").is_file()
+    assert outside.read_bytes() == b"keep" and (out / INFO_FILE).is_file()
 
 
 def forged_dataset(tmp_path: Path, out: Path, files: dict[str, bytes]) -> Path:
-    """`out` holding `files` and a valid dataset.json (a real one's) that lists them."""
-    info = json.loads((Path(make_dataset(tmp_path / "real", 2)) / "dataset.json").read_text())
+    """`out` holding `files` and a valid info file (a real one's) that lists them."""
+    info = json.loads((Path(make_dataset(tmp_path / "real", 2)) / INFO_FILE).read_text())
     for name, data in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(data)
-    (out / "dataset.json").write_text(json.dumps({**info, "files": sorted(files)}))
+    (out / INFO_FILE).write_text(json.dumps({**info, "files": sorted(files)}))
     return out
 
 
@@ -148,7 +149,7 @@ def test_overwrite_refuses_a_dataset_json_listing_a_file_augment_never_writes(tm
     before = snapshot(victim)
     rc, err = run_cli(capsys, "example-data", str(victim), "--n", "2", "--size", "32x32", "--overwrite")
     line = one_line_error(err)
-    assert rc == 2 and "v2: not an augment dataset (dataset.json lists 'notes.txt', which is not a name augment " \
+    assert rc == 2 and f"v2: not an augment dataset ({INFO_FILE} lists 'notes.txt', which is not a name augment " \
                        "gives its Parquet files" in line and line.endswith("refusing to overwrite")
     assert snapshot(victim) == before
 
@@ -157,7 +158,7 @@ def test_overwrite_refuses_a_dataset_json_listing_a_file_augment_never_writes(tm
 def test_overwrite_refuses_a_listed_file_that_is_not_parquet(tmp_path, name):
     victim = forged_dataset(tmp_path, tmp_path / "v2", {name: b"not parquet, but named like it"})
     before = snapshot(victim)
-    with pytest.raises(DatasetError, match=f"dataset.json lists '{name}', which is not a Parquet file \\(no PAR1"):
+    with pytest.raises(DatasetError, match=f"{INFO_FILE} lists '{name}', which is not a Parquet file \\(no PAR1"):
         make_dataset(victim, 2, overwrite=True)
     assert snapshot(victim) == before
 
@@ -166,8 +167,8 @@ def test_overwrite_replaces_a_dataset_whose_files_are_shards(tmp_path):
     parquet = (Path(make_dataset(tmp_path / "src", 2)) / "part-00000-0000.parquet").read_bytes()
     out = forged_dataset(tmp_path, tmp_path / "ds", {"data/shard-00000.parquet": parquet})
     make_dataset(out, 3, overwrite=True)
-    assert len(open_dataset(str(out))) == 3 and sorted(p.name for p in out.iterdir()) == [
-        "dataset.json", "part-00000-0000.parquet", "quarantine.jsonl"]
+    assert len(open_dataset(str(out))) == 3 and sorted(p.name for p in out.iterdir()) == sorted([
+        HF_YAML_FILE, CARD_FILE, INFO_FILE, "part-00000-0000.parquet", QUARANTINE_FILE])
 
 
 def test_overwrite_replaces_a_dataset_deleting_only_its_files(tmp_path):
@@ -261,7 +262,7 @@ def staging(parent: Path, out: str, host: str, pid: int, tag: str, files: dict[s
 
 
 def test_stale_staging_of_a_dead_writer_is_removed_and_nothing_else(tmp_path, capsys):
-    host, dead, part = _host_tag(), dead_pid(), {"part-00000-0000.parquet": b"half", "dataset.json.tmp-1-ab": b"{"}
+    host, dead, part = _host_tag(), dead_pid(), {"part-00000-0000.parquet": b"half", f"{INFO_FILE}.tmp-1-ab": b"{"}
     stale = staging(tmp_path, "out", host, dead, "0000dead", part)
     live = staging(tmp_path, "out", host, os.getpid(), "0000beef", part)
     other_host = staging(tmp_path, "out", "ffffffff" if host != "ffffffff" else "eeeeeeee", dead, "00000001", part)
@@ -326,12 +327,12 @@ def test_replaced_dataset_left_half_deleted_is_removed_unless_it_holds_other_fil
     out = Path(make_dataset(tmp_path / "ds", 2))
     prefix = f"ds.old-{_host_tag()}-{dead_pid()}"
     half = Path(make_dataset(tmp_path / "half", 2, seed=3)).rename(tmp_path / f"{prefix}-00000001")
-    (half / "quarantine.jsonl").unlink()  # killed while deleting the replaced files: dataset.json still lists the rest
+    (half / QUARANTINE_FILE).unlink()  # killed while deleting the replaced files: its info still lists the rest
     emptied = tmp_path / f"{prefix}-00000002" / "data"  # killed after the last file, before the folder went
     emptied.mkdir(parents=True)
     foreign = tmp_path / f"{prefix}-00000003"
     foreign.mkdir()
-    (foreign / "part-00009-0000.parquet").write_bytes(b"PAR1 not listed by any dataset.json: not augment's")
+    (foreign / "part-00009-0000.parquet").write_bytes(b"PAR1 not listed by any dataset info: not augment's")
     make_dataset(out, 3, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", foreign.name]
     assert f"kept {foreign}: it holds files that appeared in" in capsys.readouterr().err
@@ -408,7 +409,7 @@ def test_bomb_files_are_quarantined_and_ingest_goes_on(tmp_path, capsys, ray_ses
     info = open_dataset(str(out)).info
     assert info.num_rows == 1 and info.quarantined == 2 and info.lineage["max_pixels"] == MAX_PIXELS
     reasons = {Path(q["source"]).parent.name + "/" + Path(q["source"]).name: q["reason"]
-               for q in map(json.loads, (out / "quarantine.jsonl").read_text().splitlines())}
+               for q in map(json.loads, (out / QUARANTINE_FILE).read_text().splitlines())}
     assert "too large to decode safely" in reasons["images/bomb.png"]
     assert "mask is 12000x12000 (144000000 pixels), over the cap" in reasons["masks/bigmask.png"]
 
@@ -421,7 +422,7 @@ def test_max_pixels_option(tmp_path, capsys, ray_session):
     assert main(["ingest", str(src), "--format", "folder", "--out", str(out), "--max-pixels", "200"]) == 0
     info = open_dataset(str(out)).info
     assert info.num_rows == 1 and info.quarantined == 1 and "--max-pixels 200" in info.lineage["command"]
-    assert "image is 40x12 (480 pixels), over the cap of 200" in (out / "quarantine.jsonl").read_text()
+    assert "image is 40x12 (480 pixels), over the cap of 200" in (out / QUARANTINE_FILE).read_text()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -445,7 +446,7 @@ def test_camvid_list_line_leaving_the_root_is_quarantined(tmp_path, ray_session)
     assert main(["ingest", str(root), "--format", "camvid", "--out", str(out)]) == 0
     ds = open_dataset(str(out))
     assert ds.info.num_rows == 1 and ds.info.quarantined == 3
-    records = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (out / QUARANTINE_FILE).read_text().splitlines()]
     by_line = {r["source"].rsplit(":", 1)[-1] if "train.txt:" in r["source"] else r["source"]: r for r in records}
     assert "'../../outside/secret.png' leaves the dataset root; not read" in by_line["2"]["reason"]
     assert "leaves the dataset root" in by_line["4"]["reason"] and by_line["4"]["source"].endswith("train.txt:4")

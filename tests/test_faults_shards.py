@@ -19,7 +19,8 @@ from augment.data.dataset import open_dataset, open_parquet
 from augment.core.errors import AugmentError
 from augment.runner.job import claim_output, load_job, prepare_job, run_job, shard_settings
 from augment.runner.markers import (
-    OutputFolder, claim_run, marker_file, read_marker, shard_file, temporary_shard_file,
+    INFO_FILE, JOB_FILE, LEGACY_NAMES, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, claim_run, marker_file,
+    read_marker, shard_file, temporary_shard_file,
 )
 from job_helpers import make_example_dataset, make_job_env, write_job
 
@@ -170,20 +171,20 @@ def test_verify_checks_an_ingested_dataset(env, tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", str(data)]) == 0
     assert "every page checksum verified" in capsys.readouterr().out
-    info = json.loads((data / "dataset.json").read_text())
+    info = json.loads((data / INFO_FILE).read_text())
     part = data / info["files"][0]
     sound = part.read_bytes()
     flip_bytes(part)
     assert main(["verify", str(data)]) == 2
     assert f"{info['files'][0]}: unreadable (could not verify page integrity" in capsys.readouterr().out
     part.write_bytes(sound)
-    (data / "dataset.json").write_text(json.dumps({**info, "num_rows": 7}))
+    (data / INFO_FILE).write_text(json.dumps({**info, "num_rows": 7}))
     assert main(["verify", str(data)]) == 2
-    assert "problem: rows: the files hold 6, dataset.json says 7" in capsys.readouterr().out
-    (data / "dataset.json").write_text(json.dumps(info))
+    assert f"problem: rows: the files hold 6, {INFO_FILE} says 7" in capsys.readouterr().out
+    (data / INFO_FILE).write_text(json.dumps(info))
     part.unlink()
     assert main(["verify", str(data)]) == 2
-    assert f"{info['files'][0]}: listed in dataset.json but missing" in capsys.readouterr().out
+    assert f"{info['files'][0]}: listed in {INFO_FILE} but missing" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "nothing")]) == 2
 
 
@@ -260,7 +261,7 @@ def test_two_new_jobs_claiming_one_empty_output_at_once_one_wins(env, tmp_path):
     loser = results[1 - winners[0]]
     assert "\n" not in str(loser)
     assert "at the same moment" in str(loser) or "holds the output of another job" in str(loser)
-    record = json.loads((out / "job.json").read_text())
+    record = json.loads((out / JOB_FILE).read_text())
     assert record["fingerprint"] == jobs[winners[0]].fingerprint
     assert OutputFolder(str(out)).current_run().fingerprint == jobs[winners[0]].fingerprint
 
@@ -324,18 +325,22 @@ def test_temporary_files_are_removed_only_when_their_writer_is_fenced_or_done(en
 # claims' temporary files, verify's path and messages.
 
 
-def user_folder(root: Path, record: object) -> Path:
-    """A user's folder with files named like a job output's (job.json, summary.json, a sheet), none written by augment."""
+def user_folder(root: Path, record: object, legacy: bool = False) -> Path:
+    """A user's folder with files named like a job output's (the job record, the summary, a sheet; with `legacy`
+    the names from before the "_" names, job.json, ...), none written by augment."""
+    name = (lambda n: LEGACY_NAMES[n]) if legacy else (lambda n: n)
     folder = root / "o2"
-    (folder / "sheets").mkdir(parents=True)
-    (folder / "job.json").write_text(json.dumps(record))
-    (folder / "summary.json").write_text('{"trip": "summer"}')
-    (folder / "sheets" / "holiday.png").write_bytes(b"\x89PNG not really")
+    (folder / name(SHEETS_DIR)).mkdir(parents=True)
+    (folder / name(JOB_FILE)).write_text(json.dumps(record))
+    (folder / name(SUMMARY_FILE)).write_text('{"trip": "summer"}')
+    (folder / name(SHEETS_DIR) / "holiday.png").write_bytes(b"\x89PNG not really")
     return folder
 
 
-def test_overwrite_refuses_a_folder_that_only_has_job_file_names(env, tmp_path, capsys, ray_session):
-    folder = user_folder(tmp_path, {"my": "config"})
+@pytest.mark.parametrize("legacy", [False, True])
+def test_overwrite_refuses_a_folder_that_only_has_job_file_names(env, tmp_path, capsys, ray_session, legacy):
+    folder = user_folder(tmp_path, {"my": "config"}, legacy)
+    name = (lambda n: LEGACY_NAMES[n]) if legacy else (lambda n: n)
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     path = job_path(env, tmp_path / "job.yaml", folder)
     for extra in ([], ["--overwrite"]):
@@ -343,8 +348,8 @@ def test_overwrite_refuses_a_folder_that_only_has_job_file_names(env, tmp_path, 
         assert main(["run", str(path), *extra]) == 2
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and "Traceback" not in error
-        assert "is not an augment job's output (a job.json augment did not write)" in error
-        assert "job.json" in error and "sheets/holiday.png" in error and "summary.json" in error
+        assert f"is not an augment job's output (a {name(JOB_FILE)} augment did not write)" in error
+        assert f"{name(SHEETS_DIR)}/holiday.png" in error and name(SUMMARY_FILE) in error
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert not (folder / "_runs").exists()
 
@@ -358,15 +363,15 @@ def test_a_job_json_that_is_a_list_is_one_line_in_run_and_verify(env, tmp_path, 
         captured = capsys.readouterr()
         error = captured.err.strip()
         assert len(error.splitlines()) == 1 and "Traceback" not in captured.err
-        assert "job.json is a JSON list, not a job record" in captured.out + error
-    assert (folder / "sheets" / "holiday.png").exists()
+        assert f"{JOB_FILE} is a JSON list, not a job record" in captured.out + error
+    assert (folder / SHEETS_DIR / "holiday.png").exists()
 
 
 def test_overwrite_of_a_job_output_needs_no_claims_when_job_json_is_augments(env, finished, tmp_path, capsys,
                                                                             ray_session):
     out = tmp_path / "out"
     shutil.copytree(finished, out)
-    shutil.rmtree(out / "_runs")  # an output written before run claims: its job.json proves it is augment's
+    shutil.rmtree(out / "_runs")  # an output written before run claims: its job record proves it is augment's
     job = prepare_job(load_job(str(job_path(env, tmp_path / "b.yaml", out, seed=1, classes={"car": 2}))))
     claim = claim_output(OutputFolder(str(out)), job, overwrite=True)
     assert claim.mode == "overwrite" and not list((out / "data").glob("*.parquet"))
@@ -421,12 +426,12 @@ def test_superseded_driver_removes_and_writes_nothing_of_the_newer_run(env, fini
     with pytest.raises(AugmentError, match="was taken over by run"):
         _finish(folder, job_a, claim_a, done, {"_start": 0.0})
     assert newer["file"].exists()
-    assert not (out / "dataset.json").exists() and not (out / "summary.json").exists()
-    assert json.loads((out / "job.json").read_text())["fingerprint"] == job_b.fingerprint
+    assert not (out / INFO_FILE).exists() and not (out / SUMMARY_FILE).exists()
+    assert json.loads((out / JOB_FILE).read_text())["fingerprint"] == job_b.fingerprint
     assert folder.orphans(claim_a.run.run, set()) == []  # nothing of A's run or older is left to sweep
     capsys.readouterr()
     assert main(["verify", str(out)]) == 2
-    assert "problem: plan.json: missing" in capsys.readouterr().out  # the newer run has not started its shards
+    assert f"problem: {PLAN_FILE}: missing" in capsys.readouterr().out  # the newer run has not started its shards
 
 
 def test_unplaceable_workers_are_refused_before_the_output_is_claimed(env, tmp_path, ray_session):

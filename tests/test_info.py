@@ -7,6 +7,7 @@ import numpy as np
 from augment.cli import main
 from augment.data.codec import class_pixels, encode_image, encode_mask
 from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row
+from augment.data.layout import INFO_FILE
 
 CLASSES = ["road", "car", "person"]
 
@@ -63,6 +64,6 @@ def test_info_synthetic_accept_counts(tmp_path, capsys):
 def test_info_json_and_errors(tmp_path, capsys):
     write(tmp_path / "ds")
     assert main(["info", str(tmp_path / "ds"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "ds" / INFO_FILE).read_text())
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"augment info: error: {tmp_path / 'missing'}: no such dataset folder"

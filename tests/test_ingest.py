@@ -10,6 +10,7 @@ from PIL import Image
 from augment.cli import main
 from augment.data.codec import decode_image, decode_mask
 from augment.data.dataset import open_dataset
+from augment.data.layout import QUARANTINE_FILE
 from augment.data.formats import camvid, cityscapes, folder, voc
 from augment.data.formats.base import SourcePair
 from augment.data.ingest import (
@@ -43,7 +44,7 @@ def rows_by_id(out) -> dict:
 
 
 def quarantine(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "quarantine.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(out) / QUARANTINE_FILE).read_text().splitlines()]
 
 
 def run_cli(capsys, *argv):
@@ -258,7 +259,7 @@ def test_each_bad_sample_is_quarantined_and_the_run_goes_on(tmp_path, capsys, ra
     save(src / "images" / "nomask.png", rgb(10, 12))
     save(src / "masks" / "noimage.png", good)
     rc, stdout, _ = run_cli(capsys, "ingest", str(src), "--format", "folder", "--out", str(tmp_path / "out"))
-    assert rc == 0 and "ingested 1 rows (6 quarantined)" in stdout and "quarantine.jsonl" in stdout
+    assert rc == 0 and "ingested 1 rows (6 quarantined)" in stdout and QUARANTINE_FILE in stdout
     assert list(rows_by_id(tmp_path / "out")) == ["train/good"]
     reasons = {Path(q["source"]).parent.name + "/" + Path(q["source"]).name: q["reason"]
                for q in quarantine(tmp_path / "out")}

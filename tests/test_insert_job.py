@@ -15,6 +15,7 @@ from augment.data.dataset import open_dataset
 from augment.data.lookup import RowLookup
 from augment.runner.job import load_job, prepare_job, run_job
 from augment.runner.jobfile import job_from_document, section_defaults_at
+from augment.runner.markers import PLAN_FILE, SHEETS_DIR
 from augment.synthesis.composite import DEFAULT_BAND, placed_region
 from augment.synthesis.fill import source_object
 from augment.synthesis.insert_plan import DEFAULT_MAX_HOSTS, InsertionPlan
@@ -60,7 +61,7 @@ def test_insertion_job_keeps_the_hosts_bytes_outside_object_and_band(env, tmp_pa
     out = tmp_path / "out"
     summary = run_job(job_from_document(v2(env, out, mode)))
     assert summary["synthesis"]["mode"] == mode
-    plan = InsertionPlan.from_json((out / "plan.json").read_text())
+    plan = InsertionPlan.from_json((out / PLAN_FILE).read_text())
     planned = {p.sample_id: p for p in plan.insertions}
     rows = pq.read_table(out / "data").to_pylist()
     assert rows and summary["accepted"] == len(rows) == len(planned)  # min_region_iou 0: every sample kept
@@ -78,7 +79,7 @@ def test_insertion_job_keeps_the_hosts_bytes_outside_object_and_band(env, tmp_pa
         assert (mask[band] == 255).all()  # band pixels: ignore
         assert (mask[placed] == p.target_class).all()
         assert row["source_id"] == p.source_id and row["target_class"] == p.target_class
-    assert sorted(summary["sheets"]) == ["sheets/car.png", "sheets/pedestrian.png"]
+    assert sorted(summary["sheets"]) == [f"{SHEETS_DIR}/car.png", f"{SHEETS_DIR}/pedestrian.png"]
     assert open_dataset(str(out)).info.num_rows == len(rows)
 
 
@@ -88,7 +89,7 @@ def test_insertion_plan_is_deterministic_and_resume_skips_done_shards(env, tmp_p
     again = run_job(job_from_document(v2(env, out, "paste")))
     assert again["mode"] == "resume" and again["shards_run"] == 0 and again["fingerprint"] == first["fingerprint"]
     other = prepare_job(job_from_document(v2(env, tmp_path / "x", "paste")))
-    assert other.plan.to_json() == (out / "plan.json").read_text()
+    assert other.plan.to_json() == (out / PLAN_FILE).read_text()
     moved = prepare_job(job_from_document(v2(env, tmp_path / "x", "paste", seed=1)))
     assert moved.fingerprint != first["fingerprint"] and moved.plan.to_json() != other.plan.to_json()
 

@@ -21,7 +21,9 @@ from augment.data.dataset import open_dataset
 from augment.core.errors import AugmentError
 from augment.runner.job import claim_output, load_job, prepare_job, run_job, shard_settings
 from augment.runner.jobfile import job_from_document, schema_default, section_defaults
-from augment.runner.markers import OutputFolder, read_marker
+from augment.runner.markers import (
+    INFO_FILE, JOB_FILE, PLAN_FILE, QUARANTINE_FILE, SHEETS_DIR, SUMMARY_FILE, OutputFolder, read_marker,
+)
 from augment.synthesis.plan import Plan
 from augment.models.store import load_card
 from job_helpers import make_example_dataset, make_job_env, make_tiny_runs, write_job
@@ -75,7 +77,7 @@ def test_full_run_writes_a_complete_synthetic_dataset(env, first_run):
     assert ds.info.extra["counts"] == summary["counts"]
     assert ds.info.extra["plan"]["quotas"] == {"car": 5, "pedestrian": 6, "bicyclist": 3}
     assert ds.info.extra["job"]["classes"] == QUOTAS
-    plan = Plan.from_json((out / "plan.json").read_text())
+    plan = Plan.from_json((out / PLAN_FILE).read_text())
     table = ds.arrow.to_table()
     assert sorted(table.column("id").to_pylist()) == sorted(p.sample_id for p in plan.samples)
     assert set(table.column("generator_sha256").to_pylist()) == {load_card(env["gan"]).weights_sha256}
@@ -85,10 +87,10 @@ def test_full_run_writes_a_complete_synthetic_dataset(env, first_run):
         assert row["image"].shape == (32, 32, 3) and row["mask"].shape == (32, 32)
         assert row["target_class"] == by_id[row["id"]].target_class and row["source_id"] == by_id[row["id"]].source_id
         assert np.bincount(row["mask"].ravel(), minlength=256)[:11].tolist() == row["class_pixels"]
-    assert sorted(p.name for p in (out / "sheets").iterdir()) == ["bicyclist.png", "car.png", "pedestrian.png"]
+    assert sorted(p.name for p in (out / SHEETS_DIR).iterdir()) == ["bicyclist.png", "car.png", "pedestrian.png"]
     assert not list((out / "data").glob(".shard-*"))
-    assert (out / "summary.json").is_file() and (out / "job.json").is_file()
-    recorded = json.loads((out / "job.json").read_text())["content"]["precision"]  # resolved by a worker-sized task
+    assert (out / SUMMARY_FILE).is_file() and (out / JOB_FILE).is_file()
+    recorded = json.loads((out / JOB_FILE).read_text())["content"]["precision"]  # resolved by a worker-sized task
     assert recorded in ("fp32", "bf16") and summary["precision"] == recorded
     assert {read_marker(OutputFolder(str(out)), k).precision for k in range(4)} == {recorded}
     assert set(ds.info.extra["versions"]) >= {"augment", "torch", "ray", "pyarrow"}
@@ -149,12 +151,12 @@ def test_resume_resolving_auto_otherwise_is_refused_unless_asked_explicitly(env,
     auto = load_job(str(job_file(env, tmp_path / "a.yaml", out.uri)))
     first = prepare_job(auto, lambda: True)
     assert claim_output(out, first, overwrite=False).mode == "new"
-    assert out.read_json("job.json")["content"]["precision"] == "bf16"
+    assert out.read_json(JOB_FILE)["content"]["precision"] == "bf16"
     elsewhere = prepare_job(auto, lambda: False)
     with pytest.raises(AugmentError) as info:
         claim_output(out, elsewhere, overwrite=False)
-    assert str(info.value) == (f"{out.uri}/job.json records precision bf16, this cluster resolves auto to fp32; rerun "
-                               f"with precision: bf16 to continue as recorded, or a new output")
+    assert str(info.value) == (f"{out.uri}/{JOB_FILE} records precision bf16, this cluster resolves auto to fp32; "
+                               f"rerun with precision: bf16 to continue as recorded, or a new output")
     explicit = prepare_job(load_job(str(job_file(env, tmp_path / "b.yaml", out.uri, precision="bf16"))), lambda: False)
     assert claim_output(out, explicit, overwrite=False).mode == "resume"
     other = prepare_job(load_job(str(job_file(env, tmp_path / "c.yaml", out.uri, precision="fp32"))))
@@ -170,13 +172,13 @@ def test_output_recording_unresolved_auto_is_refused_as_another_job(env, tmp_pat
     out = OutputFolder(str(tmp_path / "out"))
     job = prepare_job(load_job(str(job_file(env, tmp_path / "a.yaml", out.uri))), lambda: False)
     old = {**job.content, "precision": "auto"}
-    out.write_json("job.json", {"fingerprint": job_fingerprint(old), "content": old, "augment_version": "0.1.0"})
-    with pytest.raises(AugmentError, match=r"job.json records precision auto unresolved \(written by an earlier "
+    out.write_json(JOB_FILE, {"fingerprint": job_fingerprint(old), "content": old, "augment_version": "0.1.0"})
+    with pytest.raises(AugmentError, match=rf"{JOB_FILE} records precision auto unresolved \(written by an earlier "
                                            r"augment\), so its shards may be bf16 or fp32; this job resolves auto to "
                                            r"fp32; pass --overwrite"):
         claim_output(out, job, overwrite=False)
     assert claim_output(out, job, overwrite=True).mode == "overwrite"
-    assert out.read_json("job.json")["content"]["precision"] == "fp32"
+    assert out.read_json(JOB_FILE)["content"]["precision"] == "fp32"
 
 
 def test_defaults_live_in_the_schema():
@@ -289,13 +291,13 @@ def test_other_jobs_output_is_refused_unless_overwrite(env, first_run, tmp_path,
     assert summary["mode"] == "overwrite" and summary["rows"] == 2
     assert "data/shard-00003." in capsys.readouterr().out
     assert sorted(p.name for p in (out / "data").iterdir()) == [f"shard-00000.{summary['run_id']}.parquet"]
-    assert sorted(p.name for p in (out / "sheets").iterdir()) == ["car.png"]
+    assert sorted(p.name for p in (out / SHEETS_DIR).iterdir()) == ["car.png"]
     assert open_dataset(str(out)).arrow.to_table(columns=["id"]).column("id").to_pylist() == [
         "syn/car/000000", "syn/car/000001"]
     (out / "notes.txt").write_text("mine")
     with pytest.raises(AugmentError, match="not an augmentation job's output .*notes.txt"):
         run_job(load_job(str(job_file(env, tmp_path / "job2.yaml", out, seed=8))), overwrite=True)
-    assert (out / "notes.txt").read_text() == "mine" and (out / "dataset.json").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / INFO_FILE).is_file()
 
 
 def test_killed_driver_is_resumed_exactly_once(env, tmp_path, ray_session):
@@ -316,7 +318,7 @@ def test_killed_driver_is_resumed_exactly_once(env, tmp_path, ray_session):
         log = proc.communicate()[0].decode(errors="replace")
     done_before = sorted(p.name for p in markers.glob("shard-*.json"))
     assert 1 <= len(done_before) < 12, log
-    assert not (out / "dataset.json").exists()
+    assert not (out / INFO_FILE).exists()
     cfg = load_job(str(path))
     summary = run_job(cfg)
     assert summary["shards"] == 12 and summary["shards_run"] <= 12 - len(done_before)
@@ -325,7 +327,7 @@ def test_killed_driver_is_resumed_exactly_once(env, tmp_path, ray_session):
     assert all(s is not None for s in stats)
     ids = pq.read_table(out / "data").column("id").to_pylist()
     rejected = {i for s in stats for i in s.rejected_ids}
-    plan = Plan.from_json((out / "plan.json").read_text())
+    plan = Plan.from_json((out / PLAN_FILE).read_text())
     assert len(ids) == len(set(ids)) == sum(s.rows for s in stats) == summary["rows"]
     assert set(ids) == {p.sample_id for p in plan.samples} - rejected
     assert not list((out / "data").glob(".shard-*"))
@@ -357,7 +359,7 @@ def test_two_drivers_at_once_do_not_corrupt_the_output(env, tmp_path, ray_sessio
     assert len(results) == 2 and finished, results
     assert all(isinstance(r, AugmentError) and "was taken over by" in str(r) for r in results if r not in finished)
     assert all(r["rows"] == 14 and r["shards"] == 7 for r in finished)
-    ds = open_dataset(str(tmp_path / "out"))  # dataset.json lists one file per shard, of either run (per-run names)
+    ds = open_dataset(str(tmp_path / "out"))  # its info lists one file per shard, of either run (per-run names)
     ids = ds.arrow.to_table(columns=["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 14 and len(ds.info.files) == 7
     assert [f.split(".")[0] for f in ds.info.files] == [f"data/shard-{k:05d}" for k in range(7)]
@@ -392,11 +394,11 @@ def test_unreadable_source_map_is_quarantined_and_counted(tmp_path, ray_session)
                      resources={"workers": 1, "batch_size": 4, "samples_per_shard": 4})
     summary = run_job(load_job(str(path)))
     bad_id = rows[0]["id"]
-    plan = Plan.from_json((tmp_path / "out" / "plan.json").read_text())
+    plan = Plan.from_json((tmp_path / "out" / PLAN_FILE).read_text())
     from_bad = {p.sample_id for p in plan.samples if p.source_id == bad_id}
     assert from_bad and summary["quarantined"] == len(from_bad)
     assert summary["rows"] == 8 - len(from_bad) and summary["accepted"] == 8 - len(from_bad)
-    lines = (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()
+    lines = (tmp_path / "out" / QUARANTINE_FILE).read_text().splitlines()
     assert len(lines) == len(from_bad) and bad_id in lines[0] and "corrupt" in lines[0]
     ds = open_dataset(str(tmp_path / "out"))
     assert ds.info.quarantined == len(from_bad)

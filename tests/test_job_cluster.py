@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from augment.runner.job import load_job, run_job
-from augment.runner.markers import OutputFolder, read_marker
+from augment.runner.markers import INFO_FILE, PLAN_FILE, OutputFolder, read_marker
 from augment.synthesis.plan import Plan
 from job_helpers import make_example_dataset, make_tiny_runs, write_job
 
@@ -67,7 +67,7 @@ def test_lost_worker_node_mid_job_still_completes_exactly_once(tmp_path, cluster
     victim = next(n for n in workers if n.node_id == first.node)
     c.remove_node(victim)
     done_at_removal = len(list(markers.glob("shard-*.json")))
-    complete_at_removal = (out / "dataset.json").exists()
+    complete_at_removal = (out / INFO_FILE).exists()
     driver.join(timeout=400)
     assert not driver.is_alive(), "the job did not finish after losing a node"
     if "error" in result:
@@ -83,7 +83,7 @@ def test_lost_worker_node_mid_job_still_completes_exactly_once(tmp_path, cluster
     assert any(s.node == survivor for s in stats)
     ids = pq.read_table(out / "data").column("id").to_pylist()
     rejected = {i for s in stats for i in s.rejected_ids}
-    plan = Plan.from_json((out / "plan.json").read_text())
+    plan = Plan.from_json((out / PLAN_FILE).read_text())
     assert len(ids) == len(set(ids)) == summary["rows"]
     assert set(ids) == {p.sample_id for p in plan.samples} - rejected
     assert not list((out / "data").glob(".shard-*"))

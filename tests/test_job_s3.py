@@ -8,7 +8,9 @@ import pytest
 
 from augment.data import fs as afs
 from augment.data.dataset import open_dataset
+from augment.data.layout import CARD_FILES
 from augment.runner.job import load_job, run_job
+from augment.runner.markers import INFO_FILE, JOB_FILE, PLAN_FILE, SHEETS_DIR, SUMMARY_FILE
 from job_helpers import make_example_dataset, make_tiny_runs, write_job
 
 BUCKET = "augment-test"
@@ -89,7 +91,8 @@ def test_job_writes_to_s3_and_reads_back(tmp_path, s3_base):
 
     filesystem, root = afs.resolve(out_uri)
     names = {p[len(root) + 1:] for p in afs.list_files(filesystem, root, recursive=True)}
-    assert {"dataset.json", "plan.json", "job.json", "summary.json", "sheets/car.png", "sheets/pedestrian.png"} <= names
+    assert {INFO_FILE, PLAN_FILE, JOB_FILE, SUMMARY_FILE, *CARD_FILES, f"{SHEETS_DIR}/car.png",
+            f"{SHEETS_DIR}/pedestrian.png"} <= names
     assert {f"data/shard-{k:05d}.{summary['run_id']}.parquet" for k in range(3)} <= names
     assert not any(n.startswith("data/.shard-") for n in names)
     assert isinstance(filesystem, pafs.S3FileSystem)

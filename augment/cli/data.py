@@ -57,13 +57,12 @@ def example_data_command(args: argparse.Namespace) -> int:
 
 
 def info_command(args: argparse.Namespace) -> int:
-    from augment.data import fs as afs
-    from augment.data.dataset import INFO_FILE, open_dataset
+    from augment.data.dataset import open_dataset
     from augment.data.info import format_info
 
     ds = open_dataset(args.dataset)
     if args.json:
-        print(afs.read_bytes(ds.fs, afs.join(ds.path, INFO_FILE)).decode())
+        print(ds.info_bytes().decode())
     else:
         print(format_info(ds))
     return 0

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print a dataset's rows, sizes, classes and class shares")
     p.add_argument("dataset", type=_path)
-    p.add_argument("--json", action="store_true", help="print dataset.json instead of the table")
+    p.add_argument("--json", action="store_true", help="print the dataset's _dataset.json instead of the table")
     p.set_defaults(handler="augment.cli.data:info_command")
 
     p = sub.add_parser("train-gan", help="train the label-map-conditioned GAN (OASIS) on Ray Train")

@@ -1,8 +1,11 @@
-"""The dataset format: a folder of Parquet files plus `dataset.json`, written atomically and read as a stream.
+"""The dataset format: a folder of Parquet files plus `_dataset.json` and a dataset card, written atomically and
+read as a stream.
 
 Writers stage everything in a temporary sibling folder and move it into place at the end, so a run that fails
-part-way leaves no half-written dataset. Each writer process writes its own part files; the driver merges the
-per-part statistics into `dataset.json`.
+part-way leaves no half-written dataset. Each writer process writes its own part files, each holding rows of one
+split; the driver merges the per-part statistics into `_dataset.json`. The names of the files beside the Parquet
+files, and why they let pyarrow, Hugging Face `datasets`, DuckDB and Ray Data open the folder whole, are in
+augment.data.layout; folders written with the earlier names (`dataset.json`) are read too.
 """
 
 from __future__ import annotations
@@ -36,19 +39,21 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from augment.data import fs as afs
+from augment.data.card import EMPTY_SPLIT, render_card
 from augment.data.codec import decode_image, decode_mask
+from augment.data.layout import (
+    CARD_FILES, INFO_FILE, INFO_FILES, LEGACY_INFO_FILE, LEGACY_QUARANTINE_FILE, QUARANTINE_FILE,
+)
 from augment.data.schema import SCHEMA_VERSION, arrow_schema, check_schema
 from augment.core.errors import DatasetError
 
-INFO_FILE = "dataset.json"
-QUARANTINE_FILE = "quarantine.jsonl"
 TARGET_FILE_BYTES = 256 << 20
 ROW_GROUP_BYTES = 32 << 20
 ROW_GROUP_ROWS = 256
 PART_FILE_PATTERN = r"part-\d{5,}-\d{4,}\.parquet"
 """Names of the Parquet files a PartWriter with prefix `part-<chunk:05d>` writes into a dataset folder."""
 DATA_FILE = re.compile(PART_FILE_PATTERN + r"|data/shard-\d{5,}(?:\.r\d{6,}-[0-9a-f]{8})?\.parquet")
-"""Names (relative to the dataset folder) of every Parquet file augment lists in a dataset.json: ingest's part files
+"""Names (relative to the dataset folder) of every Parquet file augment lists in a dataset's info: ingest's part files
 and an augmentation job's shards (augment.runner.markers)."""
 PARQUET_MAGIC = b"PAR1"
 
@@ -131,7 +136,7 @@ class PartStats:
 
 @dataclass
 class DatasetInfo:
-    """The content of `dataset.json` (see schemas/dataset-v1.schema.json)."""
+    """The content of `_dataset.json` (see schemas/dataset-v1.schema.json)."""
 
     classes: list[str]
     palette: list[list[int]]
@@ -148,6 +153,9 @@ class DatasetInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     created_at: str = ""
+    card: dict[str, str] = field(default_factory=dict)
+    """{card file: sha256} of the dataset card written with it (`write_card`): a card file is the dataset's own
+    (replaced by `--overwrite`) only while it still has that content."""
 
     @property
     def num_classes(self) -> int:
@@ -196,7 +204,7 @@ class DatasetInfo:
         try:
             jsonschema.validate(data, _dataset_json_schema())
         except jsonschema.ValidationError as exc:
-            raise DatasetError(f"{source}: invalid dataset.json: {exc.message}") from None
+            raise DatasetError(f"{source}: invalid dataset info: {exc.message}") from None
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -210,7 +218,8 @@ class PartWriter:
     """Writes rows of one schema to Parquet files `<prefix>-NNNN.parquet` in a folder.
 
     A dataset's prefix is `part-<chunk:05d>` (one per writer), so the names match DATA_FILE: a later `--overwrite`
-    deletes only files of those names.
+    deletes only files of those names. A file holds rows of one split: a row of another split than the one before
+    starts a new file, so a dataset card can list each split's files (`files_by_split`).
 
     Row groups hold about ROW_GROUP_BYTES (at most ROW_GROUP_ROWS rows) and a file rolls over past
     TARGET_FILE_BYTES, so files stream well: no giant file, no swarm of tiny ones.
@@ -240,9 +249,14 @@ class PartWriter:
         self._writer: pq.ParquetWriter | None = None
         self._sink = None
         self._file_bytes = 0
+        self._split: str | None = None
 
     def write(self, row: dict[str, Any]) -> None:
         """Add one row (a dict with the schema's columns); `class_pixels` feeds the statistics."""
+        if row["split"] != self._split:
+            self._flush()
+            self._close_file()
+            self._split = row["split"]
         self._rows.append(row)
         self._buffered_bytes += len(row["image"]["bytes"]) + len(row["mask"]["bytes"])
         self.stats.add_row(row["height"], row["width"], row["split"], np.asarray(row["class_pixels"]))
@@ -278,7 +292,9 @@ class PartWriter:
         return self.stats
 
 
-STAGING_FILE = re.compile(PART_FILE_PATTERN + r"|dataset\.json|quarantine\.jsonl")
+STAGING_FILE = re.compile("|".join([PART_FILE_PATTERN, *(re.escape(name) for name in (
+    INFO_FILE, QUARANTINE_FILE, *CARD_FILES, LEGACY_INFO_FILE, LEGACY_QUARANTINE_FILE))]))
+"""Names of the files a staging folder holds (the earlier names too: a staging folder an older augment left)."""
 _SHOWN = 5
 
 
@@ -316,32 +332,90 @@ def _top_level(relative: list[str], dirs: set[str]) -> list[str]:
     return sorted(tops)
 
 
+def info_file(fs: pafs.FileSystem, path: str) -> str | None:
+    """The name of the dataset info file in the folder `path`: `_dataset.json`, else (a folder written before that
+    name) `dataset.json`; None when there is neither."""
+    return next((name for name in INFO_FILES if afs.exists(fs, afs.join(path, name))), None)
+
+
+def is_dataset(uri: str) -> bool:
+    """Whether the folder `uri` holds a dataset info file (a committed dataset, either layout); reads no content."""
+    filesystem, path = afs.resolve(uri)
+    return info_file(filesystem, path) is not None
+
+
 def dataset_files(fs: pafs.FileSystem, path: str) -> set[str]:
-    """The files (relative to `path`) an augment dataset folder owns: dataset.json, quarantine.jsonl and the Parquet
-    files its dataset.json lists.
+    """The files (relative to `path`) an augment dataset folder owns: its info file and quarantine file, its dataset
+    card where it still has the content the info records (`DatasetInfo.card`; a card someone edited, or a README.md
+    of theirs, is not the dataset's), and the Parquet files the info lists. A folder with the earlier names owns
+    `dataset.json`, `quarantine.jsonl` and the listed files.
 
     A listed file counts as the dataset's only when its name is one augment writes (DATA_FILE) and, where it exists,
-    it starts with Parquet's magic bytes; a dataset.json that lists anything else (a hand-edited or forged one) makes
+    it starts with Parquet's magic bytes; an info file that lists anything else (a hand-edited or forged one) makes
     the folder not a dataset. Raises DatasetError naming the file and why `path` is not such a dataset.
     """
-    info_path = afs.join(path, INFO_FILE)
-    if not afs.exists(fs, info_path):
+    name = info_file(fs, path)
+    if name is None:
         raise DatasetError(f"no {INFO_FILE}")
     try:
-        info = DatasetInfo.from_dict(json.loads(afs.read_bytes(fs, info_path)), source=INFO_FILE)
+        info = DatasetInfo.from_dict(json.loads(afs.read_bytes(fs, afs.join(path, name))), source=name)
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{INFO_FILE} is not valid JSON ({exc})") from None
-    for name in info.files:
-        if posixpath.normpath(name) != name or name.startswith(("/", "../")) or name in (".", ".."):
-            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a file inside the folder")
-        if not DATA_FILE.fullmatch(name):
-            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a name augment gives its Parquet files "
+        raise DatasetError(f"{name} is not valid JSON ({exc})") from None
+    for listed in info.files:
+        if posixpath.normpath(listed) != listed or listed.startswith(("/", "../")) or listed in (".", ".."):
+            raise DatasetError(f"{name} lists {listed!r}, which is not a file inside the folder")
+        if not DATA_FILE.fullmatch(listed):
+            raise DatasetError(f"{name} lists {listed!r}, which is not a name augment gives its Parquet files "
                                f"(part-NNNNN-NNNN.parquet or data/shard-NNNNN.<run>.parquet)")
-        head = _head(fs, afs.join(path, name), len(PARQUET_MAGIC))
+        head = _head(fs, afs.join(path, listed), len(PARQUET_MAGIC))
         if head is not None and head != PARQUET_MAGIC:
-            raise DatasetError(f"{INFO_FILE} lists {name!r}, which is not a Parquet file (no {PARQUET_MAGIC.decode()} "
+            raise DatasetError(f"{name} lists {listed!r}, which is not a Parquet file (no {PARQUET_MAGIC.decode()} "
                                f"magic)")
-    return {INFO_FILE, QUARANTINE_FILE, *info.files}
+    if name == LEGACY_INFO_FILE:
+        return {LEGACY_INFO_FILE, LEGACY_QUARANTINE_FILE, *info.files}
+    return {INFO_FILE, QUARANTINE_FILE, *own_card_files(fs, path, info), *info.files}
+
+
+def own_card_files(fs: pafs.FileSystem, path: str, info: DatasetInfo) -> list[str]:
+    """The card files in the folder `path` that still have the sha256 `info.card` records for them."""
+    own = []
+    for name, digest in sorted(info.card.items()):
+        if name in CARD_FILES and fs.get_file_info(afs.join(path, name)).type == pafs.FileType.File:
+            if afs.size_and_sha256(fs, afs.join(path, name))[1] == digest:
+                own.append(name)
+    return own
+
+
+def files_by_split(fs: pafs.FileSystem, path: str, info: DatasetInfo) -> dict[str, list[str]]:
+    """{split: its Parquet files (relative, in the info's order)}, splits sorted, of the dataset in the folder `path`.
+
+    With one split (or none: every file under EMPTY_SPLIT) every file is that split's; otherwise each file's `split`
+    column says which (PartWriter writes one split per file). Raises DatasetError naming a file that holds rows of
+    several splits.
+    """
+    if len(info.splits) <= 1:
+        return {next(iter(info.splits), EMPTY_SPLIT): list(info.files)}
+    found: dict[str, list[str]] = {}
+    for name in info.files:
+        with fs.open_input_file(afs.join(path, name)) as handle:
+            splits = sorted(set(open_parquet(handle).read(columns=["split"]).column(0).to_pylist()))
+        if len(splits) > 1:
+            raise DatasetError(f"{name}: holds rows of several splits ({', '.join(splits)}); a dataset card lists "
+                               f"whole files per split")
+        found.setdefault(splits[0] if splits else EMPTY_SPLIT, []).append(name)
+    return dict(sorted(found.items()))
+
+
+def write_card(fs: pafs.FileSystem, path: str, info: DatasetInfo, name: str | None = None) -> None:
+    """Write the dataset card of `info` (augment.data.card) into the folder `path`, each file atomically, and record
+    each file's sha256 in `info.card`; the info file itself is written after it, by the caller. `name` (default: the
+    folder's own name) is the name the card opens the folder by."""
+    card, header = render_card(info, files_by_split(fs, path, info), name or posixpath.basename(path.rstrip("/")))
+    info.card = {}
+    for file, text in zip(CARD_FILES, (card, header)):
+        data = text.encode()
+        afs.write_bytes_atomic(fs, afs.join(path, file), data)
+        info.card[file] = hashlib.sha256(data).hexdigest()
 
 
 def _head(fs: pafs.FileSystem, path: str, size: int) -> bytes | None:
@@ -385,8 +459,8 @@ def replaceable_files(fs: pafs.FileSystem, path: str, uri: str, overwrite: bool)
     extra = [f for f in files if f not in owned] + sorted(d + "/" for d in dirs - parents)
     if extra:
         raise DatasetError(
-            f"{uri} holds a dataset and files its {INFO_FILE} does not list ({_describe(extra)}); refusing to "
-            f"{'overwrite' if overwrite else 'write'} it, choose another output"
+            f"{uri} holds a dataset and files its {info_file(fs, path)} does not list ({_describe(extra)}); refusing "
+            f"to {'overwrite' if overwrite else 'write'} it, choose another output"
         )
     if not overwrite:
         raise DatasetError(f"{uri} already holds a dataset; pass --overwrite to replace it")
@@ -477,9 +551,9 @@ def _forget(fs: pafs.FileSystem, path: str, leftover: Leftover) -> None:
 def remove_stale_staging(fs: pafs.FileSystem, path: str) -> list[str]:
     """Remove the staging folders `<path>.tmp-<host>-<pid>-<hex>` whose writer is gone (see `writer_gone`).
 
-    Only folders of exactly that name holding only what a staging folder holds (Parquet parts, dataset.json,
-    quarantine.jsonl, their temporary files) are removed; a live writer's, another host's and anything else are
-    kept. Returns the folders removed.
+    Only folders of exactly that name holding only what a staging folder holds (STAGING_FILE: Parquet parts, the
+    info, quarantine and card files, their temporary files) are removed; a live writer's, another host's and anything
+    else are kept. Returns the folders removed.
     """
     removed = []
     for leftover in leftovers(fs, path, "tmp"):
@@ -501,8 +575,8 @@ def recover_interrupted(fs: pafs.FileSystem, path: str) -> list[str]:
     writer died between moving the old dataset aside and moving its new one in, so the old one, the last committed
     state, is moved back to `path` (its unfinished staging folder is then removed by `remove_stale_staging`). Two or
     more such folders are not guessed between: DatasetError names them. While `path` exists, a gone writer's
-    set-aside folder is what remained of a replaced dataset while its files were being deleted (dataset.json goes
-    last, see `remove_replaced`): the files its dataset.json still lists are deleted, then the folder if nothing else
+    set-aside folder is what remained of a replaced dataset while its files were being deleted (its info file goes
+    last, see `remove_replaced`): the files its info still lists are deleted, then the folder if nothing else
     is left in it; otherwise it is kept, with a line saying so.
     """
     gone = [f for f in leftovers(fs, path, "old") if writer_gone(fs, path, f)]
@@ -520,7 +594,7 @@ def recover_interrupted(fs: pafs.FileSystem, path: str) -> list[str]:
         try:
             owned = dataset_files(fs, leftover.path)
         except DatasetError:
-            owned = set()  # its dataset.json, deleted last, is gone: only an empty folder is left to remove
+            owned = set()  # its info file, deleted last, is gone: only an empty folder is left to remove
         if remove_replaced(fs, leftover.path, sorted(owned), path):
             _forget(fs, path, leftover)
             done.append(leftover.path)
@@ -528,11 +602,11 @@ def recover_interrupted(fs: pafs.FileSystem, path: str) -> list[str]:
 
 
 def remove_replaced(fs: pafs.FileSystem, old: str, owned: list[str], uri: str) -> bool:
-    """Delete a replaced dataset's files `owned` (relative) from its set-aside folder `old`, dataset.json last (so a
+    """Delete a replaced dataset's files `owned` (relative) from its set-aside folder `old`, its info file last (so a
     deletion cut short still lists what is left), then the folder if no file is left in it; True when it was removed.
     A folder holding other files (ones that appeared in `uri` while it was being replaced) is kept, with a line
     saying so."""
-    for rel in sorted(owned, key=lambda r: r == INFO_FILE):
+    for rel in sorted(owned, key=lambda r: r in INFO_FILES):
         with contextlib.suppress(FileNotFoundError):
             fs.delete_file(afs.join(old, rel))
     left = afs.list_files(fs, old, recursive=True)
@@ -555,7 +629,7 @@ class StagedOutput:
 
     Refuses, with or without `overwrite`: an empty path, the current folder or one above it, an output that is one of
     `inputs`, inside one or holds one, a folder that is not an augment dataset, and a dataset folder holding files
-    its dataset.json does not list. An existing dataset is replaced only with `overwrite`, and only its own files are
+    its info file does not list. An existing dataset is replaced only with `overwrite`, and only its own files are
     deleted. Leaving the `with` block without committing removes the staging folder.
 
     On a local filesystem the writer holds an flock on `<out>.lock-<same suffix>` from entering to leaving, so a later
@@ -614,7 +688,8 @@ class StagedOutput:
             self._lock_fd = None
 
     def commit(self, info: DatasetInfo, quarantine: list[dict[str, str]]) -> None:
-        """Write quarantine.jsonl and dataset.json (last), then move the folder into place.
+        """Write the quarantine file, the dataset card (`write_card`) and the info file (last), then move the folder
+        into place.
 
         A dataset already there (checked again now) is moved aside to `<out>.old-<suffix>` first (and back if the
         new one cannot be moved in), then only its own files are deleted.
@@ -622,6 +697,7 @@ class StagedOutput:
         info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         lines = "".join(json.dumps(q) + "\n" for q in quarantine)
         afs.write_bytes_atomic(self.fs, afs.join(self.staging, QUARANTINE_FILE), lines.encode())
+        write_card(self.fs, self.staging, info, posixpath.basename(self.path.rstrip("/")))
         afs.write_bytes_atomic(self.fs, afs.join(self.staging, INFO_FILE), info.to_json().encode())
         owned = replaceable_files(self.fs, self.path, self.uri, self.overwrite)
         old = None
@@ -646,18 +722,25 @@ class StagedOutput:
             self._release_lock()
 
 
-def read_info(uri: str) -> DatasetInfo:
+def _read_info(uri: str) -> tuple[DatasetInfo, str]:
+    """(the info of the dataset at `uri`, the name of the file it was read from)."""
     filesystem, path = afs.resolve(uri)
-    info_path = afs.join(path, INFO_FILE)
     if not afs.exists(filesystem, path):
         raise DatasetError(f"{uri}: no such dataset folder")
-    if not afs.exists(filesystem, info_path):
+    name = info_file(filesystem, path)
+    if name is None:
         raise DatasetError(f"{uri}: not an augment dataset (no {INFO_FILE}); create one with `augment ingest`")
+    info_path = afs.join(path, name)
     try:
         data = json.loads(afs.read_bytes(filesystem, info_path))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{info_path}: not valid JSON ({exc})") from None
-    return DatasetInfo.from_dict(data, source=info_path)
+    return DatasetInfo.from_dict(data, source=info_path), name
+
+
+def read_info(uri: str) -> DatasetInfo:
+    """The info of the dataset at `uri` (`_dataset.json`, or `dataset.json` in a folder written before that name)."""
+    return _read_info(uri)[0]
 
 
 class Dataset:
@@ -666,7 +749,11 @@ class Dataset:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.fs, self.path = afs.resolve(uri)
-        self.info = read_info(uri)
+        self.info, self.info_name = _read_info(uri)
+
+    def info_bytes(self) -> bytes:
+        """The bytes of the dataset's info file (`info_name`): what a job's fingerprint and a retrain's lineage hash."""
+        return afs.read_bytes(self.fs, afs.join(self.path, self.info_name))
 
     def __len__(self) -> int:
         return self.info.num_rows

@@ -34,6 +34,8 @@ _HF_FEATURES: dict[str, dict[str, Any]] = {
     "image": {"_type": "Image"},
     "list<int64>": {"feature": {"dtype": "int64", "_type": "Value"}, "_type": "List"},
 }
+_HF_YAML_FEATURES: dict[str, dict[str, str]] = {"image": {"dtype": "image"}, "list<int64>": {"list": "int64"}}
+"""The types whose entry in a dataset card's YAML `dataset_info.features` is not `{dtype: <type>}`."""
 
 
 def load_spec(name: str, version: int = SCHEMA_VERSION) -> dict[str, Any]:
@@ -63,6 +65,13 @@ def arrow_schema(name: str = "sample", version: int = SCHEMA_VERSION) -> pa.Sche
         b"augment": json.dumps({"schema": name, "version": version}).encode(),
     }
     return pa.schema(arrow_fields, metadata=metadata)
+
+
+def hf_yaml_features(name: str = "sample", version: int = SCHEMA_VERSION) -> list[dict[str, str]]:
+    """The columns of schema `name` as a Hugging Face dataset card's YAML `dataset_info.features` list
+    (`{name, dtype}`, `{name, list}`): the same features as the Parquet files' own metadata."""
+    return [{"name": f["name"], **_HF_YAML_FEATURES.get(f["type"], {"dtype": f["type"]})}
+            for f in spec_fields(name, version)]
 
 
 def check_schema(actual: pa.Schema, name: str, source: str = "") -> None:

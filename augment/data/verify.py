@@ -1,9 +1,11 @@
-"""Checking a dataset on disk without using it: what `augment verify` does for any folder with `dataset.json`.
+"""Checking a dataset on disk without using it: what `augment verify` does for any folder with a dataset info file
+(`_dataset.json`, or `dataset.json` as written before that name).
 
-`verify_dataset` checks that every file dataset.json lists exists and has the dataset's schema, reads each one in
+`verify_dataset` checks that every file the info lists exists and has the dataset's schema, reads each one in
 full (row group by row group, so memory holds one row group) with Parquet page checksum verification, and compares
-what the files hold with what dataset.json says: the row count, the rows per image size and per split, and that ids
-are unique. Every finding is one line, printed as it is found and kept in a `Findings`.
+what the files hold with what the info says: the row count, the rows per image size and per split, and that ids
+are unique; a dataset card that no longer has the content written with the dataset is noted (not a problem: the
+rows are what counts). Every finding is one line, printed as it is found and kept in a `Findings`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from augment.data import fs as afs
-from augment.data.dataset import Dataset, open_parquet
+from augment.data.dataset import Dataset, open_parquet, own_card_files
 from augment.data.schema import check_schema
 from augment.core.errors import AugmentError
 
@@ -53,7 +55,7 @@ def _read_file(ds: Dataset, relative: str, content: _Content) -> str | None:
     """Read one listed file in full into `content`; returns the problem as one line, or None."""
     path = afs.join(ds.path, relative)
     if not afs.exists(ds.fs, path):
-        return f"{relative}: listed in dataset.json but missing"
+        return f"{relative}: listed in {ds.info_name} but missing"
     try:
         with ds.fs.open_input_file(path) as handle:
             parquet = open_parquet(handle)
@@ -94,14 +96,17 @@ def verify_dataset(uri: str, found: Findings) -> None:
     ]
     for what, held, said in checks:
         if held == said:
-            found.ok(f"{what}: {held} as dataset.json says")
+            found.ok(f"{what}: {held} as {ds.info_name} says")
         else:
-            found.problem(f"{what}: the files hold {held}, dataset.json says {said}")
+            found.problem(f"{what}: the files hold {held}, {ds.info_name} says {said}")
     duplicates = [i for i, n in content.ids.items() if n > 1]
     if duplicates:
         found.problem(f"ids: {len(duplicates)} appear more than once (first {duplicates[0]!r})")
     else:
         found.ok(f"ids: {len(content.ids)} unique")
+    changed = sorted(set(info.card) - set(own_card_files(ds.fs, ds.path, info)))
+    if changed:
+        found.note(f"dataset card {', '.join(changed)}: missing or changed since it was written with the dataset")
 
 
 __all__ = ["Findings", "verify_dataset"]

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from augment.data.dataset import read_info
+from augment.data.dataset import is_dataset, read_info
 from augment.core.errors import AugmentError
 from augment.pipelines.retrain import RetrainConfig, retrain
 
@@ -138,7 +138,7 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
 
     def data() -> None:
         for path, n, seed, split in ((train, s.n, s.seed, "train"), (val, s.val_n, s.seed + 1, "val")):
-            if os.path.isfile(os.path.join(path, "dataset.json")):
+            if is_dataset(path):
                 print(f"{path}: complete, kept", flush=True)
                 continue
             result = write_example_data(path, n, s.size, seed=seed, split=split)

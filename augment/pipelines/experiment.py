@@ -22,7 +22,7 @@ deterministic algorithms), and a control arm checks it: (a) is trained a second 
 (real-again) and the report says how far the two agree (weights and every IoU: they should be identical).
 
 Stages (--stages, default all): data, gan, baseline, synth, retrain, report. Each stage skips work whose output is
-complete (datasets with their dataset.json, finished training runs, finished jobs, written reports) and resumes
+complete (datasets with their info file, finished training runs, finished jobs, written reports) and resumes
 interrupted training runs, so the experiment can be split over several invocations that each fit a time limit.
 
 Layout under OUT: data/{train,val,train-fNN}, fNN/gan, fNN/seedS/{real, syn-nofilter, syn-filter, syn-ignore,
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from augment.data import fs as afs
-from augment.data.dataset import INFO_FILE, DatasetInfo, PartWriter, StagedOutput, open_dataset
+from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, is_dataset, open_dataset
 from augment.core.errors import AugmentError
 from augment.models.gan import WIDTH_KEYS
 from augment.report.page import Page, mean_spread, pct
@@ -156,7 +156,10 @@ def say(line: str) -> None:
     print(f"[experiment] {line}", flush=True)
 
 
-def complete(uri: str, name: str = INFO_FILE) -> bool:
+def complete(uri: str, name: str | None = None) -> bool:
+    """Whether `uri` holds the file `name` (None: is a committed dataset, either layout)."""
+    if name is None:
+        return is_dataset(uri)
     filesystem, path = afs.resolve(uri)
     return afs.exists(filesystem, afs.join(path, name))
 

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from augment import __version__
 from augment.data import fs as afs
-from augment.data.dataset import INFO_FILE, Dataset, decode_row, open_dataset
+from augment.data.dataset import Dataset, decode_row, open_dataset
 from augment.core.errors import AugmentError
 from augment.models.segmenter import SEGMENTER_KIND
 from augment.report.retrain import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD, iou_chart_png, report_page
@@ -134,7 +134,7 @@ class Recipe:
 
 
 def _dataset_json_sha256(ds: Dataset) -> str:
-    return hashlib.sha256(afs.read_bytes(ds.fs, afs.join(ds.path, INFO_FILE))).hexdigest()
+    return hashlib.sha256(ds.info_bytes()).hexdigest()
 
 
 def _class_difference(name: str, classes: list[str], real: Dataset) -> str:

@@ -93,7 +93,7 @@ def report_page(report: dict[str, Any]) -> Page:
         f"baseline `{runs['baseline']['run']}` (weights sha256 `{runs['baseline']['weights_sha256']}`, "
         f"{'trained by this retrain' if runs['baseline']['trained_here'] else 'given with --baseline'})",
         f"augmented `{runs['augmented']['run']}` (weights sha256 `{runs['augmented']['weights_sha256']}`)",
-        f"real `{report['lineage']['real']['uri']}` (dataset.json sha256 "
+        f"real `{report['lineage']['real']['uri']}` (dataset info sha256 "
         f"`{report['lineage']['real']['dataset_json_sha256']}`)",
     ]
     for s in report["lineage"]["synthetic"]:

@@ -11,8 +11,8 @@
     refused either way. The run then claims the output with a new run id (augment.runner.markers.claim_run:
     create-exclusive, so of two runs claiming it at once one is refused), which fences off every older run's
     writers; only then are files of superseded runs removed (see augment.runner.markers, "Removal"; listed on
-    stdout), and job.json is written if the run is still current.
- 3. `plan.json`; the resume check: the shards with a marker of this job (by any run) are verified (file present,
+    stdout), and _job.json is written if the run is still current.
+ 3. `_plan.json`; the resume check: the shards with a marker of this job (by any run) are verified (file present,
     size and sha256 as the marker says), and every shard not complete and sound is run on the worker pool
     (augment.runner.pool, augment.runner.shard) whose workers carry the run id and write names of their run. A
     shard found missing, truncated or corrupt is named ("shard-00003: checksum mismatch, remaking") and remade,
@@ -20,11 +20,12 @@
  4. the final verify: size and sha256 of every shard again (a shard that fails is remade, up to
     MAX_SHARD_ROUNDS rounds); then, if this run still owns the output, a check that the shard files hold every
     planned sample exactly once (minus rejected ones unless keep_rejected, minus quarantined ones); files of this
-    and older runs that the output does not use are removed, and the contact sheets, `summary.json` and
-    `dataset.json` (last, listing the shard files with size and sha256) are written, ownership checked before each.
+    and older runs that the output does not use are removed, and the contact sheets, `_summary.json`, the dataset
+    card and `_dataset.json` (last, listing the shard files with size and sha256) are written, ownership checked before
+    each.
     A run superseded by a newer claim stops with an error naming the newer run.
 
-The fingerprint is the sha256 of the job's canonical content: dataset identity (sha256 of its dataset.json),
+The fingerprint is the sha256 of the job's canonical content: dataset identity (sha256 of its info file),
 generator and segmenter identity (weights sha256), seed, quotas, balance, edits, samples_per_shard (it fixes the
 file layout) and the worker settings' `SynthesisSettings.fingerprint_fields()` (filter, keep_rejected, noise and the
 resolved precision). Paths and resources (workers, GPUs, CPUs, batch size) are not part of it: moving the inputs or
@@ -32,9 +33,9 @@ running with other resources resumes the same job and writes the same rows.
 
 Precision is resolved once, in `prepare_job`: "auto" becomes "bf16" or "fp32" by asking what the workers' device
 computes natively (`run_job` asks one Ray task holding a worker's resources; without Ray, this process's device).
-job.json, the fingerprint, every shard marker and summary.json record the resolved value, and the workers use it. A
+_job.json, the fingerprint, every shard marker and _summary.json record the resolved value, and the workers use it. A
 resume whose "auto" resolves otherwise than the output records is refused, naming both; the recorded precision,
-given explicitly, continues the output. An output whose job.json records "auto" itself (written before precision
+given explicitly, continues the output. An output whose _job.json records "auto" itself (written before precision
 was resolved) cannot tell which arithmetic its shards used: it is refused as another job, saying so.
 """
 
@@ -50,7 +51,9 @@ from typing import Any, Callable
 
 from augment import __version__
 from augment.data import fs as afs
-from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, Dataset, DatasetInfo, PartStats, open_dataset
+from augment.data.dataset import (
+    INFO_FILE, QUARANTINE_FILE, Dataset, DatasetInfo, PartStats, open_dataset, write_card,
+)
 from augment.core.device import local_native_bf16, resolve_precision
 from augment.core.errors import AugmentError
 from augment.data.drawing import png_bytes, render_sheet
@@ -108,7 +111,7 @@ def _fingerprint_content(
 ) -> dict[str, Any]:
     """What the fingerprint hashes (module docstring). Mode scene: exactly version 1's keys, so version 1 outputs
     resume; paste and insert: no edits, the placement options instead, and no generator for paste."""
-    info_bytes = afs.read_bytes(dataset.fs, afs.join(dataset.path, INFO_FILE))
+    info_bytes = dataset.info_bytes()
     content: dict[str, Any] = {
         "version": FINGERPRINT_VERSION,
         "data": {"dataset_json_sha256": hashlib.sha256(info_bytes).hexdigest(), "num_rows": dataset.info.num_rows},
@@ -271,7 +274,8 @@ def claim_output(out: OutputFolder, job: PreparedJob, overwrite: bool) -> Claim:
         )
     settled = [rel for rel in ours if not is_temporary(rel)]
     if settled and not out.belongs_to_augment():
-        what = f"a {JOB_FILE} augment did not write" if record is not None else f"no {JOB_FILE} and no run claims"
+        what = (f"a {out.locate(JOB_FILE)} augment did not write" if record is not None
+                else f"no {JOB_FILE} and no run claims")
         raise AugmentError(f"{out.uri} is not an augment job's output ({what}) but holds {_listed(settled)}; "
                            f"refusing to write there, with or without --overwrite; choose another output")
     owner = current.fingerprint if current is not None else (record or {}).get("fingerprint")
@@ -503,8 +507,9 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
     out.write_json(SUMMARY_FILE, summary)
     new_info.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _check_owner(out, claim)
+    write_card(out.fs, out.path, new_info)
     out.write_bytes(INFO_FILE, new_info.to_json().encode())
-    if not out.is_current(claim.run.run_id):  # superseded as it wrote: take back a dataset.json that is still ours
+    if not out.is_current(claim.run.run_id):  # superseded as it wrote: take back a _dataset.json that is still ours
         if ((out.read_json(INFO_FILE) or {}).get("lineage") or {}).get("run_id") == claim.run.run_id:
             afs.delete_quietly(out.fs, out.full(INFO_FILE))
         _check_owner(out, claim)
@@ -512,7 +517,7 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
 
 
 def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) a job; returns the summary also written to `summary.json` (see the module docstring)."""
+    """Run (or resume) a job; returns the summary also written to `_summary.json` (see the module docstring)."""
     start = time.perf_counter()
     job = prepare_job(cfg, lambda: workers_native_bf16(cfg.resources, _placeable(cfg, address)))
     out = OutputFolder(cfg.output)
@@ -593,7 +598,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      + (f"; unplaced (no host gave them a place): "
                         f"{', '.join(f'{k} {v}' for k, v in unplaced.items())}" if unplaced else ""))
     if summary["quarantined"]:
-        lines.append(f"quarantined (unreadable source maps): {summary['quarantined']}, see quarantine.jsonl")
+        lines.append(f"quarantined (unreadable source maps): {summary['quarantined']}, see {QUARANTINE_FILE}")
     lines.append(
         f"{summary['rows']} rows in {summary['shards']} shards ({summary['shards_run']} made now, "
         f"{summary['shards_skipped']} already done); {summary['images_per_second']:.1f} images/s, wall "

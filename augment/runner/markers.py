@@ -3,23 +3,33 @@
 Layout (local folder or pyarrow URI such as s3://bucket/prefix); <run> is a run id, r<number>-<8 hex>::
 
     _runs/run-NNNNNN.json         one per run that claimed the output (RunClaim); the highest number is the current run
-    job.json                      the job's fingerprint, the canonical content it hashes and augment_version (written
+    _job.json                     the job's fingerprint, the canonical content it hashes and augment_version (written
                                   by each claim, only while it is current)
-    plan.json                     the synthesis plan (augment.synthesis.plan.Plan), written before any shard
+    _plan.json                    the synthesis plan (augment.synthesis.plan.Plan), written before any shard
     data/shard-NNNNN.<run>.parquet  shard NNNNN as run <run> wrote it, `synthetic` schema, rows in plan order
     data/.shard-NNNNN.<run>.<uuid>.tmp  a shard being written by run <run> (renamed to its run's name when complete)
     _markers/shard-NNNNN.<run>.json  completion marker of run <run>'s shard NNNNN with its stats (ShardStats), last
-    _markers/shard-NNNNN.<run>.examples.parquet  a few samples (PNG bytes + segmenter prediction) for the sheets
-    sheets/<class>.png            per-class contact sheets (label | synthetic | prediction)
-    quarantine.jsonl              planned samples that could not be made (unreadable source map), when any
-    summary.json                  the run's summary (counts, images/s, wall time)
-    dataset.json                  written last, once every planned shard is complete: the output is then a dataset;
+    _markers/shard-NNNNN.<run>.examples.pq  a few samples (PNG bytes + segmenter prediction) for the sheets, in
+                                  Parquet but not named *.parquet, so that no reader takes them for data
+    _sheets/<class>.png           per-class contact sheets (label | synthetic | prediction)
+    _quarantine.jsonl             planned samples that could not be made (unreadable source map), when any
+    _summary.json                 the run's summary (counts, images/s, wall time)
+    _README.md, .huggingface.yaml the dataset card (augment.data.card), written just before _dataset.json
+    _dataset.json                 written last, once every planned shard is complete: the output is then a dataset;
                                   it lists the exact shard files (one per shard) with their size and sha256
                                   (extra.file_checksums) and is what readers trust
 
+Everything but the shard files is named with a leading "_" or "." (or lies in such a folder), so pyarrow, Ray Data,
+DuckDB's `**/*.parquet` and Hugging Face `datasets` read exactly the shard files (see augment.data.layout).
+
 Every Parquet file is written with page checksums (augment.data.dataset.parquet_write_options) and read with their
 verification. Names from an augment before per-run names (data/shard-NNNNN.parquet, _markers/shard-NNNNN.json) are
-not adopted: such shards are remade once and the old files removed as files of a superseded run.
+not adopted: such shards are remade once and the old files removed as files of a superseded run. The job-wide files
+of an augment before the "_" names (job.json, plan.json, summary.json, dataset.json, quarantine.jsonl, sheets/; see
+LEGACY_NAMES) are read where the new name is absent (`OutputFolder.locate`: the job an output belongs to, verify)
+and count as files of run 0, so the next run removes them and writes its own; examples named `.examples.parquet`
+are files of their run that the output does not use (a resumed output's sheets show the examples of shards made
+since).
 
 Content-checked shards
     A marker records its shard file's size and sha256 (of the file bytes, streamed through the pyarrow
@@ -51,7 +61,8 @@ Removal (what a run deletes, and when)
     files of older runs of other jobs; with `--overwrite` also the job-wide files (job.json, plan.json, sheets,
     summary.json, dataset.json) and every older run's files. `--overwrite` removes anything only in a folder that
     provably belongs to augment (`OutputFolder.belongs_to_augment`: a run claim, or a job.json that `is_job_record`);
-    any other folder holding these names is refused and listed, and files with other names are always refused.
+    any other folder holding these names is refused and listed, and files with other names are always refused, as is
+    a dataset card whose content is not what `_dataset.json` records for it (someone edited it: `edited_cards`).
     At its finish, after the final verify and an ownership check, the run removes every shard file, marker, examples
     and temporary file of its own or an older run that the output does not use. A driver checks it still owns the
     output before each destructive step of its finish and writes nothing once superseded; it re-checks after writing
@@ -76,24 +87,40 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from augment.data import fs as afs
-from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, PartStats
+from augment.data.dataset import INFO_FILE, QUARANTINE_FILE, DatasetInfo, PartStats, own_card_files
+from augment.data.layout import CARD_FILES, LEGACY_NAMES as LEGACY_DATASET_NAMES
 from augment.core.errors import AugmentError
 
-JOB_FILE = "job.json"
-PLAN_FILE = "plan.json"
-SUMMARY_FILE = "summary.json"
+JOB_FILE = "_job.json"
+PLAN_FILE = "_plan.json"
+SUMMARY_FILE = "_summary.json"
 DATA_DIR = "data"
 MARKER_DIR = "_markers"
-SHEETS_DIR = "sheets"
+SHEETS_DIR = "_sheets"
 RUNS_DIR = "_runs"
+EXAMPLES_SUFFIX = ".examples.pq"
+LEGACY_EXAMPLES_SUFFIX = ".examples.parquet"
+LEGACY_NAMES = {**LEGACY_DATASET_NAMES, JOB_FILE: "job.json", PLAN_FILE: "plan.json", SUMMARY_FILE: "summary.json",
+                SHEETS_DIR: "sheets"}
+"""Each job-wide file's (and the sheets folder's) name in outputs written before the "_" names."""
 VERIFY_THREADS = 8
 
 _RUN_ID = r"r(\d{6,})-[0-9a-f]{8}"
-_TOP_FILES = re.compile(r"^(?:(?:job|plan|summary|dataset)\.json|quarantine\.jsonl|sheets/[A-Za-z0-9_.-]+\.png)"
-                        r"(?:\.tmp-\d+-[0-9a-f]+)?$")
+_TMP_SUFFIX = r"(?:\.tmp-\d+-[0-9a-f]+)?$"
+_JOB_WIDE = (JOB_FILE, PLAN_FILE, SUMMARY_FILE, INFO_FILE, QUARANTINE_FILE)
+
+
+def _top_files(names: list[str], sheets: str) -> re.Pattern[str]:
+    """The job-wide files `names`, the contact sheets `<sheets>/<class>.png`, and their temporary files."""
+    return re.compile("^(?:" + "|".join(map(re.escape, names)) + f"|{re.escape(sheets)}/[A-Za-z0-9_.-]+\\.png)"
+                      + _TMP_SUFFIX)
+
+
+_TOP_FILES = _top_files([*_JOB_WIDE, *CARD_FILES], SHEETS_DIR)
+_LEGACY_TOP_FILES = _top_files([LEGACY_NAMES[n] for n in _JOB_WIDE], LEGACY_NAMES[SHEETS_DIR])
 _RUN_PART = re.compile(
-    rf"^(?:data/shard-(\d{{5,}})\.{_RUN_ID}\.parquet|_markers/shard-(\d{{5,}})\.{_RUN_ID}\.(?:json|examples\.parquet))"
-    r"(?:\.tmp-\d+-[0-9a-f]+)?$"
+    rf"^(?:data/shard-(\d{{5,}})\.{_RUN_ID}\.parquet|_markers/shard-(\d{{5,}})\.{_RUN_ID}"
+    rf"(?:\.json|{re.escape(EXAMPLES_SUFFIX)}|{re.escape(LEGACY_EXAMPLES_SUFFIX)}))" + _TMP_SUFFIX
 )
 _LEGACY_PART = re.compile(r"^(?:data/shard-\d{5,}\.parquet|_markers/shard-\d{5,}\.(?:json|examples\.parquet))"
                           r"(?:\.tmp-\d+-[0-9a-f]+)?$")
@@ -114,19 +141,21 @@ def is_run_claim(relative: str) -> bool:
 
 
 def is_product_file(relative: str) -> bool:
-    """Whether the name is one this layout gives a file (see the module docstring); `_runs/` is left out."""
+    """Whether the name is one this layout gives a file, now or before (see the module docstring); `_runs/` is left
+    out."""
     return bool(_TOP_FILES.match(relative) or _RUN_PART.match(relative) or _LEGACY_PART.match(relative)
-                or _TMP_SHARD.match(relative))
+                or _TMP_SHARD.match(relative) or _LEGACY_TOP_FILES.match(relative))
 
 
 def run_number(relative: str) -> int | None:
     """The number of the run whose id names this shard file, marker, examples or temporary file (0 for the names of
-    an augment from before per-run names); None for any other file."""
+    an augment from before per-run names, and for job-wide files with the names from before the "_" names); None for
+    any other file."""
     if m := _RUN_PART.match(relative):
         return int(m.group(2) or m.group(4))
     if m := _TMP_SHARD.match(relative):
         return int(m.group(1) or 0)
-    if _LEGACY_PART.match(relative):
+    if _LEGACY_PART.match(relative) or _LEGACY_TOP_FILES.match(relative):
         return 0
     return None
 
@@ -224,6 +253,11 @@ class OutputFolder:
     def exists(self, relative: str = "") -> bool:
         return afs.exists(self.fs, self.full(relative) if relative else self.path)
 
+    def locate(self, name: str) -> str | None:
+        """Where the job-wide file `name` (JOB_FILE, PLAN_FILE, INFO_FILE, ...) is in the output: `name`, else its name
+        in outputs written before the "_" names (LEGACY_NAMES); None when it is under neither."""
+        return next((rel for rel in (name, LEGACY_NAMES.get(name)) if rel and self.exists(rel)), None)
+
     def read_json(self, relative: str) -> dict[str, Any] | None:
         """The parsed file, or None when it does not exist."""
         path = self.full(relative)
@@ -247,12 +281,13 @@ class OutputFolder:
     def job_record(self) -> dict[str, Any] | None:
         """The parsed job.json, or None when there is none; AugmentError (one line) when it is not valid JSON or not
         a JSON object."""
+        name = self.locate(JOB_FILE) or JOB_FILE
         try:
-            record = self.read_json(JOB_FILE)
+            record = self.read_json(name)
         except ValueError:
-            raise AugmentError(f"{self.uri}/{JOB_FILE} is not valid JSON; remove it or choose another output") from None
+            raise AugmentError(f"{self.uri}/{name} is not valid JSON; remove it or choose another output") from None
         if record is not None and not isinstance(record, dict):
-            raise AugmentError(f"{self.uri}/{JOB_FILE} is a JSON {type(record).__name__}, not a job record (an "
+            raise AugmentError(f"{self.uri}/{name} is a JSON {type(record).__name__}, not a job record (an "
                                f"object); remove it or choose another output")
         return record
 
@@ -267,12 +302,26 @@ class OutputFolder:
             return False
 
     def classify(self) -> tuple[list[str], list[str]]:
-        """(files with the names this layout gives, other files) under the output; run claims are in neither."""
+        """(files with the names this layout gives, other files) under the output; run claims are in neither. A
+        dataset card someone edited (`edited_cards`) is another file."""
         ours, other = [], []
+        edited = self.edited_cards()
         for rel in self.relative_files():
             if not is_run_claim(rel):
-                (ours if is_product_file(rel) else other).append(rel)
+                (ours if is_product_file(rel) and rel not in edited else other).append(rel)
         return ours, other
+
+    def edited_cards(self) -> set[str]:
+        """The dataset card files (`_README.md`, `.huggingface.yaml`) whose content is not what the output's
+        `_dataset.json` records for them (augment.data.dataset.own_card_files). Without a readable `_dataset.json`
+        (a job not finished, or one killed between writing its card and its info) the names decide."""
+        try:
+            info = DatasetInfo.from_dict(self.read_json(INFO_FILE) or {}) if self.exists(INFO_FILE) else None
+        except (ValueError, TypeError, AugmentError):
+            info = None
+        if info is None:
+            return set()
+        return {name for name in CARD_FILES if self.exists(name)} - set(own_card_files(self.fs, self.path, info))
 
     def remove_job_files(self, files: list[str]) -> None:
         """Delete the listed files of this layout (never anything under `_runs/`), then the layout's folders if they
@@ -283,7 +332,7 @@ class OutputFolder:
                     self.fs.delete_file(self.full(rel))
                 except FileNotFoundError:  # removed meanwhile (a writer discarding its own file)
                     pass
-        for folder in (DATA_DIR, MARKER_DIR, SHEETS_DIR):
+        for folder in (DATA_DIR, MARKER_DIR, SHEETS_DIR, LEGACY_NAMES[SHEETS_DIR]):
             path = self.full(folder)
             if afs.is_dir(self.fs, path) and not self.fs.get_file_info(pafs.FileSelector(path)):
                 self.fs.delete_dir(path)
@@ -410,7 +459,7 @@ def marker_file(index: int, run_id: str) -> str:
 
 
 def examples_file(index: int, run_id: str) -> str:
-    return f"{MARKER_DIR}/{shard_name(index)}.{run_id}.examples.parquet"
+    return f"{MARKER_DIR}/{shard_name(index)}.{run_id}{EXAMPLES_SUFFIX}"
 
 
 def read_marker(out: OutputFolder, index: int, run_id: str | None = None) -> ShardStats | None:
@@ -540,8 +589,8 @@ def _s3_conditional_put(uri: str) -> Any:
 
 
 __all__ = [
-    "DATA_DIR", "INFO_FILE", "JOB_FILE", "MARKER_DIR", "OutputFolder", "PLAN_FILE", "QUARANTINE_FILE", "RUNS_DIR",
-    "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "examples_file", "is_job_record",
-    "is_product_file", "is_run_claim", "is_temporary", "marker_done", "marker_file", "read_marker", "run_file",
+    "DATA_DIR", "EXAMPLES_SUFFIX", "INFO_FILE", "JOB_FILE", "LEGACY_NAMES", "MARKER_DIR", "OutputFolder", "PLAN_FILE",
+    "QUARANTINE_FILE", "RUNS_DIR", "RunClaim", "SHEETS_DIR", "SUMMARY_FILE", "ShardStats", "claim_run", "examples_file",
+    "is_job_record", "is_product_file", "is_run_claim", "is_temporary", "marker_done", "marker_file", "read_marker", "run_file",
     "run_number", "shard_file", "shard_name", "shard_problem", "temporary_shard_file", "write_marker",
 ]

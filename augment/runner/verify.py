@@ -1,12 +1,12 @@
 """`augment verify OUTPUT`: check a finished job output or an ingested dataset without running anything.
 
-A dataset (any folder with `dataset.json`) is checked by augment.data.verify: its listed files exist, their rows,
-image sizes and splits add up to what dataset.json says, ids are unique, and a full read verifies every Parquet page
-checksum. A job output (a folder with `job.json`, see augment.runner.markers) is also checked against its own
-layout: the job it belongs to (the current run's fingerprint), every planned shard has a marker of that job (by any
-run) and a file of the marker's size and sha256, the shard files hold exactly the planned ids (minus rejected and
-quarantined ones) once each, and dataset.json (written last) is there and lists exactly those shard files, with
-their sizes and sha256. Temporary files left
+A dataset (any folder with `_dataset.json`, or `dataset.json` as written before that name) is checked by
+augment.data.verify: its listed files exist, their rows, image sizes and splits add up to what the info says, ids
+are unique, and a full read verifies every Parquet page checksum. A job output (a folder with `_job.json` or
+`job.json`, see augment.runner.markers) is also checked against its own layout: the job it belongs to (the current
+run's fingerprint), every planned shard has a marker of that job (by any run) and a file of the marker's size and
+sha256, the shard files hold exactly the planned ids (minus rejected and quarantined ones) once each, and the info
+file (written last) is there and lists exactly those shard files, with their sizes and sha256. Temporary files left
 by dead writers are reported but are not problems (the next run removes them).
 
 Each check prints one line ("ok: ..."), each problem one line ("problem: ..."); the command exits 0 when the folder
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import pyarrow.dataset as pads
 
-from augment.data import fs as afs
 from augment.data.dataset import INFO_FILE, parquet_format
 from augment.data.verify import Findings, verify_dataset
 from augment.core.errors import AugmentError
@@ -62,7 +61,8 @@ def _read_job_record(out: OutputFolder, found: Findings) -> JobRecord | None:
     try:
         record = out.job_record() or {}
         current = out.current_run()
-        plan_bytes = out.read_bytes(PLAN_FILE) if out.exists(PLAN_FILE) else None
+        plan_name = out.locate(PLAN_FILE)
+        plan_bytes = out.read_bytes(plan_name) if plan_name is not None else None
     except (ValueError, AugmentError) as exc:
         found.problem(f"{JOB_FILE}: {exc}")
         return None
@@ -83,7 +83,7 @@ def _read_job_record(out: OutputFolder, found: Findings) -> JobRecord | None:
         found.problem(f"{PLAN_FILE}: missing")
         return None
     try:
-        plan = Plan.from_json(plan_bytes, source=out.full(PLAN_FILE))
+        plan = Plan.from_json(plan_bytes, source=out.full(plan_name))
     except AugmentError as exc:
         found.problem(str(exc))
         return None
@@ -119,21 +119,23 @@ def verify_job_output(out: OutputFolder, found: Findings) -> None:
     if temporaries:
         found.note(f"{len(temporaries)} temporary files left by writers that died ({temporaries[0]}, ...); the next "
                    f"run of the job removes them")
-    info = out.read_json(INFO_FILE) if out.exists(INFO_FILE) else None
+    info_name = out.locate(INFO_FILE) or INFO_FILE
+    info = out.read_json(info_name)
     if not isinstance(info, dict):
         found.problem(f"{INFO_FILE}: missing, the job has not finished (rerun it to finish)")
         return
     listed = info.get("files")
     if len(done) == len(shards) and listed != [done[k].file for k in range(len(shards))]:
-        found.problem(f"{INFO_FILE}: lists {len(listed or [])} files, not the {len(shards)} sound shard files")
+        found.problem(f"{info_name}: lists {len(listed or [])} files, not the {len(shards)} sound shard files")
     checksums = (info.get("extra") or {}).get("file_checksums") or {}
     for k, st in sorted(done.items()):
         if checksums.get(st.file) != {"size": st.size, "sha256": st.sha256}:
-            found.problem(f"{INFO_FILE}: its size and sha256 of {st.file} differ from the shard's marker")
+            found.problem(f"{info_name}: its size and sha256 of {st.file} differ from the shard's marker")
             break
     lineage = info.get("lineage", {}).get("job_fingerprint")
     if lineage != job.fingerprint:
-        found.problem(f"{INFO_FILE}: written for job {str(lineage)[:12]}, the output belongs to {job.fingerprint[:12]}")
+        found.problem(f"{info_name}: written for job {str(lineage)[:12]}, the output belongs to "
+                      f"{job.fingerprint[:12]}")
 
 
 def verify_output(uri: str) -> Findings:
@@ -141,14 +143,14 @@ def verify_output(uri: str) -> Findings:
     out = OutputFolder(uri)
     if not out.exists():
         raise AugmentError(f"{uri}: no such folder")
-    is_job = out.exists(JOB_FILE)
-    if not is_job and not out.exists(INFO_FILE):
+    is_job = out.locate(JOB_FILE) is not None
+    if not is_job and out.locate(INFO_FILE) is None:
         raise AugmentError(f"{uri}: neither a dataset ({INFO_FILE}) nor a job output ({JOB_FILE})")
     found = Findings(prefix="  ")
     print(f"augment verify: {uri}: {'job output' if is_job else 'dataset'}", flush=True)
     if is_job:
         verify_job_output(out, found)
-    if afs.exists(out.fs, out.full(INFO_FILE)):
+    if out.locate(INFO_FILE) is not None:
         verify_dataset(uri, found)
     return found
 

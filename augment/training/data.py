@@ -12,11 +12,16 @@ Training (distributed):
     augment.training.seeding): the same seed and worker count give the same batches.
 
 Evaluation (one process, no Ray): `iter_eval_batches(open_dataset(uri), ...)` streams with pyarrow.
+
+One's own loop: `SampleDataset(ds)` (what `augment.open_dataset(uri).to_torch()` returns) is a map-style
+`torch.utils.data.Dataset` of the rows train-seg trains on, decoded as the trainers decode them.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -28,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from augment.data.dataset import Dataset, DatasetInfo, decode_row, open_dataset, open_parquet
 from augment.core.errors import DatasetError
 from augment.training.seeding import derive_seed, seeded_rng
-from augment.training.transforms import JointTransform, apply_joint, normalize
+from augment.training.transforms import NORMALIZATIONS, JointTransform, apply_joint, normalize
 
 COLUMNS = ["id", "image", "mask"]
 
@@ -127,6 +132,60 @@ def read_units(ds: Dataset, rows_per_unit: int = 16) -> list[dict[str, Any]]:
                 units += [{"path": path, "row_group": rg, "start": a, "stop": min(a + rows_per_unit, stop)}
                           for start, stop in runs for a in range(start, stop, rows_per_unit)]
     return units
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """A dataset's rows as a map-style torch Dataset of (image, mask): image uint8 3×H×W (float32 3×H×W with
+    `normalization` "imagenet" or "tanh", see augment.training.transforms.normalize), mask int64 H×W (class indices,
+    the dataset's ignore index where unlabelled).
+
+    The rows are those train-seg trains on (`read_units`): all of them, except a synthetic dataset's rows the quality
+    filter rejected (present when its job kept them), in file order. Each sample is decoded and, with `transform`
+    (a joint image + mask transform, e.g. torchvision.transforms.v2 or `train_transform`), transformed as in training
+    (`decode_row`, `apply_joint`). Sample i is read with the Parquet row group that holds it; the last `cache` row
+    groups read are kept (not pickled: each DataLoader worker keeps its own), so reading in order reads each row
+    group once, while a uniformly shuffled sampler reads about one row group per sample.
+    """
+
+    def __init__(self, ds: Dataset, transform: JointTransform | None = None, normalization: str | None = None,
+                 cache: int = 4) -> None:
+        if normalization is not None and normalization not in NORMALIZATIONS:
+            raise DatasetError(f"normalization must be None or one of {', '.join(NORMALIZATIONS)}, got "
+                               f"{normalization!r}")
+        self.uri, self.filesystem = ds.uri, ds.fs
+        self.transform, self.normalization, self.cache = transform, normalization, max(1, cache)
+        self.units = read_units(ds, rows_per_unit=2**62)  # one unit per run of rows: the index stays small
+        self.starts = np.cumsum([0] + [u["stop"] - u["start"] for u in self.units]).tolist()
+        self._groups: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.uri}: sample {index} out of range (the dataset has {len(self)})")
+        index %= len(self)
+        k = bisect.bisect_right(self.starts, index) - 1
+        unit = self.units[k]
+        row = self._row_group(unit["path"], unit["row_group"]).slice(unit["start"] + index - self.starts[k], 1)
+        sample = decode_row(row.to_pylist()[0], source=self.uri)
+        image, mask = apply_joint(self.transform, sample["image"], sample["mask"])
+        if self.normalization is not None:
+            image = normalize(image, self.normalization)
+        return image, mask.long()
+
+    def _row_group(self, path: str, row_group: int) -> pa.Table:
+        key = (path, row_group)
+        if key not in self._groups:
+            with self.filesystem.open_input_file(path) as f:
+                self._groups[key] = open_parquet(f).read_row_group(row_group, columns=COLUMNS)
+            while len(self._groups) > self.cache:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_groups": OrderedDict()}
 
 
 def _true_runs(flags: pa.ChunkedArray) -> list[tuple[int, int]]:
