@@ -808,7 +808,7 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
         if args.warmup:  # torch's kernels in this process, the page cache, Ray's worker pool
             warm = contenders(min(args.n, 2 * args.batch))
             ray_rows = [k for k in warm if k.startswith((AUGMENT_ROW, RAYDATA_ROW))]
-            first_ray = [k for k in ray_rows if k.endswith(ray_rows[0].split(", ")[-1])]  # the first worker count
+            first_ray = [k for k in ray_rows if k.split(", ")[-1] == ray_rows[0].split(", ")[-1]]  # first count
             for name in ("plain loop", "pipeline, no Ray", *first_ray):
                 fn = warm[name]
                 log(f"warm-up: {name}: {fn().seconds:.1f} s")
