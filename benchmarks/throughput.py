@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of the augmentation path: `augment run` on Ray against a plain single-process PyTorch loop.
+"""Throughput of the augmentation path: `augment run` on Ray against a plain single-process PyTorch loop and Ray Data.
 
 What is measured and how: augment.pipelines.benchmark. This script parses the options into its BenchmarkSettings.
 
@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> BenchmarkSettings:
     p.add_argument("--source-maps", type=int, default=d.source_maps, help="example label maps to draw from (default %(default)s)")
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=d.workers,
                    help="Ray worker counts to try, comma-separated; those above the core count are skipped")
+    p.add_argument("--no-raydata", dest="raydata", action="store_false",
+                   help="skip the 'Ray Data map_batches, N workers' rows (the job's work as Ray Data map_batches -> "
+                        "write_parquet, one per worker count, next to each 'augment run' row)")
     p.add_argument("--threads", type=int, default=d.threads, help="cores to use (default: all this process may use)")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per measurement; the median is quoted")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up runs")

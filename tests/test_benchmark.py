@@ -1,9 +1,12 @@
 """Smoke test of the throughput benchmark (augment.pipelines.benchmark, run by benchmarks/throughput.py) at a tiny
-size: it runs every contender and writes the JSON it promises."""
+size: it runs every contender and writes the JSON it promises; its Ray Data peer writes the job's rows; the check
+that the peer did the same work fails when it did not."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from augment.pipelines import benchmark as bench
 from augment.pipelines.benchmark import BenchmarkSettings, run_benchmark
@@ -26,10 +29,19 @@ def test_throughput_benchmark_runs_tiny_and_writes_json(tmp_path, ray_session, c
     assert [s["workers"] for s in report["scaling"]] == [1]
     results = cpu["results"]
     bf16 = bench.use_bf16(bench.torch.device("cpu"), "auto")
-    assert set(results) == {"plain loop", "pipeline, no Ray", "augment run, 1 worker"} | (
-        {"plain loop, fp32"} if bf16 else set())
+    assert set(results) == {"plain loop", "pipeline, no Ray", "augment run, 1 worker",
+                            "Ray Data map_batches, 1 worker"} | ({"plain loop, fp32"} if bf16 else set())
     assert report["machine"]["generator_precision"] == ("bf16" if bf16 else "fp32")
     assert all(r["generated"] == 8 and r["accepted"] == 8 and r["peak_rss_mib"] > 0 for r in results.values())
+    peer, ours = results["Ray Data map_batches, 1 worker"], results["augment run, 1 worker"]
+    assert [r["rows_written"] for r in peer["runs"]] == [8]  # counted from the files Ray Data wrote
+    assert ours["ratio_vs_raydata"] == pytest.approx(ours["images_per_s"] / peer["images_per_s"], rel=1e-6)
+    assert report["ratio_vs_raydata"] == pytest.approx(ours["ratio_vs_raydata"], abs=1e-3)
+    assert report["raydata"] == [{
+        "workers": 1, "images_per_s": round(peer["images_per_s"], 3),
+        "augment_run_images_per_s": round(ours["images_per_s"], 3), "rows_written": 8, "augment_run_accepted": 8,
+        "ratio_augment_run_vs_raydata": round(ours["ratio_vs_raydata"], 3),
+        "steady_ratio_augment_run_vs_raydata": round(ours["steady_ratio_vs_raydata"], 3)}]
     for name in ("plain loop", "pipeline, no Ray"):
         stages = results[name]["stages_seconds"]
         assert set(bench.STAGES) <= set(stages) and stages["generate"] > 0 and stages["encode"] > 0
@@ -39,7 +51,9 @@ def test_throughput_benchmark_runs_tiny_and_writes_json(tmp_path, ray_session, c
     assert all(r["images_per_s"] > 0 for r in dev["rows"])
     assert dev["sizes"][0]["generator_gflops_per_image"] > 0
     assert not list(tmp_path.glob("augment-bench-*")), "the work folder is removed"
-    assert "images/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "images/s" in printed
+    assert "Ray Data map_batches, 1 worker" in printed and "Ray Data wrote 8 rows = the job's 8 accepted" in printed
 
 
 def test_throughput_script_defaults_are_the_settings_defaults():
@@ -51,3 +65,38 @@ def test_throughput_script_defaults_are_the_settings_defaults():
     assert script["parse_args"]([]) == BenchmarkSettings()
     parsed = script["parse_args"](["--workers", "1,3", "--no-warmup", "--size", "32x48"])
     assert (parsed.workers, parsed.warmup, parsed.size) == ([1, 3], False, "32x48")
+
+
+def test_raydata_peer_writes_the_jobs_rows(tmp_path, ray_session):
+    """The Ray Data peer makes exactly the rows the job's shard processor makes: the same ids, image and mask bytes,
+    scores."""
+    import pyarrow.dataset as pads
+
+    from augment.data.ingest import write_example_data
+    from augment.runner.job import prepare_job
+
+    write_example_data(str(tmp_path / "data"), 6, (32, 32), seed=0, workers=1)
+    gan, seg = bench.make_models(tmp_path, str(tmp_path / "data"), "lraspp_mobilenet_v3_large", "tiny")
+    inputs = {"data": str(tmp_path / "data"), "gan": gan, "seg": seg}
+    settings = BenchmarkSettings(batch=2, samples_per_shard=3)  # a batch cut short at every shard's end
+    cfg = bench.job_config(settings, inputs, str(tmp_path / "job"), 6, 1, 1, 0)
+    job = prepare_job(cfg)
+    ours = bench.pipeline_in_process(job, cfg.output, bench.torch.device("cpu"), 1)
+    theirs = bench.raydata_job(job, str(tmp_path / "raydata"), 1, 1, 0)
+    assert (theirs.generated, theirs.accepted) == (ours.generated, ours.accepted) == (6, 6)
+    columns = ["id", "image", "mask", "class_pixels", "miou", "target_iou", "pixel_accuracy", "accepted", "seed"]
+    job_rows = pads.dataset(str(tmp_path / "job" / "data"), format="parquet").to_table(columns).sort_by("id")
+    peer_rows = pads.dataset(str(tmp_path / "raydata"), format="parquet").to_table(columns).sort_by("id")
+    assert peer_rows.equals(job_rows)
+    assert theirs.extra["rows_written"] == 6 and len(theirs.extra["busy_seconds_per_actor"]) == 1
+    assert 0 < theirs.setup_seconds < theirs.seconds
+
+
+def test_check_same_rows_refuses_a_peer_that_wrote_other_rows():
+    job = [bench.Run(1.0, 8, 8), bench.Run(1.0, 8, 8)]
+    runs = {"augment run, 2 workers": job, "Ray Data map_batches, 2 workers": [bench.Run(1.0, 8, 8)] * 2}
+    bench.check_same_rows(runs)
+    runs["Ray Data map_batches, 2 workers"] = [bench.Run(1.0, 8, 8), bench.Run(1.0, 8, 7)]
+    with pytest.raises(RuntimeError, match="round 2: Ray Data map_batches, 2 workers wrote 7 rows from 8 images, "
+                                           "but augment run, 2 workers accepted 8 of 8"):
+        bench.check_same_rows(runs)

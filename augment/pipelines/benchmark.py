@@ -1,4 +1,5 @@
-"""Throughput of the augmentation path: `augment run` on Ray against a plain single-process PyTorch loop.
+"""Throughput of the augmentation path: `augment run` on Ray against a plain single-process PyTorch loop and against
+the same work written with Ray Data.
 
 Measured side by side in one run, on the built-in example data, with freshly initialised (untrained) models of the
 real architectures: the same FLOPs per image as trained ones, not the same pictures or accept rates.
@@ -9,6 +10,11 @@ real architectures: the same FLOPs per image as trained ones, not the same pictu
                 encoding overlapped on its thread pool; its stage timings give the breakdown
   augment run   augment.runner.job.run_job on a local Ray instance with 1, 2, 4 workers (as many as the cores
                 allow), each worker given cores / workers CPUs, a fresh output folder every time
+  Ray Data      the peer a Ray user would write, at each of those worker counts: the job's planned samples through
+                `ray.data.from_items` -> `map_batches` (a callable class holding a ShardProcessor, so the same models
+                loaded once per actor and the same steps: ShardProcessor.batch_rows) with the job's batch size and
+                each worker's CPUs/GPUs -> `write_parquet`; it must write as many rows as the job accepts (checked
+                every round), and the report gives augment run / Ray Data per worker count
   device        on CUDA: generator images/s at 256x256 and 256x512 in fp32 and bf16 (channels_last, eager and
                 torch.compile), its FLOPs per image (torch.utils.flop_counter), the fraction of the GPU's peak it
                 reaches, the library's whole device step (synthesise + segment + score), its host syncs, and how
@@ -33,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -56,13 +63,16 @@ from augment.runner import shard as shard_mod
 from augment.runner.jobfile import JobConfig, filter_config, job_from_document
 from augment.synthesis.edit import apply_edits
 from augment.synthesis.generate import sample_noises, synthesise
-from augment.synthesis.plan import make_plan
+from augment.synthesis.plan import PlannedSample, make_plan
 from augment.models.store import ModelCard, load_generator, load_segmenter, save_checkpoint
 from augment.training.transforms import normalize
 
 # The shard processor's stages (augment.runner.shard.STAGES) but "wait": the plain loop has no pool to wait on.
 STAGES = tuple(s for s in shard_mod.STAGES if s != "wait")
 ACCEPT_ALL = {"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": 0.0}
+AUGMENT_ROW = "augment run"
+RAYDATA_ROW = "Ray Data map_batches"
+NAME_WIDTH = 32  # the row names' column in the report
 EDITS = {"flip": 0.5, "scale": [1.0, 1.5], "paste": {"prob": 0.3}}
 MODEL_PRESETS: dict[str, dict[str, int]] = {
     "default": {},  # GANConfig's widths for the size (OASIS's above 128 px)
@@ -93,6 +103,7 @@ class BenchmarkSettings:
     samples_per_shard: int = 64
     source_maps: int = 24
     workers: list[int] = field(default_factory=lambda: [1, 2, 4])
+    raydata: bool = True
     threads: int | None = None
     repeats: int = 3
     warmup: bool = True
@@ -425,6 +436,104 @@ def pipeline_in_process(job: Any, output: str, device: torch.device, threads: in
     return Run(time.perf_counter() - start, generated, accepted, setup_seconds=setup, stages=dict(processor.timings))
 
 
+class RayDataSynthesis:
+    """The Ray Data peer's callable class (one per actor): a ShardProcessor built once (models loaded once per actor,
+    as a job's worker does), each batch of planned samples through `ShardProcessor.batch_rows`.
+
+    After each batch it writes its busy seconds and images generated so far to a JSON file of its own in
+    `stats_dir` (outside the output folder), from which `raydata_job` counts the images and the one-off setup.
+    """
+
+    def __init__(self, settings: shard_mod.ShardSettings, stats_dir: str) -> None:
+        self.processor = shard_mod.ShardProcessor(settings)
+        self.schema = arrow_schema("synthetic")
+        self.stats_file = Path(stats_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        self.busy_seconds = 0.0
+        self.generated = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        samples = [PlannedSample(**json.loads(text)) for text in batch.column("planned").to_pylist()]
+        rows, generated = self.processor.batch_rows(samples)
+        self.generated += generated
+        self.busy_seconds += time.perf_counter() - start
+        self.stats_file.write_text(json.dumps({"busy_seconds": self.busy_seconds, "generated": self.generated}))
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+@contextlib.contextmanager
+def quiet_ray_data() -> Iterator[None]:
+    """Ray Data without its progress bars and log lines below ERROR in this process (the settings restored after)."""
+    import logging
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    old = ctx.enable_progress_bars, ctx.print_on_execution_start, logger.level
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = old[:2]
+        logger.setLevel(old[2])
+
+
+def raydata_job(job: Any, output: str, workers: int, cores: int, gpus: int) -> Run:
+    """The job's work as a Ray user would write it with Ray Data, on the Ray instance this process is connected to.
+
+    `ray.data.from_items` of the job's planned samples (one JSON row each, in blocks of about a shard), then
+    `map_batches(RayDataSynthesis, compute=ActorPoolStrategy(size=workers))` with the job's batch size and each
+    actor given cores / workers CPUs and gpus / workers GPUs (a job worker's share), then `write_parquet(output)`
+    with the options of every Parquet file augment writes. Ray Data runs the write as tasks of their own (it fuses no
+    actor stage with a following task stage); they get 0 logical CPUs, so they share the actors' cores as a job
+    worker's own writes do (with Ray Data's default of 1 CPU they would wait for the actors, which hold every core).
+    Ray Data's write returns no count, so the rows written are counted from the files' footers; `Run.accepted` is
+    that count, `Run.generated` the actors' own count.
+    Setup: wall - the busiest actor's busy seconds (actor start, model load, the write after the last batch).
+    """
+    import pyarrow.dataset as pads
+    import ray.data
+
+    from augment.data.dataset import parquet_write_options
+    from augment.runner.job import shard_settings
+
+    start = time.perf_counter()
+    cpus = cores / workers
+    settings = replace(shard_settings(job, "raydata"), output=output, threads=max(1, int(cpus)))
+    stats_dir = Path(f"{output}.stats")
+    stats_dir.mkdir(parents=True)
+    items = [{"planned": json.dumps(asdict(p))} for p in job.plan.samples]
+    with quiet_ray_data():
+        ds = ray.data.from_items(items, override_num_blocks=len(job.shards))
+        ds = ds.map_batches(RayDataSynthesis, fn_constructor_args=(settings, str(stats_dir)),
+                            batch_size=job.cfg.resources.batch_size, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus / workers)
+        ds.write_parquet(output, ray_remote_args={"num_cpus": 0}, **parquet_write_options(arrow_schema("synthetic")))
+    seconds = time.perf_counter() - start
+    written = pads.dataset(output, format="parquet").count_rows()
+    actors = [json.loads(f.read_text()) for f in sorted(stats_dir.glob("*.json"))]
+    longest = max((a["busy_seconds"] for a in actors), default=0.0)
+    return Run(seconds, sum(a["generated"] for a in actors), written, setup_seconds=max(seconds - longest, 0.0),
+               extra={"busy_seconds_per_actor": sorted(round(a["busy_seconds"], 3) for a in actors),
+                      "rows_written": written})
+
+
+def check_same_rows(runs: dict[str, list[Run]]) -> None:
+    """Raise RuntimeError unless every "Ray Data map_batches, N workers" run wrote as many rows as the job accepted
+    in "augment run, N workers" of the same round (and generated as many images)."""
+    for name, peer in runs.items():
+        if not name.startswith(RAYDATA_ROW):
+            continue
+        job_name = AUGMENT_ROW + name[len(RAYDATA_ROW):]
+        for i, (ours, theirs) in enumerate(zip(runs[job_name], peer)):
+            if (theirs.accepted, theirs.generated) != (ours.accepted, ours.generated):
+                raise RuntimeError(
+                    f"round {i + 1}: {name} wrote {theirs.accepted} rows from {theirs.generated} images, but "
+                    f"{job_name} accepted {ours.accepted} of {ours.generated}: not the same work")
+
+
 def ray_job(cfg: JobConfig) -> Run:
     """run_job (what `augment run` does) on the Ray instance this process is connected to."""
     from augment.runner.job import run_job
@@ -630,6 +739,13 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
     }
 
 
+def round_ratio(runs: list[Run], others: list[Run], steady: bool = False) -> float:
+    """The median over the rounds of (images/s of `runs` / images/s of `others` in the same round); `steady`: of the
+    rates without the one-off setup."""
+    rate = (lambda r: r.steady_images_per_s) if steady else (lambda r: r.images_per_s)
+    return statistics.median(rate(a) / rate(b) for a, b in zip(runs, others))
+
+
 def measure(fn: Callable[[], Run], memory: PeakMemory) -> Run:
     with PeakMemory(memory.interval) as mem:
         run = fn()
@@ -676,8 +792,11 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
             "pipeline, no Ray": lambda: pipeline_in_process(job, fresh("inproc"), device, cores),
         }
         for w in worker_counts:
-            out[f"augment run, {w} worker{'s' * (w > 1)}"] = (
+            workers = f", {w} worker{'s' * (w > 1)}"
+            out[AUGMENT_ROW + workers] = (
                 lambda w=w: ray_job(job_config(args, inputs, fresh(f"ray{w}"), n, w, cores, gpus)))
+            if args.raydata:
+                out[RAYDATA_ROW + workers] = lambda w=w: raydata_job(job, fresh(f"raydata{w}"), w, cores, gpus)
         return out
 
     (work / "out").mkdir()
@@ -688,7 +807,8 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
         validation = time.perf_counter() - t
         if args.warmup:  # torch's kernels in this process, the page cache, Ray's worker pool
             warm = contenders(min(args.n, 2 * args.batch))
-            first_ray = [k for k in warm if k.startswith("augment run")][:1]
+            ray_rows = [k for k in warm if k.startswith((AUGMENT_ROW, RAYDATA_ROW))]
+            first_ray = [k for k in ray_rows if k.split(", ")[-1] == ray_rows[0].split(", ")[-1]]  # first count
             for name in ("plain loop", "pipeline, no Ray", *first_ray):
                 fn = warm[name]
                 log(f"warm-up: {name}: {fn().seconds:.1f} s")
@@ -701,13 +821,16 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
                     f"{runs[name][-1].images_per_s:.2f} images/s")
                 shutil.rmtree(work / "out", ignore_errors=True)
                 (work / "out").mkdir()
+    check_same_rows(runs)
     results = {name: median_run(r) for name, r in runs.items()}
     plain = runs["plain loop"]
     for name, r in runs.items():  # ratios within each round, then the median: robust to load drifting between rounds
-        results[name]["ratio_vs_plain_loop"] = statistics.median(
-            a.images_per_s / b.images_per_s for a, b in zip(r, plain))
-        results[name]["steady_ratio_vs_plain_loop"] = statistics.median(
-            a.steady_images_per_s / b.steady_images_per_s for a, b in zip(r, plain))
+        results[name]["ratio_vs_plain_loop"] = round_ratio(r, plain)
+        results[name]["steady_ratio_vs_plain_loop"] = round_ratio(r, plain, steady=True)
+        peer = RAYDATA_ROW + name[len(AUGMENT_ROW):]
+        if name.startswith(AUGMENT_ROW) and peer in runs:
+            results[name]["ratio_vs_raydata"] = round_ratio(r, runs[peer])
+            results[name]["steady_ratio_vs_raydata"] = round_ratio(r, runs[peer], steady=True)
     if own_ray:
         ray.shutdown()
     return {"cores": cores, "workers": worker_counts, "workers_skipped": skipped, "ray_init_seconds": ray_start,
@@ -729,7 +852,7 @@ def summarise(args: BenchmarkSettings, cpu: dict[str, Any] | None, dev: dict[str
     if cpu is not None:
         res = cpu["results"]
         plain = res["plain loop"]
-        ray_rows = {k: v for k, v in res.items() if k.startswith("augment run")}
+        ray_rows = {k: v for k, v in res.items() if k.startswith(AUGMENT_ROW)}
         best_name = max(ray_rows, key=lambda k: ray_rows[k]["ratio_vs_plain_loop"])
         best = ray_rows[best_name]
         out.update({
@@ -746,9 +869,23 @@ def summarise(args: BenchmarkSettings, cpu: dict[str, Any] | None, dev: dict[str
                         for k, v in ray_rows.items()],
             "cpu": cpu,
         })
+        if "ratio_vs_raydata" in best:
+            out.update({"ratio_vs_raydata": round(best["ratio_vs_raydata"], 3),
+                        "steady_ratio_vs_raydata": round(best["steady_ratio_vs_raydata"], 3),
+                        "raydata": [raydata_summary(k, v, res[RAYDATA_ROW + k[len(AUGMENT_ROW):]])
+                                    for k, v in ray_rows.items()]})
     out["device_section"] = dev if dev is not None else {"skipped": "no CUDA device (pass --device-section cpu to "
                                                                      "run it on the CPU anyway)"}
     return out
+
+
+def raydata_summary(name: str, ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """One worker count's comparison of `augment run` (`ours`, row `name`) with its Ray Data peer (`peer`)."""
+    return {"workers": int(name.split(", ")[1].split()[0]), "images_per_s": round(peer["images_per_s"], 3),
+            "augment_run_images_per_s": round(ours["images_per_s"], 3), "rows_written": peer["accepted"],
+            "augment_run_accepted": ours["accepted"],
+            "ratio_augment_run_vs_raydata": round(ours["ratio_vs_raydata"], 3),
+            "steady_ratio_augment_run_vs_raydata": round(ours["steady_ratio_vs_raydata"], 3)}
 
 
 # ------------------------------------------------------------------------------------------------------- output
@@ -768,29 +905,37 @@ def format_report(report: dict[str, Any]) -> str:
             f"shard, model {cfg['model']} + {cfg['segmenter']}, filter {cfg['filter']}; median of {cfg['repeats']} "
             f"(Ray start {cpu['ray_init_seconds']:.1f} s and validation {cpu['validation_seconds']:.1f} s are "
             f"outside the runs / inside run_job)",
-            f"{'':<26}{'images/s':>10}{'accepted/s':>11}{'vs plain':>9}{'wall s':>8}{'setup s':>8}{'steady/s':>9}"
-            f"{'peak MiB':>10}",
+            f"{'':<{NAME_WIDTH}}{'images/s':>10}{'accepted/s':>11}{'vs plain':>9}{'wall s':>8}{'setup s':>8}"
+            f"{'steady/s':>9}{'peak MiB':>10}",
         ]
         for name, r in cpu["results"].items():
-            lines.append(f"{name:<26}{r['images_per_s']:>10.2f}{r['accepted_per_s']:>11.2f}"
+            lines.append(f"{name:<{NAME_WIDTH}}{r['images_per_s']:>10.2f}{r['accepted_per_s']:>11.2f}"
                          f"{r['ratio_vs_plain_loop']:>8.2f}x{r['seconds']:>8.1f}{r['setup_seconds']:>8.1f}"
                          f"{r['steady_images_per_s']:>9.2f}{r['peak_rss_mib']:>10.0f}")
         lines.append("  vs plain: the median over the rounds of (this / the plain loop in the same round)")
-        lines.append(f"  setup = model load etc. before the first batch (plain, no Ray); for run_job: wall - the "
-                     f"busiest worker's shard seconds (validation, actor start, model load, verify, sheets)")
+        lines.append("  setup = model load etc. before the first batch (plain, no Ray); for run_job: wall - the "
+                     "busiest worker's shard seconds (validation, actor start, model load, verify, sheets); for "
+                     "Ray Data: wall - the busiest actor's batch seconds (actor start, model load, the last write)")
         lines.append(f"  memory: {cpu['memory_method']}; peak over the runs, baseline before them "
                      f"{min(r['baseline_rss_mib'] for r in cpu['results'].values()):.0f} MiB")
         if cpu["workers_skipped"]:
             lines.append(f"  skipped {cpu['workers_skipped']} workers: more than the {cpu['cores']} cores")
         lines += ["", "busy seconds per stage (median run; pipeline stages overlap, so they sum past the wall time)",
-                  f"{'':<26}" + "".join(f"{s:>9}" for s in shard_mod.STAGES)]
+                  f"{'':<{NAME_WIDTH}}" + "".join(f"{s:>9}" for s in shard_mod.STAGES)]
         for name in ("plain loop", "pipeline, no Ray"):
             st = cpu["results"][name]["stages_seconds"]
-            lines.append(f"{name:<26}" + "".join(f"{st.get(s, 0.0):>9.2f}" if s in st else f"{'-':>9}"
+            lines.append(f"{name:<{NAME_WIDTH}}" + "".join(f"{st.get(s, 0.0):>9.2f}" if s in st else f"{'-':>9}"
                                                  for s in shard_mod.STAGES))
         lines += ["", f"pipeline (augment run) {report['pipeline_images_per_s']:.2f} images/s with "
                       f"{report['pipeline_workers']} worker(s) = {report['ratio_vs_plain_loop']:.2f}x the plain loop "
                       f"end to end, {report['steady_ratio_vs_plain_loop']:.2f}x without one-off setup"]
+        for r in report.get("raydata", []):
+            lines.append(f"augment run / Ray Data map_batches, {r['workers']} worker(s): "
+                         f"{r['augment_run_images_per_s']:.2f} / {r['images_per_s']:.2f} images/s = "
+                         f"{r['ratio_augment_run_vs_raydata']:.2f}x end to end "
+                         f"(median over the rounds), {r['steady_ratio_augment_run_vs_raydata']:.2f}x without "
+                         f"one-off setup; Ray Data wrote {r['rows_written']} rows = the job's "
+                         f"{r['augment_run_accepted']} accepted (checked every round)")
     dev = report["device_section"]
     lines.append("")
     if "skipped" in dev:

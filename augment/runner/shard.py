@@ -363,15 +363,36 @@ class ShardProcessor:
                 continue
             result = self._infer(prepared)
             chosen = tally.judge(prepared.samples, result["accepted"])
-            n, parts = len(chosen), min(self.pool_size, len(chosen))
-            cuts = [k * n // parts for k in range(parts + 1)]
-            pending.append([self.pool.submit(self._encode, prepared.samples[a:b], _rows(result, a, b), chosen[a:b])
-                            for a, b in zip(cuts, cuts[1:])])
+            pending.append(self._encode_parts(prepared.samples, result, chosen))
             drain(keep=1)
         drain(keep=0)
         t = time.perf_counter()
         self._flush(writer, buffer, final=True)
         self._clock("write", t)
+
+    def batch_rows(self, samples: list[PlannedSample]) -> tuple[list[dict[str, Any]], int]:
+        """One batch through the steps of `run`, one after the other, writing nothing: read, decode and edit its
+        source label maps, generate, segment, score, and PNG-encode (in slices on the pool, as `run` does).
+
+        Returns (the rows `run` would write for these samples, in their order: the accepted ones, or all with
+        keep_rejected; the number of images generated). A sample whose source cannot be read is left out, as `run`
+        quarantines it. For callers that write the rows themselves (the throughput benchmark's Ray Data peer).
+        """
+        prepared = self._prepare(samples, self._read_sources(samples))
+        if not prepared.samples:
+            return [], 0
+        result = self._infer(prepared)
+        parts = self._encode_parts(prepared.samples, result, [False] * len(prepared.samples))
+        return [row for part in parts for row in part.result().rows], len(prepared.samples)
+
+    def _encode_parts(self, samples: list[PlannedSample], result: dict[str, Any],
+                      chosen: list[bool]) -> list[Future[_Encoded]]:
+        """PNG encoding of an `_infer`red batch, submitted in as many slices as the pool has threads (so it uses all
+        of them); `chosen`: the samples kept as contact-sheet examples."""
+        n, parts = len(chosen), min(self.pool_size, len(chosen))
+        cuts = [k * n // parts for k in range(parts + 1)]
+        return [self.pool.submit(self._encode, samples[a:b], _rows(result, a, b), chosen[a:b])
+                for a, b in zip(cuts, cuts[1:])]
 
     def _add(self, stage: str, seconds: float) -> None:
         if self.timings is not None:
