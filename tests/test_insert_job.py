@@ -201,3 +201,11 @@ def test_unreadable_source_map_is_quarantined_from_the_plan(env, tmp_path, ray_s
     assert [q["id"] for q in job.skipped] == [bad_id]
     assert all(bad_id not in (p.host_id, p.source_id) for p in job.plan.insertions)
     json.dumps(job.skipped)
+
+
+def test_jobs_insert_yaml_is_a_valid_insert_job():
+    path = Path(__file__).resolve().parents[1] / "jobs" / "insert.yaml"
+    cfg = load_job(str(path))
+    assert cfg.synthesis.mode == "insert" and cfg.generator.endswith("demo-out/cropgan")
+    assert cfg.synthesis.placement == section_defaults_at("synthesis", "placement")
+    assert cfg.region_filter.min_iou == 0.3 and not cfg.region_filter.pixel_rule
