@@ -335,7 +335,7 @@ def stage_retrain(x: Experiment, f: float, seed: int) -> None:
         try:
             retrain(RetrainConfig(real=x.train_data(f), synthetic=[synthetic], val=x.val_data, out=out, ratio=x.ratio,
                                   baseline=afs.join(folder, "real"), gpus_per_worker=x.gpus_per_worker, resume=True,
-                                  address=x.address))
+                                  address=x.address, val_every=0))
             if afs.exists(filesystem, path):
                 filesystem.delete_file(path)
         except MixError as exc:

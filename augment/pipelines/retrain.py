@@ -84,6 +84,8 @@ class RetrainConfig:
     address: str | None = None
     eval_batch: int = 8
     log_every: int = 50
+    val_every: int = 1
+    """train-seg's val_every for the runs trained here (the report evaluates both runs on --val either way)."""
 
 
 @dataclass
@@ -288,7 +290,7 @@ def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], o
         batch=recipe.batch, lr=recipe.lr, optimizer=recipe.optimizer, weight_decay=recipe.weight_decay,
         scale_range=recipe.scale_range, workers=recipe.workers, gpus_per_worker=cfg.gpus_per_worker,
         resume=cfg.resume, seed=recipe.seed, deterministic=recipe.deterministic, address=cfg.address,
-        log_every=cfg.log_every,
+        log_every=cfg.log_every, val_every=cfg.val_every,
         class_weights=recipe.class_weights, **kw,
     )
 

@@ -108,6 +108,9 @@ class SegTrainConfig:
     """Also make torch use deterministic algorithms (augment.training.seeding.configure_determinism)."""
     address: str | None = None
     log_every: int = 50
+    val_every: int = 1
+    """Evaluate on `val` every this many epochs and after the last one (0: after the last only). Evaluation changes
+    no weights: the run's weights are the same whatever it is."""
     class_weights: str = "none"
     """Cross-entropy class weighting: "none" or "median-frequency" (see the module docstring)."""
     max_steps: int | None = None
@@ -350,7 +353,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             "epoch_s": round(seconds, 2),
         }
         val_metrics = None
-        if val is not None:
+        last = epoch + 1 == cfg.epochs or bool(cfg.max_steps and step >= total_steps)
+        if val is not None and (last or (cfg.val_every and (epoch + 1) % cfg.val_every == 0)):
             cm = confusion_on(dist_utils.unwrap(model), val, size, cfg.batch, device, NORMALIZATION, rank, world)
             cm.reduce_from_all_processes()
             val_metrics = cm.to_dict(card.classes)
