@@ -176,30 +176,29 @@ def test_schema_defaults_are_the_librarys(tmp_path):
     assert section_defaults_at("filter")["pixel_rule_k"] == DEFAULT_K
 
 
-def test_unreadable_source_map_is_quarantined_from_the_plan(env, tmp_path, ray_session):
-    import shutil
+def test_unreadable_source_map_is_quarantined_from_the_plan(env, tmp_path):
+    from augment.data import example
+    from augment.data.codec import class_pixels, encode_image, encode_mask
+    from augment.data.dataset import DatasetInfo, PartWriter, StagedOutput, make_row
 
-    import pyarrow as pa
-
-    data = tmp_path / "data"
-    shutil.copytree(env["data"], data)
-    part = next((data).rglob("*.parquet"))
-    table = pq.read_table(part)
-    masks = table.column("mask").to_pylist()
-    masks[0] = {**masks[0], "bytes": b"not a png"}
-    bad_id = table.column("id")[0].as_py()
-    table = table.set_column(table.schema.get_field_index("mask"), "mask",
-                             pa.array(masks, type=table.schema.field("mask").type))
-    pq.write_table(table, part)
-    doc = v2(env, tmp_path / "out", "paste")
-    doc["data"] = str(data)
-    try:
-        job = prepare_job(job_from_document(doc))
-    except AugmentError as exc:  # the dataset's own checksums refuse the edited file: also a clear one line
-        assert "\n" not in str(exc)
-        return
-    assert [q["id"] for q in job.skipped] == [bad_id]
-    assert all(bad_id not in (p.host_id, p.source_id) for p in job.plan.insertions)
+    uri = str(tmp_path / "data")
+    with StagedOutput(uri) as staged:
+        writer = PartWriter(staged.fs, staged.staging, "part-00000", "sample", len(example.CLASSES))
+        for i, (sample_id, image, mask) in enumerate(example.generate(8, (48, 64), 0)):
+            pixels = class_pixels(mask, len(example.CLASSES), example.IGNORE_INDEX, sample_id)
+            mask_png = b"not a png" if i == 0 else encode_mask(mask)
+            writer.write(make_row(f"train/{sample_id}", encode_image(image), mask_png, 48, 64, "train", pixels))
+        stats = writer.close()
+        info = DatasetInfo(classes=list(example.CLASSES), palette=[list(c) for c in example.PALETTE],
+                           ignore_index=example.IGNORE_INDEX, lineage={"source": "test"})
+        info.apply_stats(stats)
+        staged.commit(info, stats.quarantine)
+    doc = v2(env, tmp_path / "out", "paste", classes={"car": 3})
+    doc["data"] = uri
+    job = prepare_job(job_from_document(doc))
+    bad_id = "train/" + next(iter(example.generate(1, (48, 64), 0)))[0]
+    assert [q["id"] for q in job.skipped] == [bad_id] and "\n" not in job.skipped[0]["reason"]
+    assert job.plan.insertions and all(bad_id not in (p.host_id, p.source_id) for p in job.plan.insertions)
     json.dumps(job.skipped)
 
 
