@@ -223,6 +223,25 @@ def test_filter_rejects_and_only_accepted_rows_are_written(env, first_run, tmp_p
     for name, c in summary["counts"].items():
         assert c["accepted"] == sum(1 for i in passing if i.startswith(f"syn/{name}/"))
     assert ds.info.extra["counts"] == summary["counts"]
+    assert summary["below_threshold"] == {"min_miou": 0, "min_target_iou": 0,
+                                          "min_pixel_accuracy": len(scores) - len(passing)}
+
+
+def test_job_accepting_nothing_exits_3_saying_which_threshold_rejected_how_many(env, first_run, tmp_path,
+                                                                                ray_session, capsys):
+    from augment.cli import main
+
+    scores = sorted_table(first_run["out"]).column("pixel_accuracy").to_pylist()
+    assert max(scores) < 1.0  # untrained models: no sample is perfect
+    path = job_file(env, tmp_path / "job.yaml", tmp_path / "out", filter={**NO_FILTER, "min_pixel_accuracy": 1.0})
+    assert main(["run", str(path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    n = sum(QUOTAS.values())
+    assert err[-1] == (f"augment run: error: the filter accepted none of {n} samples (0 below filter.min_miou 0, 0 "
+                       f"below filter.min_target_iou 0, {n} below filter.min_pixel_accuracy 1; a sample can fall "
+                       f"below several); lower the filter thresholds in {path}")
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["accepted"] == 0 and summary["rows"] == 0 and summary["rejected"] == n
 
 
 BAD_JOBS = {

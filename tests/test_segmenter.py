@@ -52,8 +52,9 @@ def test_unknown_model_refused(tmp_path, capsys):
         build_segmenter("unet", 3)
     with pytest.raises(AugmentError, match="no auxiliary head"):
         build_segmenter(MODEL, 3, aux_loss=True)
-    assert main(["train-seg", "--data", str(tmp_path / "x"), "--out", str(tmp_path / "run"), "--model", "unet"]) == 2
-    assert "unknown segmenter 'unet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # --model's choices: argparse refuses it, exit 2
+        main(["train-seg", "--data", str(tmp_path / "x"), "--out", str(tmp_path / "run"), "--model", "unet"])
+    assert exit_info.value.code == 2 and "--model: invalid choice: 'unet'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -7,6 +7,8 @@ import argparse
 import shlex
 from typing import Sequence
 
+from augment.core import console
+
 
 def command_line(args: argparse.Namespace, positional: Sequence[str], options: Sequence[str]) -> str:
     """The command as the user could have typed it (recorded in the dataset's lineage): `augment COMMAND`, the
@@ -29,9 +31,9 @@ def command_line(args: argparse.Namespace, positional: Sequence[str], options: S
 def _print_result(result, verb: str) -> None:
     from augment.data.dataset import QUARANTINE_FILE
 
-    print(result.summary(verb))
+    console.summary(result.summary(verb))
     if result.quarantined:
-        print(f"quarantined samples and reasons: {result.out}/{QUARANTINE_FILE}")
+        console.summary(f"quarantined samples and reasons: {result.out}/{QUARANTINE_FILE}")
 
 
 def ingest_command(args: argparse.Namespace) -> int:
@@ -62,7 +64,7 @@ def info_command(args: argparse.Namespace) -> int:
 
     ds = open_dataset(args.dataset)
     if args.json:
-        print(ds.info_bytes().decode())
+        console.summary(ds.info_bytes().decode())
     else:
-        print(format_info(ds))
+        console.summary(format_info(ds))
     return 0

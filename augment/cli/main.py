@@ -3,18 +3,38 @@
 
 Every local path option is made absolute here, against the driver's current folder (`_path`), so the commands and
 their Ray workers (whose working folder is Ray's session folder) never see a relative path; URIs pass unchanged.
+Every option has help text, and `--help` shows its default (`_HelpFormatter`). The output options (`--quiet`,
+`--verbose`, `--log-file`) may come before or after the command and apply to its whole run (augment.core.console).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from augment.data.codec import MAX_PIXELS, parse_size
+from augment import __version__
+from augment.core import console
 from augment.core.errors import AugmentError
+from augment.data.codec import MAX_PIXELS, parse_size
+from augment.models import SEGMENTERS
 from augment.training import CLASS_WEIGHTS
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults-in-help, leaving out what says nothing (no default, a flag's off state) or is already
+    said (help text that names its default); sizes show as HxW."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is argparse.SUPPRESS
+                or isinstance(default, bool) or "default" in text):
+            return text
+        shown = f"{default[0]}x{default[1]}" if isinstance(default, tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -49,12 +69,30 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+
+
 def _add_training_resources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive, default=1, help="Ray Train workers (DDP ranks)")
     p.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+    _add_address(p)
+
+
+def _add_output_options(p: argparse.ArgumentParser, before_command: bool) -> None:
+    """--quiet, --verbose, --log-file; given after the command (`before_command` False) they leave no default, so
+    the same option given before the command is not overwritten."""
+    unset: dict[str, Any] = {} if before_command else {"default": argparse.SUPPRESS}
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", **unset,
+                   help="print only warnings, errors and the final summary (progress still goes to --log-file)")
+    g.add_argument("-v", "--verbose", action="store_true", **unset,
+                   help="also show Ray's own logs (its workers' output, Ray Train's and Ray Data's lines), which "
+                        "otherwise stay in Ray's session logs (/tmp/ray/session_latest/logs)")
+    g.add_argument("--log-file", type=_path, metavar="PATH", **unset,
+                   help="append every line this command prints, progress included, to PATH (a local file)")
 
 
 def _add_deterministic(p: argparse.ArgumentParser, default: bool | None = False) -> None:
@@ -66,13 +104,25 @@ def _add_deterministic(p: argparse.ArgumentParser, default: bool | None = False)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="augment", description="GAN data augmentation for semantic segmentation, distributed with Ray."
+        prog="augment", description="GAN data augmentation for semantic segmentation, distributed with Ray.",
+        formatter_class=_HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"augment {__version__}",
+                        help="print augment's version and exit")
+    _add_output_options(parser, before_command=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    output_options = argparse.ArgumentParser(add_help=False)
+    _add_output_options(output_options, before_command=False)
 
-    p = sub.add_parser("ingest", help="turn a labelled dataset on disk into an augment Parquet dataset")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter,
+                                   parents=[output_options])
+
+
+    p = command("ingest", "turn a labelled dataset on disk into an augment Parquet dataset")
     p.add_argument("src", type=_path, help="dataset root folder")
-    p.add_argument("--format", required=True, choices=["camvid", "cityscapes", "voc", "folder"])
+    p.add_argument("--format", required=True, choices=["camvid", "cityscapes", "voc", "folder"],
+                   help="layout of SRC: CamVid (SegNet's folders), Cityscapes, Pascal VOC, or image/mask folders")
     p.add_argument("--out", type=_path, required=True, help="output dataset folder or URI")
     p.add_argument("--split", default=None, help="split to ingest (default: train; 'all' for every split found)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="resize (bilinear images, nearest masks)")
@@ -80,33 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", default=None, metavar="REGEX", help="keep only samples whose source image file name "
                    "matches REGEX (re.search), e.g. CamVid sequences: '^(0006R0|0016E5)_'")
     p.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS, metavar="N",
-                   help=f"quarantine images and masks over N pixels, undecoded (default: {MAX_PIXELS})")
+                   help="quarantine images and masks over N pixels, undecoded")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the augment dataset already in --out (only its own files are deleted)")
     p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
     p.set_defaults(handler="augment.cli.data:ingest_command")
 
-    p = sub.add_parser("example-data", help="write the built-in procedural street-scene dataset")
+    p = command("example-data", "write the built-in procedural street-scene dataset")
     p.add_argument("out", type=_path, help="output dataset folder or URI")
     p.add_argument("--n", type=_positive, default=200, help="number of samples")
-    p.add_argument("--size", type=_size, default=(128, 128), metavar="HxW")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="train")
+    p.add_argument("--size", type=_size, default=(128, 128), metavar="HxW", help="image size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes: same seed, same bytes")
+    p.add_argument("--split", default="train", help="split name recorded in every row")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the augment dataset already in OUT (only its own files are deleted)")
     p.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: all CPUs)")
     p.set_defaults(handler="augment.cli.data:example_data_command")
 
-    p = sub.add_parser("info", help="print a dataset's rows, sizes, classes and class shares")
-    p.add_argument("dataset", type=_path)
+    p = command("info", "print a dataset's rows, sizes, classes and class shares")
+    p.add_argument("dataset", type=_path, help="dataset folder or URI (ingested or synthetic)")
     p.add_argument("--json", action="store_true", help="print the dataset's _dataset.json instead of the table")
     p.set_defaults(handler="augment.cli.data:info_command")
 
-    p = sub.add_parser("train-gan", help="train the label-map-conditioned GAN (OASIS) on Ray Train")
+    p = command("train-gan", "train the label-map-conditioned GAN (OASIS) on Ray Train")
     p.add_argument("--data", type=_path, required=True, help="training dataset")
     p.add_argument("--out", type=_path, required=True, help="run folder")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="training resolution (default: data's)")
-    p.add_argument("--steps", type=_positive, default=2000)
+    p.add_argument("--steps", type=_positive, default=2000, help="optimizer steps (each of G and D)")
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
     p.add_argument("--l1", action="store_true", help="add the L1 reconstruction term (L = L_GAN + L_L1)")
     p.add_argument("--feature-matching", action="store_true", help="add discriminator feature matching")
@@ -122,13 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_resources(p)
     p.set_defaults(handler="augment.cli.training:train_gan_command")
 
-    p = sub.add_parser("train-seg", help="train a torchvision segmenter on Ray Train")
+    p = command("train-seg", "train a torchvision segmenter on Ray Train")
     p.add_argument("--data", type=_paths, required=True, help="training dataset(s), comma-separated")
     p.add_argument("--val", type=_path, default=None, help="validation dataset (evaluated after each epoch)")
     p.add_argument("--out", type=_path, required=True, help="run folder")
-    p.add_argument("--model", default="lraspp_mobilenet_v3_large")
-    p.add_argument("--size", type=_size, default=None, metavar="HxW")
-    p.add_argument("--epochs", type=_positive, default=30)
+    p.add_argument("--model", default="lraspp_mobilenet_v3_large", choices=SEGMENTERS, metavar="NAME",
+                   help=f"torchvision segmenter: {', '.join(SEGMENTERS)}")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="training size (default: the data's)")
+    p.add_argument("--epochs", type=_positive, default=30, help="passes over the (first) training dataset")
     p.add_argument("--batch", type=_positive, default=8, help="batch size per worker")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.02, SGD)")
     p.add_argument("--seed", type=int, default=0,
@@ -136,29 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deterministic(p)
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none",
                    help="cross-entropy class weights; median-frequency (from the first dataset's pixel counts) "
-                        "lets rare, thin classes be learned (default: none)")
+                        "lets rare, thin classes be learned")
     _add_training_resources(p)
     p.set_defaults(handler="augment.cli.training:train_seg_command")
 
-    p = sub.add_parser("evaluate", help="per-class IoU, mIoU and pixel accuracy of a segmenter on a dataset")
+    p = command("evaluate", "per-class IoU, mIoU and pixel accuracy of a segmenter on a dataset")
     p.add_argument("--model", type=_path, required=True, help="train-seg run folder")
-    p.add_argument("--data", type=_path, required=True)
+    p.add_argument("--data", type=_path, required=True, help="dataset to score it on (its classes must match)")
     p.add_argument("--json", type=_path, default=None, metavar="FILE", help="also write the metrics as JSON")
-    p.add_argument("--batch", type=_positive, default=8)
+    p.add_argument("--batch", type=_positive, default=8, help="images per forward pass")
     p.set_defaults(handler="augment.cli.training:evaluate_command")
 
-    p = sub.add_parser("run", help="run an augmentation job file on a local or existing Ray cluster")
+    p = command("run", "run an augmentation job file on a local or existing Ray cluster (exit 3 when the filter "
+                       "accepts no sample)")
     p.add_argument("job", type=_path, help="job file (YAML or JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace another job's output at the output location")
-    p.add_argument("--address", default=None)
+    _add_address(p)
     p.set_defaults(handler="augment.cli.jobs:run_command")
 
-    p = sub.add_parser("verify", help="check a finished job output or a dataset (files, sizes, checksums, rows) "
-                                      "without running anything")
+    p = command("verify", "check a finished job output or a dataset (files, sizes, checksums, rows) without "
+                          "running anything")
     p.add_argument("output", type=_path, help="job output or dataset folder or URI")
     p.set_defaults(handler="augment.cli.jobs:verify_command")
 
-    p = sub.add_parser("retrain", help="retrain the segmenter on real + synthetic data and report per-class gains")
+    p = command("retrain", "retrain the segmenter on real + synthetic data and report per-class gains")
     p.add_argument("--real", type=_path, required=True, help="real training dataset")
     p.add_argument("--synthetic", type=_paths, required=True,
                    help="synthetic dataset(s) from `augment run`, comma-separated")
@@ -169,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=_path, default=None,
                    help="finished train-seg run on --real alone; its recipe and step budget are reused "
                         "(default: train one into OUT/baseline)")
-    p.add_argument("--model", default=None, help="segmenter (default: the baseline's, else lraspp_mobilenet_v3_large)")
+    p.add_argument("--model", default=None, choices=SEGMENTERS, metavar="NAME",
+                   help="segmenter (default: the baseline's, else lraspp_mobilenet_v3_large)")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="training size (default: the data's)")
     p.add_argument("--epochs", type=_positive, default=None, help="baseline epochs (default: the baseline's, else 30)")
     p.add_argument("--batch", type=_positive, default=None, help="batch per worker (default: the baseline's, else 8)")
@@ -184,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(workers=None)
     p.set_defaults(handler="augment.cli.pipelines:retrain_command")
 
-    p = sub.add_parser("demo", help="the whole chain on built-in example data, end to end")
-    p.add_argument("--out", type=_path, default="demo-out", help="output folder (default: demo-out)")
-    p.add_argument("--size", type=_size, default=(48, 64), metavar="HxW", help="image size (default: 48x64)")
+    p = command("demo", "the whole chain on built-in example data, end to end")
+    p.add_argument("--out", type=_path, default="demo-out", help="output folder")
+    p.add_argument("--size", type=_size, default=(48, 64), metavar="HxW", help="image size")
     p.add_argument("--steps", type=_positive, default=None,
                    help="GAN steps (default: 150); segmenter epochs are steps/18 (at least 2)")
     p.add_argument("--n", type=_positive, default=None,
@@ -198,18 +251,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit code: 0 done, 2 bad input or a failed check (one line on stderr), 3 an
+    augmentation job that accepted no sample, 130 interrupted."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose exclude each other")
     module_name, func_name = args.handler.split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
+    words = sys.argv[1:] if argv is None else list(argv)
     try:
-        return int(handler(args) or 0)
-    except AugmentError as exc:
-        text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
-        print(f"augment {args.command}: error: {text}", file=sys.stderr)
+        with console.session(shlex.join(["augment", *words]), args.quiet, args.verbose, args.log_file):
+            try:
+                return int(handler(args) or 0)
+            except AugmentError as exc:
+                print(f"augment {args.command}: error: {one_line(exc)}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(f"augment {args.command}: interrupted", file=sys.stderr)
+                return 130
+    except AugmentError as exc:  # the log file could not be opened
+        print(f"augment {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"augment {args.command}: interrupted", file=sys.stderr)
-        return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's text on one line (its lines joined with '; ')."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from augment.core import console
+
 
 def retrain_command(args: argparse.Namespace) -> int:
     from augment.data import fs as afs
@@ -21,8 +23,9 @@ def retrain_command(args: argparse.Namespace) -> int:
         gpus_per_worker=args.gpus_per_worker, resume=args.resume, address=args.address,
     )
     report = retrain(cfg)
-    print(format_summary(report))
-    print(f"retrain: report in {afs.join(cfg.out, REPORT_MD)} (also {REPORT_HTML}, {REPORT_JSON}, {FIGURES_DIR}/)")
+    console.summary(format_summary(report))
+    console.summary(f"retrain: report in {afs.join(cfg.out, REPORT_MD)} (also {REPORT_HTML}, {REPORT_JSON}, "
+                    f"{FIGURES_DIR}/)")
     return 0
 
 
@@ -32,10 +35,10 @@ def demo_command(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(size=tuple(args.size), steps=args.steps or DEFAULT_STEPS, n=args.n or DEFAULT_N)
     report = run_demo(args.out, settings, overwrite=args.overwrite, resume=args.resume)
-    print()
-    print(format_summary(report))
+    console.summary("")
+    console.summary(format_summary(report))
     timings = report["demo_timings"]
-    print("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if k != "total_s")
-          + f"; total {timings['total_s']:.0f} s")
-    print(f"demo: report in {os.path.join(os.path.abspath(args.out), 'retrain', REPORT_MD)}")
+    console.summary("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if k != "total_s")
+                    + f"; total {timings['total_s']:.0f} s")
+    console.summary(f"demo: report in {os.path.join(os.path.abspath(args.out), 'retrain', REPORT_MD)}")
     return 0

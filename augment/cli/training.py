@@ -7,6 +7,8 @@ import argparse
 import json
 from typing import Any
 
+from augment.core import console
+
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options train-gan and train-seg share: workers, GPUs, resume, Ray address, seed, determinism."""
@@ -32,7 +34,8 @@ def train_gan_command(args: argparse.Namespace) -> int:
     )
     card = train_gan(config)
     losses = ", ".join(f"{k} {card.metrics[k]:.4f}" for k in ("d_total", "g_total") if k in card.metrics)
-    print(f"train-gan: {config.out}: step {card.step}/{config.steps}" + (f" ({losses})" if losses else ""))
+    console.summary(f"train-gan: {config.out}: step {card.step}/{config.steps}"
+                    + (f" ({losses})" if losses else ""))
     return 0
 
 
@@ -54,7 +57,7 @@ def train_seg_command(args: argparse.Namespace) -> int:
     card = train_segmenter(config)
     miou = card.metrics.get("val_miou")
     tail = f", val mIoU {miou * 100:.2f}" if isinstance(miou, float) else ""
-    print(f"train-seg: {config.out}: {card.metrics.get('epoch', 0)} epochs, step {card.step}{tail}")
+    console.summary(f"train-seg: {config.out}: {card.metrics.get('epoch', 0)} epochs, step {card.step}{tail}")
     return 0
 
 
@@ -62,12 +65,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from augment.training.evaluate import evaluate_segmenter, format_table
 
     metrics = evaluate_segmenter(args.model, args.data, batch=args.batch)
-    print(f"{metrics['model_name']} from {args.model} on {args.data} ({metrics['rows']} rows, model input "
-          f"{metrics['size'][0]}x{metrics['size'][1]}, scored at the masks' resolution, ignore pixels excluded)")
-    print(format_table(metrics))
-    print("IoU '-': class in neither the masks nor the predictions (left out of mIoU)")
+    console.summary(f"{metrics['model_name']} from {args.model} on {args.data} ({metrics['rows']} rows, model "
+                    f"input {metrics['size'][0]}x{metrics['size'][1]}, scored at the masks' resolution, ignore "
+                    "pixels excluded)")
+    console.summary(format_table(metrics))
+    console.summary("IoU '-': class in neither the masks nor the predictions (left out of mIoU)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(metrics, f, indent=2)
-        print(f"wrote {args.json}")
+        console.summary(f"wrote {args.json}")
     return 0

@@ -1,23 +1,32 @@
-"""Starting or joining Ray, refusing workers it could never place, and running many small remote calls with
-bounded memory."""
+"""Starting or joining Ray, refusing workers it could never place, running many small remote calls with bounded
+memory, and relaying the product's own lines from Ray workers to the driver (`relayed_lines`), so that Ray's
+worker logs can stay out of the user's terminal (augment.core.console)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
 
+from augment.core import console
 from augment.core.errors import AugmentError
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray instance; no-op if connected."""
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray instance; no-op if connected.
+
+    Ray's workers' output and Ray's own INFO logs reach this process only with --verbose (console.verbose()):
+    otherwise they stay in Ray's session logs, and the product's worker lines come through `relayed_lines`."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": True}
+    loud = console.verbose()
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": loud, "log_to_driver": loud}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -121,3 +130,61 @@ def imap_unordered(
 
 def cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+_line_sink: Any = None
+"""In a Ray worker running under `with_line_sink`: the driver's relay queue, which `relay_line` writes to."""
+
+
+@contextlib.contextmanager
+def relayed_lines(poll_s: float = 0.25) -> Iterator[Any]:
+    """A relay for the product's lines from Ray workers, shown on this driver's stdout as they arrive, in order.
+
+    Yields the sink to hand to the workers (see `with_line_sink`); when the block ends, the lines still queued are
+    printed and the relay (a Ray queue actor holding no CPU) is shut down. Ray must be initialised."""
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    stop = threading.Event()
+
+    def drain() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    print(queue.get(timeout=poll_s), flush=True)
+                except Empty:
+                    continue
+            for line in queue.get_nowait_batch(queue.qsize()):
+                print(line, flush=True)
+        except Exception as exc:  # a lost relay must not stop the work it reports on; say so once
+            print(f"(progress lines from the workers are no longer shown: {type(exc).__name__})", file=sys.stderr,
+                  flush=True)
+
+    thread = threading.Thread(target=drain, name="augment-line-relay", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        stop.set()
+        thread.join()
+        queue.shutdown()
+
+
+def with_line_sink(fn: Callable[[Any], Any], sink: Any) -> Callable[[Any], Any]:
+    """`fn(arg)` that, run in a Ray worker, first points `relay_line` at `sink` (a `relayed_lines` relay)."""
+    return functools.partial(_call_with_sink, fn, sink)
+
+
+def _call_with_sink(fn: Callable[[Any], Any], sink: Any, arg: Any) -> Any:
+    global _line_sink
+    _line_sink = sink
+    return fn(arg)
+
+
+def relay_line(line: str) -> bool:
+    """Send `line` to the driver when this worker runs under `with_line_sink` (it waits until the line is queued,
+    so none is lost when the worker ends); False when there is no relay here."""
+    if _line_sink is None:
+        return False
+    _line_sink.put(line)
+    return True

@@ -71,13 +71,21 @@ def score_batch(
     }
 
 
+THRESHOLDS = {"min_miou": "miou", "min_target_iou": "target_iou", "min_pixel_accuracy": "pixel_accuracy"}
+"""Each threshold of FilterConfig (a job file's `filter` key) and the score it bounds from below."""
+
+
 def accept(scores: dict[str, torch.Tensor], cfg: FilterConfig) -> torch.Tensor:
     """Bool tensor: the samples reaching every threshold (>=)."""
-    return (
-        (scores["miou"] >= cfg.min_miou)
-        & (scores["target_iou"] >= cfg.min_target_iou)
-        & (scores["pixel_accuracy"] >= cfg.min_pixel_accuracy)
-    )
+    ok = torch.ones_like(scores["miou"], dtype=torch.bool)
+    for key, score in THRESHOLDS.items():
+        ok &= scores[score] >= getattr(cfg, key)
+    return ok
+
+
+def below_thresholds(scores: dict[str, torch.Tensor], cfg: FilterConfig) -> dict[str, torch.Tensor]:
+    """{threshold key: bool tensor, True for the samples scoring below it} (a sample may be below several)."""
+    return {key: scores[score] < getattr(cfg, key) for key, score in THRESHOLDS.items()}
 
 
 def pixel_ignore_masks(

@@ -11,18 +11,11 @@ from torch import nn
 from torchvision.models import segmentation as tvseg
 
 from augment.core.errors import AugmentError
+from augment.models import SEGMENTERS
 
 SEGMENTER_KIND = "segmenter"
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "lraspp_mobilenet_v3_large": tvseg.lraspp_mobilenet_v3_large,
-    "deeplabv3_mobilenet_v3_large": tvseg.deeplabv3_mobilenet_v3_large,
-    "deeplabv3_resnet50": tvseg.deeplabv3_resnet50,
-    "deeplabv3_resnet101": tvseg.deeplabv3_resnet101,
-    "fcn_resnet50": tvseg.fcn_resnet50,
-    "fcn_resnet101": tvseg.fcn_resnet101,
-}
-SEGMENTERS: tuple[str, ...] = tuple(_BUILDERS)
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {name: getattr(tvseg, name) for name in SEGMENTERS}
 
 
 BN_MOMENTUM = 0.1

@@ -475,6 +475,7 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
     summary.update({
         "counts": counts, "accepted": accepted, "rejected": rejected, "quarantined": len(quarantined),
         "generated": accepted + rejected, "rows": merged.rows, "sheets": sheets,
+        "below_threshold": _below_threshold(done),
     })
     syn = job.synthesis
     if syn.inserts:
@@ -514,6 +515,18 @@ def _finish(out: OutputFolder, job: PreparedJob, claim: Claim, done: dict[int, S
             afs.delete_quietly(out.fs, out.full(INFO_FILE))
         _check_owner(out, claim)
     return summary
+
+
+def _below_threshold(done: dict[int, ShardStats]) -> dict[str, int] | None:
+    """{filter key: samples scoring below it} over the shards; None when a shard (of an earlier version) did not
+    count them."""
+    totals: dict[str, int] = {}
+    for k in sorted(done):
+        if done[k].below is None:
+            return None
+        for key, n in done[k].below.items():
+            totals[key] = totals.get(key, 0) + n
+    return totals
 
 
 def run_job(cfg: JobConfig, overwrite: bool = False, address: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,8 @@ filter thresholds travel as one frozen `FilterConfig` (augment.filtering.quality
 Relative local paths in a job file are taken relative to the job file's folder (so a job file and its data can move
 together, and `ray job submit --working-dir .` finds them) and made absolute on the driver; URIs (s3://...) are kept
 as they are. A job file read from a URI has no local folder: its local paths must be absolute. Class quota keys
-may be names or indices (`{pedestrian: 100, 9: 50}`).
+may be names or indices (`{pedestrian: 100, 9: 50}`). A key given twice in one mapping is refused, naming both
+lines (`UniqueKeyLoader`); an unknown key is named (with a did-you-mean) before any other rule is checked.
 """
 
 from __future__ import annotations
@@ -170,19 +171,23 @@ def _schema_error_message(err: jsonschema.ValidationError) -> str:
 
 
 def validate_document(doc: Any, source: str) -> None:
-    """Raise AugmentError naming `source` and the key path of the first problem."""
+    """Raise AugmentError naming `source` and the key path of the first problem: an unknown (misspelt) key first,
+    then the classes/balance rule, then the schema's other checks."""
     if not isinstance(doc, dict):
         raise AugmentError(
             f"{source}: a job file must be a mapping of keys (data, generator, ...), got {type(doc).__name__}"
         )
+    validator = jsonschema.Draft202012Validator(job_schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    unknown = [e for e in errors if e.validator == "additionalProperties"]
+    if unknown:  # a misspelt key first: `clases:` is named (did you mean ...?) before the rules it breaks
+        raise AugmentError(f"{source}: {_schema_error_message(unknown[0])}")
     has_classes, has_balance = "classes" in doc, "balance" in doc
     if has_classes == has_balance:
         which = "both" if has_classes else "neither"
         raise AugmentError(
             f"{source}: give exactly one of 'classes' (quotas per class) and 'balance' ({{total: N}}), got {which}"
         )
-    validator = jsonschema.Draft202012Validator(job_schema())
-    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise AugmentError(f"{source}: {_schema_error_message(jsonschema.exceptions.best_match(errors))}")
 
@@ -265,6 +270,33 @@ def _synthesis_config(doc: dict[str, Any], source: str) -> SynthesisConfig:
                            dilation=block.get("dilation"), placement=placement)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML/JSON document gives `key` twice, at lines `first` and `second` (1-based)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} at lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, at any depth (DuplicateKeyError); keys that
+    come in through a merge (`<<: *base`) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                continue
+        return super().construct_mapping(node, deep)
+
+
 def load_job(path: str) -> JobConfig:
     """Read and validate a YAML or JSON job file; AugmentError names the file and the offending key."""
     try:
@@ -279,7 +311,11 @@ def load_job(path: str) -> JobConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise AugmentError(f"{path}: cannot read job file ({exc})") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        where = f"lines {exc.first} and {exc.second}" if exc.first != exc.second else f"both on line {exc.first}"
+        raise AugmentError(f"{path}: key {exc.key!r} is given twice ({where}); keep one (YAML would silently use "
+                           f"the last)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -224,6 +224,8 @@ class ShardStats:
     sha256: str = ""
     run_id: str = ""
     precision: str = ""  # the generator's resolved precision ("fp32" or "bf16"; "" in markers written before it)
+    below: dict[str, int] | None = None
+    """Samples scoring below each filter threshold ({"min_miou": n, ...}; None in markers written before it)."""
 
     def part_stats(self) -> PartStats:
         return PartStats(**self.part)

@@ -16,7 +16,9 @@ from collections import deque
 from dataclasses import asdict, replace
 from typing import Any
 
+from augment.core import console
 from augment.core.errors import AugmentError
+from augment.core.progress import Eta
 from augment.runner.jobfile import Resources
 from augment.runner.markers import ShardStats
 from augment.runner.shard import ShardProcessor, ShardSettings
@@ -26,15 +28,19 @@ PROGRESS_INTERVAL_S = 10.0
 
 
 class Progress:
-    """Shards done, images generated and accepted, images/s and ETA: a tqdm bar on a terminal, else log lines."""
+    """Shards done, images generated and accepted, images/s and ETA: a tqdm bar on a terminal (none with --quiet),
+    else log lines. The ETA is timed from the first shard this run finishes (which also paid for starting the
+    workers and loading the models) and reads "estimating" until one shard per worker more is done
+    (`set_workers`): shards finishing together at the start would otherwise promise a rate no worker keeps."""
 
     def __init__(self, total_shards: int, done_shards: int, total_samples: int, done_samples: int) -> None:
         self.total_shards, self.done_shards = total_shards, done_shards
         self.total_samples, self.done_samples = total_samples, done_samples
         self.generated = self.accepted = 0
         self.start = self.last_print = time.perf_counter()
+        self.eta = Eta(total_shards)
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and not console.quiet():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_shards, initial=done_shards, unit="shard", desc="augment run")
@@ -42,12 +48,13 @@ class Progress:
     def rate(self) -> float:
         return self.generated / max(time.perf_counter() - self.start, 1e-9)
 
+    def set_workers(self, workers: int) -> None:
+        """The shards run `workers` at a time: that many more must finish after the first before an ETA."""
+        self.eta.min_timed = max(1, workers)
+
     def line(self) -> str:
-        rate = self.rate()
-        remaining = self.total_samples - self.done_samples
-        eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
         return (f"shards {self.done_shards}/{self.total_shards}, generated {self.generated}, accepted "
-                f"{self.accepted}, {rate:.1f} images/s, ETA {eta}")
+                f"{self.accepted}, {self.rate():.1f} images/s, {self.eta.text(self.done_shards, time.perf_counter())}")
 
     def update(self, stats: ShardStats, planned: int) -> None:
         self.done_shards += 1
@@ -55,6 +62,7 @@ class Progress:
         self.generated += stats.generated
         self.accepted += sum(stats.accepted.values())
         now = time.perf_counter()
+        self.eta.update(self.done_shards, now)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(f"gen {self.generated} acc {self.accepted} {self.rate():.1f} img/s")
@@ -141,6 +149,7 @@ def run_shards(
     attempts: dict[int, int] = {}
     in_flight: dict[Any, tuple[int, int, Any]] = {}
     made: set[int] = set()
+    progress.set_workers(n_workers)
     print(f"augment run: {len(todo)} shards on {n_workers} workers ({gpus:g} GPU, {cpus:g} CPU each)", flush=True)
     try:
         while queue or in_flight:

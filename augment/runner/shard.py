@@ -46,7 +46,7 @@ from augment.data.dataset import (
 from augment.data.schema import arrow_schema
 from augment.core.errors import BadSample
 from augment.core.device import RESOLVED_PRECISIONS, pick_device
-from augment.filtering.quality import FilterConfig, accept, pixel_ignore_masks, score_batch
+from augment.filtering.quality import FilterConfig, accept, below_thresholds, pixel_ignore_masks, score_batch
 from augment.filtering.region import RegionFilterConfig, accept_regions, pixel_rule, region_iou
 from augment.models.segmenter import segment
 from augment.runner.markers import (
@@ -199,11 +199,14 @@ class _Tally:
     quarantined: list[dict[str, str]] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
     slots: Counter[tuple[int, bool]] = field(default_factory=Counter)
+    below: Counter[str] = field(default_factory=Counter)
 
-    def judge(self, samples: list[PlannedSample], accepted: list[bool]) -> list[bool]:
-        """Count the filter's verdicts; returns which samples to keep as examples (the first `sheets` per slot)."""
+    def judge(self, samples: list[PlannedSample], accepted: list[bool], below: dict[str, list[bool]]) -> list[bool]:
+        """Count the filter's verdicts and, per threshold key, the samples `below` it; returns which samples to
+        keep as examples (the first `sheets` per slot)."""
         chosen = []
         self.generated += len(samples)
+        self.below.update({key: sum(flags) for key, flags in below.items()})
         for sample, ok in zip(samples, accepted):
             (self.accepted if ok else self.rejected)[self.classes[sample.target_class]] += 1
             if not ok:
@@ -303,7 +306,7 @@ class ShardProcessor:
             rejected_ids=tally.rejected_ids, quarantined=tally.quarantined, part=asdict(tally.stats),
             seconds=round(time.perf_counter() - start, 3), worker=self.worker, node=self.node,
             attempt_id=uuid.uuid4().hex[:12], examples=len(tally.examples), size=size, sha256=sha256,
-            run_id=s.run_id, precision=self.synthesis.precision,
+            run_id=s.run_id, precision=self.synthesis.precision, below=dict(tally.below),
         )
         write_marker(self.out, stats)
         current = self.out.current_run()
@@ -362,7 +365,7 @@ class ShardProcessor:
             if not prepared.samples:
                 continue
             result = self._infer(prepared)
-            chosen = tally.judge(prepared.samples, result["accepted"])
+            chosen = tally.judge(prepared.samples, result["accepted"], result["below"])
             pending.append(self._encode_parts(prepared.samples, result, chosen))
             drain(keep=1)
         drain(keep=0)
@@ -526,6 +529,7 @@ class ShardProcessor:
             "preds": pred.to(torch.uint8).cpu().numpy(),
             "accepted": ok.cpu().tolist(),
             "scores": {k: v.cpu().tolist() for k, v in scores.items()},
+            "below": {"min_region_iou": (scores["target_iou"] < region.min_iou).cpu().tolist()},  # job-file key
             "hosts": prepared.hosts,
             "sources": prepared.sources,
         }
@@ -561,6 +565,7 @@ class ShardProcessor:
             "preds": logits.argmax(1).to(torch.uint8).cpu().numpy(),
             "accepted": ok.cpu().tolist(),
             "scores": {k: v.cpu().tolist() for k, v in scores.items()},
+            "below": {k: v.cpu().tolist() for k, v in below_thresholds(scores, filt).items()},
         }
         self._clock("score", t, device=True)
         return result

@@ -21,7 +21,10 @@ from torch import nn
 
 from augment.data import fs as afs
 from augment.core.errors import AugmentError
-from augment.core.cluster import check_placeable, init_ray, is_local
+from augment.core.cluster import (
+    check_placeable, init_ray, is_local, relay_line, relayed_lines, with_line_sink,
+)
+from augment.core.progress import Eta
 from augment.training.seeding import nondeterministic_op_message
 
 RAY_STORAGE_DIR = "ray"
@@ -70,8 +73,10 @@ def run_training(
     """Run `train_loop(config)` on `workers` Ray Train workers (DDP: NCCL on GPUs, gloo on CPUs).
 
     `datasets` (Ray Data datasets by name) are split evenly among the workers. Ray Train's own run state goes
-    under `<run_dir>/ray`. Returns Ray's Result; a failure on a worker raises TrainingError with the worker's
-    message (the worker's AugmentError unchanged, so its text reaches the CLI).
+    under `<run_dir>/ray`. The workers' `say` lines reach this process's stdout through a relay
+    (augment.core.cluster.relayed_lines); Ray's own worker logs only with --verbose. Returns Ray's Result; a
+    failure on a worker raises TrainingError with the worker's message (the worker's AugmentError unchanged, so its
+    text reaches the CLI).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -85,17 +90,19 @@ def run_training(
     check_placeable(resources, workers, {"CPU": "CPUs per worker", "GPU": "--gpus-per-worker", "workers": "--workers"},
                     is_local(address))
     storage = _storage_path(run_dir)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
-        run_config=ray.train.RunConfig(storage_path=storage, name=f"train-{int(time.time())}"),
-        datasets=datasets or {},
-    )
-    try:
-        return trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors in its own types, which differ between versions
-        raise _worker_error(exc) from exc
+    with relayed_lines() as sink:
+        trainer = TorchTrainer(
+            with_line_sink(train_loop, sink),
+            train_loop_config=config,
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
+                                                   resources_per_worker=resources),
+            run_config=ray.train.RunConfig(storage_path=storage, name=f"train-{int(time.time())}"),
+            datasets=datasets or {},
+        )
+        try:
+            return trainer.fit()
+        except Exception as exc:  # Ray wraps worker errors in its own types, which differ between versions
+            raise _worker_error(exc) from exc
 
 
 def _storage_path(run_dir: str) -> str:
@@ -201,24 +208,27 @@ def all_mean(value: float, device: torch.device) -> float:
 
 
 def say(line: str, stream: Any = None) -> None:
-    """Print one line from a train worker. Written to the stream directly: Ray Train patches `print` in workers
-    and would echo each line twice."""
+    """Print one line from a train worker: to the driver through its relay when the run has one (run_training sets
+    it up: the line then reaches the user's terminal without Ray's own worker logs), else to `stream` or stdout.
+    Written to the stream directly: Ray Train patches `print` in workers and would echo each line twice."""
+    if stream is None and relay_line(line):
+        return
     stream = stream or sys.stdout
     stream.write(line + "\n")
     stream.flush()
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+MIN_TIMED_STEPS = 5
+"""Steps timed after the first before a progress line gives an ETA (the first step pays for start-up)."""
 
 
 class Progress:
     """Prints one progress line every `every_steps` steps or `every_seconds` seconds, whichever comes first:
 
     `[seg] epoch 3/30 step 120/900 loss 0.5231 lr 0.00091 | 41.2 img/s | ETA 5m12s`
+
+    Rates and the ETA are timed from the end of the first step seen (augment.core.progress.Eta); a line before any
+    time is measured has no rate, and the ETA reads "estimating" until MIN_TIMED_STEPS steps are timed.
     """
 
     def __init__(
@@ -234,15 +244,20 @@ class Progress:
         self.every_steps = every_steps
         self.every_seconds = every_seconds
         self.prefix = prefix
-        self.stream = stream or sys.stdout
-        self._start_time = self._last_time = time.monotonic()
-        self._start_step = self._last_step = start_step
+        self.stream = stream
+        self._eta = Eta(total_steps, MIN_TIMED_STEPS)
+        self._last_time: float | None = None
+        self._last_step = start_step
         self._images = 0
 
     def update(self, step: int, images: int, epoch: str = "", **scalars: float) -> str | None:
         """Count `images` for step `step` (the number of steps done); print and return the line when due."""
-        self._images += images
         now = time.monotonic()
+        if self._last_time is None:  # the first step: its time includes start-up, so timing starts after it
+            self._eta.update(step, now)
+            self._last_time = now
+        else:
+            self._images += images
         due = step >= self.total_steps or (self.every_steps and step - self._last_step >= self.every_steps)
         if not due and now - self._last_time < self.every_seconds:
             return None
@@ -252,12 +267,11 @@ class Progress:
         return line
 
     def line(self, step: int, epoch: str, now: float, **scalars: float) -> str:
-        rate = self._images / max(now - self._last_time, 1e-9)
-        steps_done = step - self._start_step
-        eta = (now - self._start_time) / steps_done * (self.total_steps - step) if steps_done > 0 else 0.0
+        seconds = now - self._last_time if self._last_time is not None else 0.0
         parts = [self.prefix] if self.prefix else []
         if epoch:
             parts.append(f"epoch {epoch}")
         parts.append(f"step {step}/{self.total_steps}")
         parts += [f"{k} {v:.4g}" for k, v in scalars.items()]
-        return " ".join(parts) + f" | {rate:.1f} img/s | ETA {_duration(eta)}"
+        rate = f" | {self._images / seconds:.1f} img/s" if self._images and seconds > 0 else ""
+        return " ".join(parts) + rate + f" | {self._eta.text(step, now)}"

@@ -437,7 +437,7 @@ def _save(cfg: GANTrainConfig, card: ModelCard, G, D, G_ema, opt_g, opt_d, step:
         "torch_rng": torch.get_rng_state(),
     }
     save_checkpoint(cfg.out, weights, card, state)
-    print(f"[train-gan] step {step}/{cfg.steps}: checkpoint in {cfg.out}", flush=True)
+    dist_utils.say(f"[train-gan] step {step}/{cfg.steps}: checkpoint in {cfg.out}")
 
 
 def ema_weights(G_ema: nn.Module) -> dict[str, torch.Tensor]:

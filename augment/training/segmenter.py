@@ -310,6 +310,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     scheduler = poly_schedule(optimizer, total_steps)
+    planned = epochs_planned(cfg.epochs, total_steps, int(loop_config["steps_per_epoch"]))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -337,8 +338,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             images_seen += len(images)
             loss_sum += loss
             if rank == 0:
-                progress.update(step, len(images) * world, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss,
-                                lr=scheduler.get_last_lr()[0])
+                progress.update(step, len(images) * world, epoch=f"{epoch + 1}/{max(planned, epoch + 1)}",
+                                loss=loss, lr=scheduler.get_last_lr()[0])
             if cfg.max_steps and step >= total_steps:
                 break
         if batches == 0:
@@ -359,14 +360,24 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             cm.reduce_from_all_processes()
             val_metrics = cm.to_dict(card.classes)
             record.update(val_miou=val_metrics["miou"], val_pixel_accuracy=val_metrics["pixel_accuracy"])
+        capped = bool(cfg.max_steps) and step >= total_steps
         if rank == 0:
-            _save_epoch(cfg, card, model, optimizer, scheduler, record, val_metrics)
+            of = epoch + 1 if capped else max(planned, epoch + 1)  # the last epoch reads N/N
+            _save_epoch(cfg, card, model, optimizer, scheduler, record, val_metrics, of)
         dist_utils.barrier()
-        if cfg.max_steps and step >= total_steps:
+        if capped:
             break
 
 
-def _save_epoch(cfg, card, model, optimizer, scheduler, record: dict[str, Any], val_metrics: dict | None) -> None:
+def epochs_planned(epochs: int, total_steps: int, steps_per_epoch: int) -> int:
+    """The epochs a run makes: `epochs`, or fewer when its step budget (max_steps, in `total_steps`) ends it first,
+    as progress lines count them ("epoch 3/6"). With rows split unevenly over workers the budget may need one epoch
+    more; the counter then follows the epoch it is in, and the epoch the budget ends reads N/N."""
+    return max(1, min(epochs, math.ceil(total_steps / max(steps_per_epoch, 1))))
+
+
+def _save_epoch(cfg, card, model, optimizer, scheduler, record: dict[str, Any], val_metrics: dict | None,
+                of: int) -> None:
     append_metrics(cfg.out, record)
     card.step = record["step"]
     card.metrics = {k: v for k, v in record.items() if k not in ("lr", "images_per_s", "epoch_s")}
@@ -379,7 +390,7 @@ def _save_epoch(cfg, card, model, optimizer, scheduler, record: dict[str, Any], 
         "scheduler": scheduler.state_dict(),
     }
     save_checkpoint(cfg.out, dist_utils.unwrap(model).state_dict(), card, state)
-    line = f"[train-seg] epoch {record['epoch']}/{cfg.epochs} done: loss {record['train_loss']:.4f}"
+    line = f"[train-seg] epoch {record['epoch']}/{of} done: loss {record['train_loss']:.4f}"
     if "val_miou" in record:
         miou = record["val_miou"]
         line += f", val mIoU {'-' if miou is None else f'{miou * 100:.2f}'}"
