@@ -235,7 +235,7 @@ def test_experiment_subset_and_summary(tmp_path):
     assert c["synthetic_rows"]["mean"] == 11 and summary["a"]["synthetic_rows"] is None
     assert summary["a"]["delta_miou"] is None
     page = exp.results_page(x, list(summary.values()), []).to_markdown()
-    assert ("| 25% of train | (c) real + synthetic, filter | 46.00 ± 1.41 | +4.00 [-8.71, +16.71], within noise | "
+    assert ("| 25% of train | val | (c) real + synthetic, filter | 46.00 ± 1.41 | +4.00 [-8.71, +16.71], within noise | "
             in page)
     assert "| mIoU | +5.00 | +3.00 | +4.00 | [-8.71, +16.71] | within noise |" in page
     assert "| fence | +0.00 | - | +0.00 | - | one seed: no interval |" in page
