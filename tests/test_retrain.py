@@ -268,3 +268,26 @@ def test_experiment_report_describes_the_settings_the_runs_used(tmp_path):
     assert described.seeds == [0]
     with pytest.raises(exp.AugmentError, match="seg_steps 60 -> 3000"):
         exp.record_settings(exp.Experiment(camvid="c", out=str(tmp_path)))
+
+
+def test_experiment_job_documents_are_valid_jobs_per_arm(tmp_path):
+    from augment.runner.jobfile import job_from_document
+
+    x = exp.Experiment(camvid="", out=str(tmp_path), fractions=[0.25], seeds=[0], targets=["pole", "fence"],
+                       train_match="^(0006R0|0016E5)_", heldout_match="^0001TP_")
+    docs = exp.job_documents(x, 0.25, 0)
+    assert sorted(docs) == ["filter", "ignore", "insert", "insert-rule", "nofilter", "paste"]
+    modes = {name: job_from_document(doc).synthesis.mode for name, doc in docs.items()}
+    assert modes == {"nofilter": "scene", "filter": "scene", "ignore": "scene", "paste": "paste", "insert": "insert",
+                     "insert-rule": "insert"}
+    assert "generator" not in docs["paste"] and docs["insert"]["generator"].endswith("f25/cropgan")
+    assert job_from_document(docs["insert-rule"]).region_filter.pixel_rule
+    assert x.eval_data() == {"val": x.val_data, "heldout": x.heldout_data}
+    assert x.train_data(1.0) == x.pool_data and x.pool_data.endswith("data/train-pool")
+    src = make_example_dataset(tmp_path / "pool", n=8, size=(32, 32))
+    drawn = exp.subset_dataset(src, str(tmp_path / "sub"), 0.25, seed=0, of_rows=20)  # 25% of 20, from 8 rows
+    assert open_dataset(drawn).info.num_rows == 5 and open_dataset(drawn).info.lineage["drawn_from_rows"] == 8
+    with pytest.raises(exp.AugmentError, match="holds only 8"):
+        exp.subset_dataset(src, str(tmp_path / "sub2"), 0.5, seed=0, of_rows=20)
+    only = exp.Experiment(camvid="", out=str(tmp_path), arms=["a", "e"])
+    assert sorted(exp.job_documents(only, 0.25, 0)) == ["paste"] and not only.uses(exp.INSERT_ARMS)
