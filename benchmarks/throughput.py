@@ -22,7 +22,9 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from augment.core.device import PRECISIONS
-from augment.pipelines.benchmark import MODEL_PRESETS, BenchmarkSettings, run_benchmark
+from augment.core.errors import AugmentError
+from augment.pipelines.benchmark import (MIN_CROP, MODEL_PRESETS, PREFERRED_CROP, BenchmarkSettings, parse_modes,
+                                         run_benchmark)
 
 
 def parse_args(argv: list[str] | None) -> BenchmarkSettings:
@@ -43,6 +45,13 @@ def parse_args(argv: list[str] | None) -> BenchmarkSettings:
     p.add_argument("--source-maps", type=int, default=d.source_maps, help="example label maps to draw from (default %(default)s)")
     p.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=d.workers,
                    help="Ray worker counts to try, comma-separated; those above the core count are skipped")
+    p.add_argument("--modes", type=_modes, default=d.modes,
+                   help=f"synthesis modes run as 'augment run' rows, comma-separated (default {','.join(d.modes)}): scene "
+                        "(whole images; the reference), insert (a crop-mode generator paints objects into real "
+                        "images), paste (copy-paste of real objects); each at every worker count, ratio to scene")
+    p.add_argument("--crop", type=int, default=d.crop,
+                   help=f"crop of mode insert's generator (default: {PREFERRED_CROP} where the images hold it, "
+                        f"else {MIN_CROP})")
     p.add_argument("--no-raydata", dest="raydata", action="store_false",
                    help="skip the 'Ray Data map_batches, N workers' rows (the job's work as Ray Data map_batches -> "
                         "write_parquet, one per worker count, next to each 'augment run' row)")
@@ -72,6 +81,13 @@ def parse_args(argv: list[str] | None) -> BenchmarkSettings:
     p.add_argument("--json", default=d.json, metavar="FILE", help="also write the results as JSON")
     a = p.parse_args(argv)
     return BenchmarkSettings(**{f.name: getattr(a, f.name) for f in fields(BenchmarkSettings)})
+
+
+def _modes(text: str) -> list[str]:
+    try:
+        return parse_modes(text)
+    except AugmentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -10,6 +10,10 @@ real architectures: the same FLOPs per image as trained ones, not the same pictu
                 encoding overlapped on its thread pool; its stage timings give the breakdown
   augment run   augment.runner.job.run_job on a local Ray instance with 1, 2, 4 workers (as many as the cores
                 allow), each worker given cores / workers CPUs, a fresh output folder every time
+  modes         the same `augment run` in synthesis modes insert (a crop-mode generator of the same widths paints
+                each object into a real host) and paste (copy-paste of the real object), beside the scene rows: the
+                same sample count, image size, workers and batch, in the same rounds; the report gives insert / scene
+                and paste / scene per worker count (`--modes` picks them)
   Ray Data      the peer a Ray user would write, at each of those worker counts: the job's planned samples through
                 `ray.data.from_items` -> `map_batches` (a callable class holding a ShardProcessor, so the same models
                 loaded once per actor and the same steps: ShardProcessor.batch_rows) with the job's batch size and
@@ -52,9 +56,10 @@ import torch
 
 from augment.data import example
 from augment.data.codec import class_pixels, decode_mask, encode_image, encode_mask, parse_size
-from augment.data.dataset import make_row, open_dataset
+from augment.data.dataset import DatasetInfo, make_row, open_dataset
 from augment.data.schema import arrow_schema
 from augment.core.device import pick_device, use_bf16
+from augment.core.errors import AugmentError
 from augment.filtering.quality import accept, pixel_ignore_masks, score_batch
 from augment.models.gan import GAN_KIND, GANConfig, build_generator
 from augment.models.losses import one_hot_labels
@@ -64,12 +69,16 @@ from augment.runner.jobfile import JobConfig, filter_config, job_from_document
 from augment.synthesis.edit import apply_edits
 from augment.synthesis.generate import sample_noises, synthesise
 from augment.synthesis.plan import PlannedSample, make_plan
+from augment.training.crops import MAX_CROP, MIN_CROP
 from augment.models.store import ModelCard, load_generator, load_segmenter, save_checkpoint
 from augment.training.transforms import normalize
 
 # The shard processor's stages (augment.runner.shard.STAGES) but "wait": the plain loop has no pool to wait on.
 STAGES = tuple(s for s in shard_mod.STAGES if s != "wait")
 ACCEPT_ALL = {"min_miou": 0.0, "min_target_iou": 0.0, "min_pixel_accuracy": 0.0}
+ACCEPT_ALL_REGIONS = {"min_region_iou": 0.0}  # modes paste and insert: the region filter accepting every object
+MODES = ("scene", "insert", "paste")  # job-v2's synthesis modes; scene is the reference the others are compared with
+PREFERRED_CROP = 64  # the crop-mode generator's default crop, where the images' short side holds it (else MIN_CROP)
 AUGMENT_ROW = "augment run"
 RAYDATA_ROW = "Ray Data map_batches"
 NAME_WIDTH = 32  # the row names' column in the report
@@ -103,6 +112,8 @@ class BenchmarkSettings:
     samples_per_shard: int = 64
     source_maps: int = 24
     workers: list[int] = field(default_factory=lambda: [1, 2, 4])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    crop: int | None = None
     raydata: bool = True
     threads: int | None = None
     repeats: int = 3
@@ -167,36 +178,90 @@ def init_weights(generator: torch.nn.Module) -> None:
             torch.nn.init.xavier_normal_(module.weight, gain=1.0)
 
 
-def make_models(root: Path, data: str, segmenter: str, model: str, seed: int = 0) -> tuple[str, str]:
-    """Untrained GAN and segmenter runs (checkpoints in augment's run layout) that fit the dataset `data`."""
+def parse_modes(text: str) -> list[str]:
+    """'scene,insert,paste' -> the modes in that order; AugmentError for an unknown mode or one without scene."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    check_modes(modes)
+    return modes
+
+
+def check_modes(modes: list[str]) -> None:
+    """Refuse modes that are not job-v2's, repeated, or that leave out scene (the rows the others are compared
+    with)."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or len(set(modes)) != len(modes) or "scene" not in modes:
+        raise AugmentError(f"--modes {','.join(modes)}: give distinct modes of {', '.join(MODES)}, scene among them "
+                           f"(the reference the other modes are compared with)")
+
+
+def mode_row(mode: str) -> str:
+    """The name (before ", N workers") of the `augment run` rows of synthesis `mode`: "augment run" for scene, e.g.
+    "insert: augment run" for the others."""
+    return AUGMENT_ROW if mode == "scene" else f"{mode}: {AUGMENT_ROW}"
+
+
+def crop_size(args: BenchmarkSettings) -> int:
+    """The crop-mode generator's crop: `args.crop`, else PREFERRED_CROP where the images' short side holds it, else
+    MIN_CROP; AugmentError when it is outside MIN_CROP..MAX_CROP or larger than the images' short side."""
+    short = min(parse_size(args.size))
+    crop = args.crop if args.crop is not None else (PREFERRED_CROP if short >= PREFERRED_CROP else MIN_CROP)
+    if not MIN_CROP <= crop <= min(short, MAX_CROP):
+        raise AugmentError(f"--crop {crop}: mode insert's crop must be in {MIN_CROP}..{min(short, MAX_CROP)} at "
+                           f"--size {args.size} (at most the images' short side)")
+    return crop
+
+
+def save_generator(run: str, data: str, model: str, crop: int | None = None, seed: int = 0) -> str:
+    """An untrained generator run fitting the dataset `data` at `model`'s widths (MODEL_PRESETS): a whole-scene one
+    of the images' size, or with `crop` a crop-mode one painting crop x crop windows. Returns `run`."""
     info = open_dataset(data).info
-    size = info.image_size
+    size = (crop, crop) if crop is not None else info.image_size
     torch.manual_seed(seed)
-    gan_cfg = GANConfig(num_classes=info.num_classes, size=size, **MODEL_PRESETS[model])
+    gan_cfg = GANConfig(num_classes=info.num_classes, size=size, context=crop is not None, **MODEL_PRESETS[model])
     generator = build_generator(gan_cfg).eval()
     init_weights(generator)
-    common: dict[str, Any] = {"classes": list(info.classes), "palette": info.palette,
-                              "ignore_index": info.ignore_index, "size": list(size)}
-    gan_run, seg_run = str(root / "gan-run"), str(root / "seg-run")
-    save_checkpoint(gan_run, {f"generator.{k}": v for k, v in generator.state_dict().items()},
-                    ModelCard(kind=GAN_KIND, model_config=gan_cfg.to_dict(), **common))
-    seg = build_segmenter(segmenter, info.num_classes).eval()
+    save_checkpoint(run, {f"generator.{k}": v for k, v in generator.state_dict().items()},
+                    ModelCard(kind=GAN_KIND, model_config=gan_cfg.to_dict(), **_card_fields(info, size)))
+    return run
+
+
+def _card_fields(info: DatasetInfo, size: tuple[int, int]) -> dict[str, Any]:
+    """The model card fields that make a checkpoint fit a dataset of `info` (classes, palette, ignore index, size)."""
+    return {"classes": list(info.classes), "palette": info.palette, "ignore_index": info.ignore_index,
+            "size": list(size)}
+
+
+def make_models(root: Path, data: str, segmenter: str, model: str, seed: int = 0) -> tuple[str, str]:
+    """Untrained whole-scene GAN and segmenter runs (checkpoints in augment's run layout) that fit the dataset
+    `data`."""
+    info = open_dataset(data).info
+    gan_run, seg_run = save_generator(str(root / "gan-run"), data, model, seed=seed), str(root / "seg-run")
+    seg = build_segmenter(segmenter, info.num_classes).eval()  # seeded by save_generator, as the generator
     save_checkpoint(seg_run, seg.state_dict(), ModelCard(kind="segmenter",
-                    model_config=segmenter_config(segmenter, info.num_classes), **common))
+                    model_config=segmenter_config(segmenter, info.num_classes), **_card_fields(info, info.image_size)))
     return gan_run, seg_run
 
 
 def job_config(args: BenchmarkSettings, inputs: dict[str, str], output: str, n: int, workers: int,
-               cores: int, gpus: int) -> JobConfig:
-    doc = {
-        "data": inputs["data"], "generator": inputs["gan"], "segmenter": inputs["seg"], "output": output,
-        "balance": {"total": n}, "edits": EDITS, "sheets": 2, "precision": args.precision,
-        "filter": ACCEPT_ALL if args.filter == "none" else {},
+               cores: int, gpus: int, mode: str = "scene") -> JobConfig:
+    """The benchmark's job of `n` samples in synthesis `mode`: scene (a version 1 file: edits, the whole-scene
+    generator `inputs["gan"]`), insert (the crop-mode generator `inputs["crop_gan"]`) or paste (no generator); the
+    same data, segmenter, resources and sheets in every mode, the filter accepting all with `args.filter` none."""
+    doc: dict[str, Any] = {
+        "data": inputs["data"], "segmenter": inputs["seg"], "output": output,
+        "balance": {"total": n}, "sheets": 2, "precision": args.precision,
         "resources": {
             "workers": workers, "cpus_per_worker": cores / workers, "gpus_per_worker": gpus / workers,
             "batch_size": args.batch, "samples_per_shard": args.samples_per_shard,
         },
     }
+    if mode == "scene":
+        doc |= {"generator": inputs["gan"], "edits": EDITS, "filter": ACCEPT_ALL if args.filter == "none" else {}}
+    else:
+        doc |= {"version": 2, "synthesis": {"mode": mode},
+                "filter": ACCEPT_ALL_REGIONS if args.filter == "none" else {}}
+        if mode == "insert":
+            doc["generator"] = inputs["crop_gan"]
     return job_from_document(doc, source="benchmark")
 
 
@@ -759,6 +824,8 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
     from augment.data.ingest import write_example_data
     from augment.runner.job import prepare_job
 
+    check_modes(args.modes)
+    crop = crop_size(args) if "insert" in args.modes else None
     cores = args.threads or cpu_cores()
     gpus = 1 if device.type == "cuda" else 0
     worker_counts = [w for w in args.workers if w <= cores]
@@ -774,6 +841,9 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
         write_example_data(str(work / "data"), args.source_maps, parse_size(args.size), seed=0, workers=1)
     gan, seg = make_models(work, str(work / "data"), args.segmenter, args.model)
     inputs = {"data": str(work / "data"), "gan": gan, "seg": seg}
+    if "insert" in args.modes:
+        inputs["crop_gan"] = save_generator(str(work / "crop-gan-run"), inputs["data"], args.model, crop)
+    others = [m for m in args.modes if m != "scene"]
     counter = iter(range(10**6))
 
     def fresh(kind: str) -> str:
@@ -797,6 +867,9 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
                 lambda w=w: ray_job(job_config(args, inputs, fresh(f"ray{w}"), n, w, cores, gpus)))
             if args.raydata:
                 out[RAYDATA_ROW + workers] = lambda w=w: raydata_job(job, fresh(f"raydata{w}"), w, cores, gpus)
+            for mode in others:  # the same job in the other synthesis modes, beside the scene row
+                out[mode_row(mode) + workers] = (lambda w=w, mode=mode: ray_job(
+                    job_config(args, inputs, fresh(f"{mode}{w}"), n, w, cores, gpus, mode)))
         return out
 
     (work / "out").mkdir()
@@ -807,7 +880,7 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
         validation = time.perf_counter() - t
         if args.warmup:  # torch's kernels in this process, the page cache, Ray's worker pool
             warm = contenders(min(args.n, 2 * args.batch))
-            ray_rows = [k for k in warm if k.startswith((AUGMENT_ROW, RAYDATA_ROW))]
+            ray_rows = [k for k in warm if k.startswith((AUGMENT_ROW, RAYDATA_ROW, *map(mode_row, others)))]
             first_ray = [k for k in ray_rows if k.split(", ")[-1] == ray_rows[0].split(", ")[-1]]  # first count
             for name in ("plain loop", "pipeline, no Ray", *first_ray):
                 fn = warm[name]
@@ -831,11 +904,16 @@ def cpu_section(args: BenchmarkSettings, work: Path, device: torch.device) -> di
         if name.startswith(AUGMENT_ROW) and peer in runs:
             results[name]["ratio_vs_raydata"] = round_ratio(r, runs[peer])
             results[name]["steady_ratio_vs_raydata"] = round_ratio(r, runs[peer], steady=True)
+        for mode in others:  # insert / scene and paste / scene at each worker count, within each round
+            if name.startswith(mode_row(mode) + ", "):
+                scene = AUGMENT_ROW + name[len(mode_row(mode)):]
+                results[name]["ratio_vs_scene"] = round_ratio(r, runs[scene])
+                results[name]["steady_ratio_vs_scene"] = round_ratio(r, runs[scene], steady=True)
     if own_ray:
         ray.shutdown()
     return {"cores": cores, "workers": worker_counts, "workers_skipped": skipped, "ray_init_seconds": ray_start,
-            "validation_seconds": validation, "memory_method": memory.method,
-            "results": results}
+            "validation_seconds": validation, "memory_method": memory.method, "modes": list(args.modes),
+            "crop": crop, "results": results}
 
 
 def summarise(args: BenchmarkSettings, cpu: dict[str, Any] | None, dev: dict[str, Any] | None,
@@ -869,6 +947,12 @@ def summarise(args: BenchmarkSettings, cpu: dict[str, Any] | None, dev: dict[str
                         for k, v in ray_rows.items()],
             "cpu": cpu,
         })
+        modes = [mode_summary(m, k, res) for m in cpu["modes"] if m != "scene" for k in ray_rows]
+        if modes:
+            at_best = {m["mode"]: m for m in modes if m["workers"] == out["pipeline_workers"]}
+            out["modes"] = modes
+            out |= {f"ratio_{m}_vs_scene": at_best[m]["ratio_vs_scene"] for m in at_best}
+            out |= {f"steady_ratio_{m}_vs_scene": at_best[m]["steady_ratio_vs_scene"] for m in at_best}
         if "ratio_vs_raydata" in best:
             out.update({"ratio_vs_raydata": round(best["ratio_vs_raydata"], 3),
                         "steady_ratio_vs_raydata": round(best["steady_ratio_vs_raydata"], 3),
@@ -877,6 +961,17 @@ def summarise(args: BenchmarkSettings, cpu: dict[str, Any] | None, dev: dict[str
     out["device_section"] = dev if dev is not None else {"skipped": "no CUDA device (pass --device-section cpu to "
                                                                      "run it on the CPU anyway)"}
     return out
+
+
+def mode_summary(mode: str, scene_name: str, results: dict[str, Any]) -> dict[str, Any]:
+    """One worker count's comparison of `augment run` in synthesis `mode` with the scene row `scene_name`."""
+    ours = results[mode_row(mode) + scene_name[len(AUGMENT_ROW):]]
+    scene = results[scene_name]
+    return {"mode": mode, "workers": int(scene_name.split(", ")[1].split()[0]),
+            "images_per_s": round(ours["images_per_s"], 3), "scene_images_per_s": round(scene["images_per_s"], 3),
+            "generated": ours["generated"], "accepted": ours["accepted"], "scene_generated": scene["generated"],
+            "ratio_vs_scene": round(ours["ratio_vs_scene"], 3),
+            "steady_ratio_vs_scene": round(ours["steady_ratio_vs_scene"], 3)}
 
 
 def raydata_summary(name: str, ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
@@ -929,6 +1024,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"pipeline (augment run) {report['pipeline_images_per_s']:.2f} images/s with "
                       f"{report['pipeline_workers']} worker(s) = {report['ratio_vs_plain_loop']:.2f}x the plain loop "
                       f"end to end, {report['steady_ratio_vs_plain_loop']:.2f}x without one-off setup"]
+        for r in report.get("modes", []):
+            lines.append(f"{r['mode']} / scene (augment run), {r['workers']} worker(s): {r['images_per_s']:.2f} / "
+                         f"{r['scene_images_per_s']:.2f} images/s = {r['ratio_vs_scene']:.2f}x end to end (median "
+                         f"over the rounds), {r['steady_ratio_vs_scene']:.2f}x without one-off setup; "
+                         f"{r['generated']} samples made of the {r['scene_generated']} scene ones at {cfg['size']}"
+                         + (f", crop {cpu['crop']}" if r["mode"] == "insert" else ""))
         for r in report.get("raydata", []):
             lines.append(f"augment run / Ray Data map_batches, {r['workers']} worker(s): "
                          f"{r['augment_run_images_per_s']:.2f} / {r['images_per_s']:.2f} images/s = "
