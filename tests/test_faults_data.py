@@ -509,8 +509,10 @@ def test_every_schema_augment_writes_gets_statistics_and_dictionaries_only_for_s
 
     png = {"bytes": b"\x89PNG" + os.urandom(64), "path": "a.png"}
     cases = ((arrow_schema("synthetic"), {"id": "a", "image": png, "mask": png, "class_pixels": [1, 2]}, BYTES_COLUMNS),
-             (EXAMPLE_SCHEMA, {"id": "a", "image": png["bytes"], "mask": png["bytes"], "pred": png["bytes"]},
-              {"image", "mask", "pred"}))
+             (EXAMPLE_SCHEMA, {"id": "a", "image": png["bytes"], "mask": png["bytes"], "pred": png["bytes"],
+                               "host": png["bytes"], "object": png["bytes"], "object_shape": png["bytes"],
+                               "box": [1, 2, 3, 4]},
+              {"image", "mask", "pred", "host", "object", "object_shape"}))
     for schema, row, binary in cases:
         options = parquet_write_options(schema)
         assert options["write_page_checksum"] and options["compression"] == "zstd"
