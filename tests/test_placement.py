@@ -165,6 +165,21 @@ def test_placements_stand_on_the_learnt_ground(world, world_context):
     assert {p.flip for p in placed} == {True, False}
 
 
+def test_hole_margin_keeps_objects_that_would_not_fit_the_painted_window_out(world, world_context):
+    host = np.full((H, W), SKY, np.uint8)
+    host[12:, :] = B
+    host[20:, 20:28] = G
+    obj = find_objects(world[2], A)[0]
+    placed = [place(obj, host, world_context, np.random.default_rng(s), hole_margin=2) for s in range(30)]
+    assert all(p is not None for p in placed)
+    for p in placed:
+        grown = max(scale_shape(obj.shape, p.scale).shape) + 2 * 2
+        assert grown <= min(H, W)
+    margin = (min(H, W) - max(obj.shape.shape) * 0.5) / 2  # even at the smallest scale the object cannot fit
+    assert all(place(obj, host, world_context, np.random.default_rng(s), hole_margin=int(margin) + 1) is None
+               for s in range(10))
+
+
 def test_no_placement_where_the_host_has_no_such_ground(world, world_context):
     host = np.full((H, W), SKY, np.uint8)
     host[12:, :] = B

@@ -160,13 +160,18 @@ def synthesis_settings(cfg: JobConfig, native: Callable[[], bool] = local_native
     syn = cfg.synthesis
     extra: dict[str, Any] = {}
     if syn.inserts:
-        dilation = syn.dilation
-        if dilation is None and gen_card is not None:
-            dilation = int((gen_card.metrics.get("training") or {}).get("hole_dilation", DEFAULT_DILATION))
-        extra = {"mode": syn.mode, "band": syn.band, "dilation": int(dilation or 0), "region": cfg.region_filter,
+        extra = {"mode": syn.mode, "band": syn.band, "dilation": hole_dilation(cfg, gen_card), "region": cfg.region_filter,
                  "class_means": None if means is None else tuple(means)}
     return SynthesisSettings(filter=cfg.filter, keep_rejected=cfg.keep_rejected, noise=cfg.noise, precision=precision,
                              batch_size=cfg.resources.batch_size, sheets=cfg.sheets, **extra)
+
+
+def hole_dilation(cfg: JobConfig, gen_card: ModelCard | None) -> int:
+    """Mode insert's hole dilation: the job file's, else the one the generator was trained with (0 for paste)."""
+    dilation = cfg.synthesis.dilation
+    if dilation is None and gen_card is not None:
+        dilation = int((gen_card.metrics.get("training") or {}).get("hole_dilation", DEFAULT_DILATION))
+    return int(dilation or 0)
 
 
 def class_means(segmenter: str, dataset: Dataset, batch: int = 8) -> list[float | None]:
@@ -212,12 +217,17 @@ def _load_checked(cfg: JobConfig, info: DatasetInfo) -> tuple[ModelCard | None, 
     return gen_card, seg_card
 
 
-def _make_plan(cfg: JobConfig, dataset: Dataset) -> tuple[Plan | InsertionPlan, list[dict[str, str]]]:
+def _make_plan(cfg: JobConfig, dataset: Dataset,
+               gen_card: ModelCard | None = None) -> tuple[Plan | InsertionPlan, list[dict[str, str]]]:
     """The job's plan (mode scene: `make_plan`; paste and insert: `make_insertion_plan`) and the source maps left
-    out of an insertion plan for not decoding (quarantine records)."""
+    out of an insertion plan for not decoding (quarantine records). Mode insert places only objects whose hole (the
+    object grown by the hole dilation) fits the square window the generator paints (`hole_margin`)."""
     try:
         if cfg.synthesis.inserts:
-            return make_insertion_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.synthesis.placement,
+            options = dict(cfg.synthesis.placement)
+            if cfg.synthesis.mode == "insert":
+                options["hole_margin"] = hole_dilation(cfg, gen_card)
+            return make_insertion_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, options,
                                        balance_power=cfg.balance_power)
         return make_plan(dataset, cfg.classes, cfg.balance_total, cfg.seed, cfg.edits,
                          balance_power=cfg.balance_power), []
@@ -236,7 +246,7 @@ def prepare_job(cfg: JobConfig, native: Callable[[], bool] = local_native_bf16) 
     if cfg.synthesis.inserts:
         _one_size(info)
     gen_card, seg_card = _load_checked(cfg, info)
-    plan, skipped = _make_plan(cfg, dataset)
+    plan, skipped = _make_plan(cfg, dataset, gen_card)
     if not len(plan):
         unplaced = getattr(plan, "unplaced", {})
         if any(unplaced.values()):

@@ -46,7 +46,7 @@ from augment.synthesis.plan import (
 INSERT_PLAN_VERSION = 1
 WEIGHTINGS = ("pixels", "uniform")
 DEFAULT_MAX_HOSTS = 8
-PLACE_OPTIONS = ("min_ground", "min_contact", "scale_range", "flip_prob", "tries")
+PLACE_OPTIONS = ("min_ground", "min_contact", "scale_range", "flip_prob", "tries", "hole_margin")
 """The keyword options of `placement.place` a plan may set (`place_options`)."""
 
 
@@ -247,6 +247,9 @@ def _check_place_options(options: Any) -> dict[str, Any]:
     if "tries" in out and not (isinstance(out["tries"], int) and not isinstance(out["tries"], bool)
                                and out["tries"] >= 1):
         raise AugmentError(f"place_options.tries: an integer >= 1, got {out['tries']!r}")
+    if "hole_margin" in out and not (isinstance(out["hole_margin"], int) and not isinstance(out["hole_margin"], bool)
+                                     and out["hole_margin"] >= 0):
+        raise AugmentError(f"place_options.hole_margin: an integer >= 0, got {out['hole_margin']!r}")
     return out
 
 

@@ -279,6 +279,7 @@ def place(
     obj: ObjectComponent, host_mask: np.ndarray, context: PlacementContext, rng: np.random.Generator, *,
     source_id: str = "", host_id: str = "", min_ground: float = 0.1, min_contact: float = 1.0,
     scale_range: tuple[float, float] = (0.5, 2.0), flip_prob: float = 0.5, tries: int = 8,
+    hole_margin: int | None = None,
 ) -> Placement | None:
     """A placement of `obj` in `host_mask`, or None when the context gives no spot for it there.
 
@@ -288,6 +289,8 @@ def place(
     object is scaled by `perspective_scale` and placed at a column, drawn uniformly, where at least `min_contact`
     of its contact pixels have ground directly below; the first row with such a column is taken. The object is
     flipped with probability `flip_prob`. The same arguments and generator state give the same result.
+    With `hole_margin` (mode insert: the hole dilation) a scale whose object, grown by the margin on every side,
+    would not fit a square of the host's shorter side is skipped: the generator paints a square window of the host.
     """
     host_mask = check_label_map(host_mask)
     c = obj.class_index
@@ -311,6 +314,8 @@ def place(
         if scale is None:
             continue
         shape = scale_shape(obj.shape, scale, flip)
+        if hole_margin is not None and max(shape.shape) + 2 * hole_margin > min(h, w):
+            continue
         lefts = _valid_lefts(shape, int(bottoms[k]), on_ground, context.foot, min_contact)
         if len(lefts):
             left = int(lefts[rng.integers(len(lefts))])
