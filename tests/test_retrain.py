@@ -291,3 +291,32 @@ def test_experiment_job_documents_are_valid_jobs_per_arm(tmp_path):
         exp.subset_dataset(src, str(tmp_path / "sub2"), 0.5, seed=0, of_rows=20)
     only = exp.Experiment(camvid="", out=str(tmp_path), arms=["a", "e"])
     assert sorted(exp.job_documents(only, 0.25, 0)) == ["paste"] and not only.uses(exp.INSERT_ARMS)
+
+
+def test_augmented_run_starts_as_the_baseline_started(env, tmp_path):
+    import torch
+    import torchvision
+
+    from augment.core.errors import AugmentError
+    from augment.training.segmenter import SegTrainConfig, train_segmenter
+
+    torch.manual_seed(1)
+    path = tmp_path / "backbone.pth"
+    torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(), path)
+    baseline = str(tmp_path / "baseline")
+    train_segmenter(SegTrainConfig(data=[env["data"]], out=baseline, epochs=1, batch=4, log_every=100,
+                                   weights_backbone=str(path)))
+    start = load_card(baseline).model_config["init"]
+    assert start["kind"] == "file" and start["source"] == str(path)
+    with pytest.raises(MixError, match=r"--weights-backbone none does not fit --baseline .*, trained with "
+                                       r"--weights-backbone .*backbone.pth"):
+        retrain(_cfg(env, tmp_path, baseline=baseline, weights_backbone="none"))
+    report = retrain(_cfg(env, tmp_path, baseline=baseline, ratio=0.5))
+    assert load_card(str(tmp_path / "out" / "augmented")).model_config["init"] == start
+    assert report["recipe"]["init"] == start
+    assert "starting from the backbone file " + str(path) in (tmp_path / "out" / "report.md").read_text()
+
+    torch.save({k: v + 1 for k, v in torch.load(path).items()}, path)  # the file changed since the baseline
+    with pytest.raises(AugmentError, match=r"the initialisation file .*backbone.pth \(sha256 \w+\) is not the one "
+                                           r"asked for \(sha256 " + start["sha256"][:12]):
+        retrain(_cfg(env, tmp_path, baseline=baseline, ratio=0.5, out=str(tmp_path / "out2")))

@@ -54,6 +54,22 @@ def _path(text: str) -> str:
     return absolute(text)
 
 
+def _weights_backbone(text: str) -> str:
+    """none, imagenet, or a state-dict file (resolved like `_path`)."""
+    return text if text in ("none", "imagenet") else _path(text)
+
+
+def _add_init(p: argparse.ArgumentParser, default: str | None, inherit: str = "") -> None:
+    """--weights-backbone and --init (augment.models.pretrained)."""
+    p.add_argument("--weights-backbone", type=_weights_backbone, default=default, metavar="{none,imagenet,PATH}",
+                   help="where the backbone starts: none (random), imagenet (torchvision's IMAGENET1K_V1 weights, "
+                        "from $TORCH_HOME/hub/checkpoints or downloaded there) or a state-dict file (a backbone's "
+                        "or a torchvision classification model's)" + inherit)
+    p.add_argument("--init", type=_path, default=None, metavar="RUN",
+                   help="start the whole model from a finished train-seg run (same model and classes; a new "
+                        "optimizer from step 0, not a resume)" + inherit)
+
+
 def _paths(text: str) -> list[str]:
     """Comma-separated local paths or URIs, each resolved like `_path`."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
@@ -188,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none",
                    help="cross-entropy class weights; median-frequency (from the first dataset's pixel counts) "
                         "lets rare, thin classes be learned")
+    _add_init(p, "none")
     _add_training_resources(p)
     p.set_defaults(handler="augment.cli.training:train_seg_command")
 
@@ -233,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deterministic(p, default=None)
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=None,
                    help="loss class weights (default: the baseline's, else none); from --real's pixel counts")
+    _add_init(p, None, "; both runs start alike (default: the baseline's start, else none)")
     _add_training_resources(p)
     p.set_defaults(workers=None)
     p.set_defaults(handler="augment.cli.pipelines:retrain_command")

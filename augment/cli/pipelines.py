@@ -18,7 +18,8 @@ def retrain_command(args: argparse.Namespace) -> int:
         synthetic=list(args.synthetic),
         out=args.out, val=args.val, ratio=args.ratio, model=args.model, size=args.size, epochs=args.epochs,
         batch=args.batch, lr=args.lr, seed=args.seed, deterministic=args.deterministic,
-        class_weights=args.class_weights, baseline=args.baseline,
+        class_weights=args.class_weights, weights_backbone=args.weights_backbone, init=args.init,
+        baseline=args.baseline,
         workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, resume=args.resume, address=args.address,
     )

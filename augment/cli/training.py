@@ -52,6 +52,8 @@ def train_seg_command(args: argparse.Namespace) -> int:
         batch=args.batch,
         lr=args.lr,
         class_weights=args.class_weights,
+        weights_backbone=args.weights_backbone,
+        init=args.init,
         **_run_options(args),
     )
     card = train_segmenter(config)

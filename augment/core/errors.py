@@ -23,3 +23,14 @@ class BadSample(AugmentError):
         super().__init__(f"{source}: {reason}" if source else reason)
         self.reason = reason
         self.source = source
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """The non-blank lines of an exception's message, stripped."""
+    return [line.strip() for line in str(exc).splitlines() if line.strip()]
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-blank message line (its type name when it has none): the part a one-line error
+    quotes of a library's multi-line message."""
+    return (error_lines(exc) or [type(exc).__name__])[0]

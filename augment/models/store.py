@@ -36,7 +36,7 @@ from safetensors.torch import save as st_save
 from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import DatasetInfo
-from augment.core.errors import AugmentError, CheckpointError
+from augment.core.errors import AugmentError, CheckpointError, error_lines, first_line
 from augment.models.gan import GAN_KIND, GANConfig, build_generator
 from augment.models.segmenter import SEGMENTER_KIND, build_segmenter
 
@@ -129,17 +129,8 @@ def load_card(run: str) -> ModelCard:
     try:
         data = json.loads(afs.read_bytes(filesystem, card_path))
     except ValueError as exc:  # JSONDecodeError (empty, truncated) and UnicodeDecodeError (binary) alike
-        raise CheckpointError(f"{card_path}: unreadable model card ({_first_line(exc)})") from None
+        raise CheckpointError(f"{card_path}: unreadable model card ({first_line(exc)})") from None
     return ModelCard.from_dict(data, card_path)
-
-
-def _lines(exc: BaseException) -> list[str]:
-    """The non-blank lines of an exception's message, stripped."""
-    return [line.strip() for line in str(exc).splitlines() if line.strip()]
-
-
-def _first_line(exc: BaseException) -> str:
-    return (_lines(exc) or [type(exc).__name__])[0]
 
 
 def load_weights(run: str, card: ModelCard | None = None) -> dict[str, torch.Tensor]:
@@ -156,7 +147,7 @@ def load_weights(run: str, card: ModelCard | None = None) -> dict[str, torch.Ten
     try:
         return st_load(blob)
     except Exception as exc:  # safetensors raises its own SafetensorError (and others) on a malformed file
-        raise CheckpointError(f"{weights_path}: not a safetensors file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{weights_path}: not a safetensors file ({first_line(exc)})") from None
 
 
 def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str, fits: str = "the model") -> None:
@@ -165,7 +156,7 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: st
     try:
         result = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # a shape mismatch raises even when not strict; its first detail names the key
-        lines = _lines(exc) or [type(exc).__name__]
+        lines = error_lines(exc) or [type(exc).__name__]
         raise CheckpointError(f"{what}: weights do not fit {fits}: {lines[min(1, len(lines) - 1)]}") from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     problems = ([f"{len(missing)} missing (first {missing[0]!r})"] if missing else []) + (
@@ -187,14 +178,14 @@ def load_train_state(run: str, keys: Sequence[str] = ()) -> dict[str, Any] | Non
     try:
         state = torch.load(io.BytesIO(afs.read_bytes(filesystem, state_path)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never relay that
-        lines = _lines(exc)
+        lines = error_lines(exc)
         at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
         detail = f" ({lines[at + 1]})" if at is not None and at + 1 < len(lines) else ""
         raise CheckpointError(f"{state_path}: not a training state augment can load: corrupt, or it holds objects "
                               f"other than tensors and plain data{detail}; the weights-only loader refused it, so "
                               f"no code in it ran") from None
     except Exception as exc:  # a torn zip (RuntimeError), an empty file (EOFError)...: the file is not loadable
-        raise CheckpointError(f"{state_path}: not a training state augment can load ({_first_line(exc)})") from None
+        raise CheckpointError(f"{state_path}: not a training state augment can load ({first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_path}: a training state must be a mapping, got {type(state).__name__}")
     missing = [k for k in keys if k not in state]

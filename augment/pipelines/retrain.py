@@ -40,6 +40,7 @@ from augment import __version__
 from augment.data import fs as afs
 from augment.data.dataset import Dataset, decode_row, open_dataset
 from augment.core.errors import AugmentError
+from augment.models.pretrained import InitRecord
 from augment.models.segmenter import SEGMENTER_KIND
 from augment.report.retrain import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD, iou_chart_png, report_page
 from augment.data.drawing import png_bytes, render_pairs
@@ -77,6 +78,8 @@ class RetrainConfig:
     seed: int | None = None
     deterministic: bool | None = None
     class_weights: str | None = None
+    weights_backbone: str | None = None
+    init: str | None = None
     baseline: str | None = None
     workers: int | None = None
     gpus_per_worker: float | None = None
@@ -133,6 +136,8 @@ class Recipe:
     scale_range: tuple[float, float] = (0.5, 2.0)
     class_weights: str = "none"
     deterministic: bool = False
+    weights_backbone: str = "none"
+    init: str | None = None
 
 
 def _dataset_json_sha256(ds: Dataset) -> str:
@@ -261,17 +266,27 @@ def baseline_recipe(cfg: RetrainConfig, card: ModelCard, mix: Mix) -> Recipe:
         scale_range=tuple(train.get("scale_range", (0.5, 2.0))),
         class_weights=str(train.get("class_weights", "none")),
         deterministic=bool((card.reproducibility or {}).get("deterministic", False)),
+        **_init_options(InitRecord.from_card(card.model_config)),
     )
     asked = {"--model": cfg.model, "--epochs": cfg.epochs, "--batch": cfg.batch, "--lr": cfg.lr, "--seed": cfg.seed,
-             "--workers": cfg.workers, "--class-weights": cfg.class_weights, "--deterministic": cfg.deterministic}
+             "--workers": cfg.workers, "--class-weights": cfg.class_weights, "--deterministic": cfg.deterministic,
+             "--weights-backbone": cfg.weights_backbone, "--init": cfg.init}
     have = {"--model": recipe.model, "--epochs": recipe.epochs, "--batch": recipe.batch, "--lr": recipe.lr,
             "--seed": recipe.seed, "--workers": recipe.workers, "--class-weights": recipe.class_weights,
-            "--deterministic": recipe.deterministic}
+            "--deterministic": recipe.deterministic, "--weights-backbone": recipe.weights_backbone,
+            "--init": recipe.init}
     for flag, value in asked.items():
         if value is not None and value != have[flag]:
             raise MixError(f"{flag} {value} does not fit {what}, trained with {flag} {have[flag]}; the augmented run "
                            f"shares the baseline's recipe and budget (leave {flag} out to take the baseline's)")
     return recipe
+
+
+def _init_options(record: InitRecord) -> dict[str, Any]:
+    """The Recipe's weights_backbone / init that start a run as `record` says a run started."""
+    if record.kind == "run":
+        return {"weights_backbone": "none", "init": record.source}
+    return {"weights_backbone": {"none": "none", "imagenet": "imagenet"}.get(record.kind, record.source), "init": None}
 
 
 def _own_recipe(cfg: RetrainConfig) -> Recipe:
@@ -281,7 +296,8 @@ def _own_recipe(cfg: RetrainConfig) -> Recipe:
                   seed=cfg.seed if cfg.seed is not None else 0, workers=cfg.workers or 1,
                   optimizer=defaults.optimizer, weight_decay=defaults.weight_decay,
                   scale_range=tuple(defaults.scale_range), class_weights=cfg.class_weights or defaults.class_weights,
-                  deterministic=bool(cfg.deterministic))
+                  deterministic=bool(cfg.deterministic), weights_backbone=cfg.weights_backbone or "none",
+                  init=cfg.init)
 
 
 def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], out: str, **kw: Any) -> SegTrainConfig:
@@ -291,7 +307,7 @@ def _seg_config(cfg: RetrainConfig, mix: Mix, recipe: Recipe, data: list[str], o
         scale_range=recipe.scale_range, workers=recipe.workers, gpus_per_worker=cfg.gpus_per_worker,
         resume=cfg.resume, seed=recipe.seed, deterministic=recipe.deterministic, address=cfg.address,
         log_every=cfg.log_every, val_every=cfg.val_every,
-        class_weights=recipe.class_weights, **kw,
+        class_weights=recipe.class_weights, weights_backbone=recipe.weights_backbone, init=recipe.init, **kw,
     )
 
 
@@ -385,8 +401,9 @@ def retrain(cfg: RetrainConfig) -> dict[str, Any]:
     _say(f"augmented: training {recipe.model} for the baseline's {steps} steps of {recipe.batch} ({shares}) "
          f"-> {augmented_run}")
     t = time.monotonic()
+    start = InitRecord.from_card(baseline_card.model_config)
     aug_cfg = _seg_config(cfg, mix, recipe, uris, augmented_run, weights=mix.weights, max_steps=steps,
-                          extra={"retrain": mix_record})
+                          extra={"retrain": mix_record}, init_sha256=start.sha256)
     aug_cfg.epochs = _augmented_epochs(mix, recipe, steps)
     augmented_card = train_segmenter(aug_cfg)
     timings["augmented_s"] = round(time.monotonic() - t, 1)
@@ -444,7 +461,8 @@ def build_report(
                    "batch_per_worker": recipe.batch, "workers": recipe.workers,
                    "scale_range": list(recipe.scale_range), "seed": recipe.seed,
                    "deterministic": recipe.deterministic, "baseline_epochs": recipe.epochs,
-                   "augmented_epochs": _card_training(augmented_card).get("epochs"), "steps": baseline_card.step},
+                   "augmented_epochs": _card_training(augmented_card).get("epochs"), "steps": baseline_card.step,
+                   "init": InitRecord.from_card(baseline_card.model_config).to_dict()},
         "runs": {
             "baseline": {"run": baseline_run, "weights_sha256": baseline_card.weights_sha256,
                          "step": baseline_card.step, "trained_here": trained_here, "metrics": before},

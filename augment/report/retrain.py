@@ -53,7 +53,7 @@ def report_page(report: dict[str, Any]) -> Page:
         f"Both runs: {report['recipe']['model']}, {mix['steps']} optimizer steps of {mix['batch_per_worker']} images "
         f"x {mix['workers']} worker(s) at {mix['size'][0]}x{mix['size'][1]}, seed {report['recipe']['seed']}"
         f"{' with deterministic algorithms' if report['recipe'].get('deterministic') else ''}, class "
-        f"weights {mix.get('class_weights', 'none')}; the "
+        f"weights {mix.get('class_weights', 'none')}, {_start(report['recipe'].get('init'))}; the "
         f"augmented run took {mix['ratio']:.0%} of every batch from the synthetic data. Numbers are "
         f"`augment evaluate`'s (IoU in %, '-': class in neither masks nor predictions)."
     )
@@ -128,3 +128,13 @@ def format_summary(report: dict[str, Any]) -> str:
                      f"{pct(m['delta'], signed=True):>7}")
     lines.append("* targeted by the augmentation job")
     return "\n".join(lines)
+
+
+def _start(init: dict | None) -> str:
+    """How both runs' weights started, in words (the card's model_config["init"])."""
+    init = init or {"kind": "none"}
+    if init["kind"] == "none":
+        return "from scratch"
+    what = {"imagenet": "the ImageNet backbone", "file": "the backbone file", "run": "the weights of run"}
+    return f"starting from {what.get(init['kind'], init['kind'])} {init.get('source', '')} (sha256 {init.get('sha256', '')[:12]})"
+

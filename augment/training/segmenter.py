@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from augment.data.dataset import Dataset, DatasetInfo, open_dataset
 from augment.core.errors import AugmentError
+from augment.models.pretrained import InitRecord, load_init, resolve_init
 from augment.models.segmenter import SEGMENTER_KIND, build_segmenter, segmenter_config
 from augment.training import CLASS_WEIGHTS
 from augment.training import distributed as dist_utils
@@ -116,6 +117,13 @@ class SegTrainConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps (the poly schedule ends there too): a budget shared with another
     run, e.g. `augment retrain`'s augmented run, which gets exactly its baseline's number of steps."""
+    weights_backbone: str = "none"
+    """Where the backbone starts: "none" (random), "imagenet" (torchvision's IMAGENET1K_V1) or a state-dict file
+    (augment.models.pretrained)."""
+    init: str | None = None
+    """A finished train-seg run (same model and classes) whose weights the whole model starts from."""
+    init_sha256: str | None = None
+    """Refuse an initialisation whose sha256 is not this one (retrain: the baseline's, so both runs start alike)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded in the card (e.g. the retrain step's ratio)."""
 
@@ -137,6 +145,10 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
     if val is not None:
         common_classes(datasets + [val])
     _check_batches(opened, config.batch, config.workers)
+    init = resolve_init(config.model, list(info.classes), config.weights_backbone, config.init)
+    if config.init_sha256 is not None and init.record.sha256 != config.init_sha256:
+        raise AugmentError(f"the initialisation {init.record.describe()} is not the one asked for (sha256 "
+                           f"{config.init_sha256[:12] or 'none: from scratch'}); it changed since")
 
     card = ModelCard(
         kind=SEGMENTER_KIND,
@@ -146,6 +158,7 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
         size=list(size),
         model_config={
             **segmenter_config(config.model, info.num_classes, config.aux_loss, NORMALIZATION),
+            "init": init.record.to_dict(),
             "training": _training_record(config, weights),
         },
         dataset={"train": [_dataset_record(ds, w) for ds, w in opened], "val": _dataset_record(val) if val else None},
@@ -165,6 +178,7 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
         "steps_per_epoch": steps_per_epoch(rows_per_worker, config.batch, [w for _, w in opened]),
         "start_epoch": start,
         "class_weights": weights,
+        "init": {"target": init.target, "state": init.state} if start == 0 and init.state is not None else None,
     }
     dist_utils.run_training(
         _train_loop, loop_config, config.workers, config.gpus_per_worker, None, config.out, address=config.address,
@@ -227,6 +241,9 @@ def _start_state(config: SegTrainConfig, card: ModelCard, datasets: list[Dataset
     if had != config.class_weights:
         raise CheckpointError(f"{what} was trained with class weights {had!r}, not {config.class_weights!r}")
     check_same_reproducibility(existing, card, what)
+    had_init, init = InitRecord.from_card(existing.model_config), InitRecord.from_card(card.model_config)
+    if not had_init.same_start(init):
+        raise CheckpointError(f"{what} started {had_init.describe()}, not {init.describe()}")
     state = load_train_state(config.out, STATE_KEYS)
     if state is None:
         raise CheckpointError(f"{what} has no train_state.pt to resume from")
@@ -293,6 +310,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     seeding.seed_model_init(cfg.seed)
 
     model = build_segmenter(cfg.model, len(card.classes), cfg.aux_loss)
+    if loop_config.get("init"):
+        load_init(model, loop_config["init"]["target"], loop_config["init"]["state"])
     start_epoch, step = loop_config["start_epoch"], 0
     state = None
     if start_epoch > 0:
