@@ -74,3 +74,21 @@ def test_overwrite_deletes_only_demo_outputs(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "mine"), *TINY, "--overwrite"]) == 2
     assert "not a demo output" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_in_insert_mode(tmp_path, capsys):
+    out = tmp_path / "ins"
+    # 150 steps: 20 leave a baseline that finds no inserted object, and then the filter rightly accepts none
+    assert main(["demo", "--out", str(out), "--size", "32x32", "--steps", "150", "--n", "24", "--mode", "insert"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads((out / DEMO_FILE).read_text())["mode"] == "insert"
+    gan = load_card(str(out / "cropgan"))
+    assert gan.step == 150 and gan.model_config.get("context") and not (out / "gan").exists()
+    job = yaml.safe_load((out / "job.yaml").read_text())
+    assert job["version"] == 2 and job["synthesis"] == {"mode": "insert"} and "filter" not in job
+    summary = json.loads((out / "synthetic" / "_summary.json").read_text())
+    assert summary["synthesis"]["mode"] == "insert"
+    assert summary["accepted"] > 0 and summary["rejected"] > 0  # the region filter really filters
+    report = json.loads((out / "retrain/report.json").read_text())
+    assert report["demo_mode"] == "insert"
+    assert "mode insert: mIoU " in printed and "One seed: a change this size may be noise" in printed

@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GAN steps (default: 150); segmenter epochs are steps/18 (at least 2)")
     p.add_argument("--n", type=_positive, default=None,
                    help="example training scenes (default: 96); validation gets n/3, each rare class n/6 samples")
+    p.add_argument("--mode", choices=("scene", "paste", "insert"), default="scene",
+                   help="synthesis mode: scene (whole images from the GAN), paste (real objects copied into real "
+                        "images), insert (a crop GAN paints objects into real images)")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo in --out and start over")
     p.add_argument("--resume", action="store_true", help="finish a previous demo in --out, keeping complete stages")
     p.set_defaults(handler="augment.cli.pipelines:demo_command")

@@ -31,13 +31,15 @@ def retrain_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from augment.pipelines.demo import DEFAULT_N, DEFAULT_STEPS, DemoSettings, run_demo
+    from augment.pipelines.demo import DEFAULT_N, DEFAULT_STEPS, DemoSettings, run_demo, verdict
     from augment.report.retrain import REPORT_MD, format_summary
 
-    settings = DemoSettings(size=tuple(args.size), steps=args.steps or DEFAULT_STEPS, n=args.n or DEFAULT_N)
+    settings = DemoSettings(size=tuple(args.size), steps=args.steps or DEFAULT_STEPS, n=args.n or DEFAULT_N,
+                            mode=args.mode)
     report = run_demo(args.out, settings, overwrite=args.overwrite, resume=args.resume)
     console.summary("")
     console.summary(format_summary(report))
+    console.summary(verdict(report))
     timings = report["demo_timings"]
     console.summary("stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if k != "total_s")
                     + f"; total {timings['total_s']:.0f} s")

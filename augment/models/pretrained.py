@@ -102,13 +102,14 @@ def hub_cache_file(url: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
 
 
-def resolve_init(model: str, classes: list[str], weights_backbone: str = "none", init: str | None = None) -> Init:
+def resolve_init(model: str, classes: list[str], weights_backbone: str = "none", init: str | None = None,
+                 aux_loss: bool = False) -> Init:
     """Read the initial weights a run asks for (see the module docstring); AugmentError in one line when they cannot
     be had or do not fit `model` with `classes`."""
     if init and weights_backbone not in ("none", ""):
         raise AugmentError("give --init RUN or --weights-backbone, not both (--init sets the whole model)")
     if init:
-        return _from_run(init, model, classes)
+        return _from_run(init, model, classes, aux_loss)
     if weights_backbone in ("none", ""):
         return Init(InitRecord())
     if weights_backbone == "imagenet":
@@ -149,7 +150,7 @@ def _from_file(path: str, model: str) -> Init:
                            {"keys_loaded": len(fitted), "keys_ignored": ignored}), "backbone", fitted)
 
 
-def _from_run(run: str, model: str, classes: list[str]) -> Init:
+def _from_run(run: str, model: str, classes: list[str], aux_loss: bool) -> Init:
     from augment.models.segmenter import SEGMENTER_KIND
     from augment.models.store import load_card, load_weights
 
@@ -160,6 +161,9 @@ def _from_run(run: str, model: str, classes: list[str]) -> Init:
     name = card.model_config.get("name")
     if name != model:
         raise CheckpointError(f"{what}: its model is {name}, this run trains {model} (pass --model {name})")
+    if bool(card.model_config.get("aux_loss")) != aux_loss:
+        raise CheckpointError(f"{what}: trained {'with' if not aux_loss else 'without'} the auxiliary head, this run "
+                              f"{'with' if aux_loss else 'without'} it")
     if list(card.classes) != list(classes):
         theirs, ours = set(card.classes), set(classes)
         differ = sorted(theirs ^ ours)

@@ -1,5 +1,5 @@
-"""torchvision segmenters, built from scratch (no pretrained weights); augment.models.store loads them from a
-train-seg run."""
+"""torchvision segmenters, built randomly initialised (augment.models.pretrained loads pretrained backbones or
+another run's weights into them); augment.models.store loads them from a train-seg run."""
 
 from __future__ import annotations
 

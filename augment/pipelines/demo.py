@@ -3,10 +3,13 @@
 Stages, each printed with its wall time, all under OUT:
  1. data/train (N scenes, seed 0) and data/val (a separate set, seed 1): `write_example_data`
  2. baseline/: the segmenter on data/train alone (`train_segmenter`)
- 3. gan/: the GAN on data/train (`train_gan`, with the L1 term and a short-memory EMA, see GAN_MODEL)
+ 3. gan/: the GAN on data/train (`train_gan`, with the L1 term and a short-memory EMA, see GAN_MODEL); with
+    --mode insert, cropgan/: a crop-mode GAN (CROP x CROP crops) that paints objects into real images; with --mode
+    paste, nothing (copy-paste uses the objects' own pixels)
  4. synthetic/: an augmentation job (OUT/job.yaml) with explicit quotas for the rarest classes by pixel share in
-    data/train's statistics; its filter is calibrated to the baseline (min mIoU = half its val mIoU, no target IoU
-    floor: a segmenter trained this briefly rarely finds the rare classes at all)
+    data/train's statistics. Mode scene: its filter is calibrated to the baseline (min mIoU = half its val mIoU,
+    no target IoU floor: a segmenter trained this briefly rarely finds the rare classes at all); modes paste and
+    insert: the region filter at the job defaults (the target class's IoU in the object's box)
  5. retrain/: `retrain` with baseline/ as the baseline (same recipe, step budget and seed), which writes the report
     retrain/report.md (+ .html, .json, figures/)
 
@@ -30,10 +33,14 @@ from typing import Any, Callable
 import yaml
 
 from augment.data.dataset import is_dataset, read_info
+from augment.data.objects import DEFAULT_MIN_PIXELS
 from augment.core.errors import AugmentError
 from augment.pipelines.retrain import RetrainConfig, retrain
 
 DEMO_FILE = "demo.json"
+MODES = ("scene", "paste", "insert")
+CROP = 32
+"""Crop side of mode insert's generator (at most the images' shorter side)."""
 DEFAULT_SIZE = (48, 64)
 DEFAULT_STEPS = 150
 DEFAULT_N = 96
@@ -49,6 +56,8 @@ class DemoSettings:
     steps: int = DEFAULT_STEPS
     n: int = DEFAULT_N
     seed: int = 0
+    mode: str = "scene"
+    """Synthesis mode of the job (MODES; jobs' `synthesis.mode`)."""
 
     @property
     def val_n(self) -> int:
@@ -66,15 +75,42 @@ class DemoSettings:
     def batch(self) -> int:
         return 8 if self.n >= 32 else 4
 
+    @property
+    def crop(self) -> int:
+        return min(CROP, *self.size)
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "size": list(self.size)}
+        """demo.json; mode scene is left out, so demos written before --mode existed still --resume."""
+        out = {**asdict(self), "size": list(self.size)}
+        if self.mode == "scene":
+            out.pop("mode")
+        return out
 
 
-def rarest_classes(data: str, k: int = RARE_CLASSES) -> list[str]:
-    """The `k` classes with the smallest pixel share in a dataset's statistics, among the classes present."""
+def rarest_classes(data: str, k: int = RARE_CLASSES, min_object: int | None = None) -> list[str]:
+    """The `k` classes with the smallest pixel share in a dataset's statistics, among the classes present (with
+    `min_object`: among those with an object, a connected component, of at least that many pixels in some label
+    map, which modes paste and insert need)."""
     info = read_info(data)
     present = [(p, i) for i, p in enumerate(info.class_pixels) if p > 0]
+    if min_object is not None:
+        have = object_classes(data, min_object)
+        present = [(p, i) for p, i in present if i in have]
     return [info.classes[i] for _, i in sorted(present)[:k]]
+
+
+def object_classes(data: str, min_pixels: int) -> set[int]:
+    """The class indices with an object of `min_pixels`+ pixels in some label map of the dataset `data`."""
+    from augment.data.dataset import open_dataset
+    from augment.data.lookup import LabelMaps, RowLookup
+    from augment.data.objects import all_components
+
+    dataset = open_dataset(data)
+    found: set[int] = set()
+    for mask in LabelMaps(RowLookup(dataset)).values():
+        found |= {obj.class_index for obj in all_components(mask, mask != dataset.info.ignore_index)
+                  if int(obj.shape.sum()) >= min_pixels}
+    return found
 
 
 def _prepare_out(out: str, settings: DemoSettings, overwrite: bool, resume: bool) -> None:
@@ -131,7 +167,10 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
     _prepare_out(out, settings, overwrite, resume)
     s = settings
     train, val = os.path.join(out, "data", "train"), os.path.join(out, "data", "val")
-    baseline, gan = os.path.join(out, "baseline"), os.path.join(out, "gan")
+    if s.mode not in MODES:
+        raise AugmentError(f"unknown synthesis mode {s.mode!r}; choose one of {', '.join(MODES)}")
+    baseline = os.path.join(out, "baseline")
+    gan = os.path.join(out, "cropgan" if s.mode == "insert" else "gan")
     synthetic, retrain_out = os.path.join(out, "synthetic"), os.path.join(out, "retrain")
     stages = _Stages(5)
     init_ray(address)
@@ -155,19 +194,32 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
                       lambda: train_segmenter(seg_cfg))
     val_miou = float(card.metrics.get("val_miou") or 0.0)
 
-    gan_cfg = GANTrainConfig(data=train, out=gan, size=s.size, steps=s.steps, batch=s.batch, model=dict(GAN_MODEL),
-                             l1=True, seed=s.seed, resume=resume, address=address, log_every=max(1, s.steps // 10))
-    stages.run("gan", f"OASIS GAN with the L1 term (learns the label layout sooner), {s.steps} steps",
-               lambda: train_gan(gan_cfg))
+    gan_cfg = GANTrainConfig(data=train, out=gan, size=None if s.mode == "insert" else s.size,
+                             crop=s.crop if s.mode == "insert" else None, steps=s.steps, batch=s.batch,
+                             model=dict(GAN_MODEL), l1=True, seed=s.seed, resume=resume, address=address,
+                             log_every=max(1, s.steps // 10))
+    if s.mode == "paste":
+        stages.run("gan", "none to train: mode paste copies the real objects' own pixels", lambda: None)
+    elif s.mode == "insert":
+        stages.run("gan", f"crop-mode OASIS GAN painting objects into {s.crop}x{s.crop} crops of real images, "
+                          f"L1 term, {s.steps} steps", lambda: train_gan(gan_cfg))
+    else:
+        stages.run("gan", f"OASIS GAN with the L1 term (learns the label layout sooner), {s.steps} steps",
+                   lambda: train_gan(gan_cfg))
 
-    rare = rarest_classes(train)
+    rare = rarest_classes(train, min_object=None if s.mode == "scene" else DEFAULT_MIN_PIXELS)
     job_path = os.path.join(out, "job.yaml")
-    job = {
+    job: dict[str, Any] = {
         "data": train, "generator": gan, "segmenter": baseline, "output": synthetic, "seed": s.seed,
         "classes": {c: s.quota for c in rare},
         "filter": {"min_miou": round(val_miou / 2, 4), "min_target_iou": 0.0},
         "resources": {"batch_size": 16, "samples_per_shard": 32},
     }
+    if s.mode != "scene":
+        job = {"version": 2, **job, "synthesis": {"mode": s.mode}}
+        job.pop("filter")  # the region filter's defaults (schemas/job-v2.schema.json)
+        if s.mode == "paste":
+            job.pop("generator")
     with open(job_path, "w") as f:
         yaml.safe_dump(job, f, sort_keys=False)
 
@@ -175,19 +227,34 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
         summary = run_job(load_job(job_path))
         print(job_summary(summary), flush=True)
         if not summary["accepted"]:
-            raise AugmentError(f"no synthetic sample passed the filter (min mIoU {job['filter']['min_miou']}); "
-                               f"train longer with a larger --steps")
+            raise AugmentError(f"no synthetic sample passed the filter ({rule}); train longer with a larger --steps")
         return summary
 
+    rule = (f"min mIoU {job['filter']['min_miou']} (half the baseline's val mIoU {val_miou:.3f})" if s.mode == "scene"
+            else "region filter: the target's IoU in the object's box, at the job defaults")
     stages.run("augment", f"{s.quota} samples for each of the {len(rare)} rarest classes ({', '.join(rare)}), "
-               f"filter min mIoU {job['filter']['min_miou']} (half the baseline's val mIoU {val_miou:.3f}); job "
-               f"file {job_path}", augment_job)
+               f"mode {s.mode}, filter {rule}; job file {job_path}", augment_job)
 
     cfg = RetrainConfig(real=train, synthetic=[synthetic], val=val, out=retrain_out, ratio=0.3, baseline=baseline,
                         resume=resume, address=address, log_every=10)
     report = stages.run("retrain", "same recipe, step budget and seed as the baseline, 30% of every batch "
                         "synthetic; evaluate both and write the report", lambda: retrain(cfg))
     report["demo_timings"] = {**stages.timings, "total_s": round(time.monotonic() - stages.start, 1)}
+    report["demo_mode"] = s.mode
     with open(os.path.join(out, "timings.json"), "w") as f:
         json.dump(report["demo_timings"], f, indent=2)
     return report
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """What the demo's synthesis bought, in one plain sentence: mode, mIoU and targeted-class changes, whether each
+    is a gain or a loss, and that one seed cannot tell either from noise."""
+    def said(delta: float | None) -> str:
+        if delta is None:
+            return "not measurable"
+        return f"{delta * 100:+.2f} points ({'a gain' if delta > 0 else 'a loss' if delta < 0 else 'no change'})"
+
+    return (f"mode {report.get('demo_mode', 'scene')}: mIoU {said(report['miou']['delta'])}, targeted classes' mean "
+            f"IoU {said(report['targeted']['mean_delta'])}. One seed: a change this size may be noise; "
+            f"jobs/experiment.py --seeds gives intervals.")
+

@@ -6,7 +6,8 @@ batch, bf16 autocast and channels_last on GPU. SGD is the default because it tra
 CamVid at 48x64, batch 8, 600 steps, one seed, val mIoU in eval mode: SGD lr 0.02 0.300, SGD 0.05 0.260, AdamW
 1e-3 0.244 (at 250 steps: SGD 0.02 0.275, AdamW 1e-3 0.201, AdamW 3e-3 0.222). AdamW stays available through
 `SegTrainConfig.optimizer`. Every epoch rank 0 appends a line to metrics.jsonl and writes a checkpoint (weights +
-card + training state); with a validation set the epoch's mIoU goes into the card. Data order, augmentations
+card + training state); with a validation set the epoch's mIoU goes into the card. The weights start random
+(from `seed`), from a pretrained backbone (`weights_backbone`) or from another run (`init`): augment.models.pretrained. Data order, augmentations
 (run in Ray Data tasks) and initialisation all derive from `seed` (augment.training.seeding), so two runs with the
 same seed and worker count on the same machine and software give the same weights; `deterministic` also makes
 torch's GPU kernels reproducible.
@@ -145,7 +146,7 @@ def train_segmenter(config: SegTrainConfig) -> ModelCard:
     if val is not None:
         common_classes(datasets + [val])
     _check_batches(opened, config.batch, config.workers)
-    init = resolve_init(config.model, list(info.classes), config.weights_backbone, config.init)
+    init = resolve_init(config.model, list(info.classes), config.weights_backbone, config.init, config.aux_loss)
     if config.init_sha256 is not None and init.record.sha256 != config.init_sha256:
         raise AugmentError(f"the initialisation {init.record.describe()} is not the one asked for (sha256 "
                            f"{config.init_sha256[:12] or 'none: from scratch'}); it changed since")
