@@ -20,6 +20,7 @@ from augment.core import console
 from augment.core.errors import AugmentError
 from augment.data.codec import MAX_PIXELS, parse_size
 from augment.models import SEGMENTERS
+from augment.synthesis import SYNTHESIS_MODES
 from augment.training import CLASS_WEIGHTS
 
 
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GAN steps (default: 150); segmenter epochs are steps/18 (at least 2)")
     p.add_argument("--n", type=_positive, default=None,
                    help="example training scenes (default: 96); validation gets n/3, each rare class n/6 samples")
-    p.add_argument("--mode", choices=("scene", "paste", "insert"), default="scene",
+    p.add_argument("--mode", choices=SYNTHESIS_MODES, default="scene",
                    help="synthesis mode: scene (whole images from the GAN), paste (real objects copied into real "
                         "images), insert (a crop GAN paints objects into real images)")
     p.add_argument("--overwrite", action="store_true", help="delete a previous demo in --out and start over")

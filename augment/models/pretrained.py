@@ -34,8 +34,6 @@ from torch import nn
 
 from augment.core.errors import AugmentError, CheckpointError, first_line
 
-INIT_KINDS = ("none", "imagenet", "file", "run")
-
 _IMAGENET = {
     "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
     "resnet50": "ResNet50_Weights",
@@ -135,9 +133,9 @@ def _from_imagenet(model: str) -> Init:
             raise AugmentError(
                 f"{what}: {os.path.basename(cached)} is not in {os.path.dirname(cached)} and could not be downloaded "
                 f"({first_line(exc)}); fetch {weights.url} into that folder (or set TORCH_HOME)") from None
-    state = _read_state(cached, what)
+    state, sha256 = _read_state(cached, what)
     fitted, ignored = fit_backbone(state, model, f"{what}: {cached}")
-    return Init(InitRecord("imagenet", str(weights), _sha256(cached),
+    return Init(InitRecord("imagenet", str(weights), sha256,
                            {"file": cached, "keys_loaded": len(fitted), "keys_ignored": ignored}), "backbone", fitted)
 
 
@@ -145,8 +143,9 @@ def _from_file(path: str, model: str) -> Init:
     what = f"--weights-backbone {path}"
     if not os.path.isfile(path):
         raise AugmentError(f"{what}: no such file (give none, imagenet or a state-dict file)")
-    fitted, ignored = fit_backbone(_read_state(path, what), model, what)
-    return Init(InitRecord("file", os.path.abspath(path), _sha256(path),
+    state, sha256 = _read_state(path, what)
+    fitted, ignored = fit_backbone(state, model, what)
+    return Init(InitRecord("file", os.path.abspath(path), sha256,
                            {"keys_loaded": len(fitted), "keys_ignored": ignored}), "backbone", fitted)
 
 
@@ -198,29 +197,22 @@ def load_init(model: nn.Module, target: str, state: dict[str, torch.Tensor]) -> 
     (model.backbone if target == "backbone" else model).load_state_dict(state, strict=True)
 
 
-def _read_state(path: str, what: str) -> dict[str, torch.Tensor]:
+def _read_state(path: str, what: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(the file's tensors, its sha256), read once."""
     try:
+        with open(path, "rb") as f:
+            blob = f.read()
         if path.endswith(".safetensors"):
             from safetensors.torch import load as st_load
 
-            with open(path, "rb") as f:
-                state: Any = st_load(f.read())
+            state: Any = st_load(blob)
         else:
-            with open(path, "rb") as f:
-                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, a torn zip, SafetensorError...
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # OSError, UnpicklingError, a torn zip, SafetensorError...
         raise CheckpointError(f"{what}: not a state dict augment can load ({first_line(exc)})") from None
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         nested = next((state[k] for k in ("model", "state_dict") if isinstance(state.get(k), dict)), None)
         state = nested if nested is not None else state
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what}: holds no state dict of tensors (got {type(state).__name__})")
-    return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, hashlib.sha256(blob).hexdigest()

@@ -36,9 +36,9 @@ from augment.data.dataset import is_dataset, read_info
 from augment.data.objects import DEFAULT_MIN_PIXELS
 from augment.core.errors import AugmentError
 from augment.pipelines.retrain import RetrainConfig, retrain
+from augment.synthesis import SYNTHESIS_MODES
 
 DEMO_FILE = "demo.json"
-MODES = ("scene", "paste", "insert")
 CROP = 32
 """Crop side of mode insert's generator (at most the images' shorter side)."""
 DEFAULT_SIZE = (48, 64)
@@ -57,7 +57,7 @@ class DemoSettings:
     n: int = DEFAULT_N
     seed: int = 0
     mode: str = "scene"
-    """Synthesis mode of the job (MODES; jobs' `synthesis.mode`)."""
+    """Synthesis mode of the job (augment.synthesis.SYNTHESIS_MODES; jobs' `synthesis.mode`)."""
 
     @property
     def val_n(self) -> int:
@@ -163,12 +163,12 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
     from augment.training.gan import GANTrainConfig, train_gan
     from augment.training.segmenter import SegTrainConfig, train_segmenter
 
+    if settings.mode not in SYNTHESIS_MODES:
+        raise AugmentError(f"unknown synthesis mode {settings.mode!r}; choose one of {', '.join(SYNTHESIS_MODES)}")
     out = os.path.abspath(out)
     _prepare_out(out, settings, overwrite, resume)
     s = settings
     train, val = os.path.join(out, "data", "train"), os.path.join(out, "data", "val")
-    if s.mode not in MODES:
-        raise AugmentError(f"unknown synthesis mode {s.mode!r}; choose one of {', '.join(MODES)}")
     baseline = os.path.join(out, "baseline")
     gan = os.path.join(out, "cropgan" if s.mode == "insert" else "gan")
     synthetic, retrain_out = os.path.join(out, "synthetic"), os.path.join(out, "retrain")

@@ -286,7 +286,7 @@ def _init_options(record: InitRecord) -> dict[str, Any]:
     """The Recipe's weights_backbone / init that start a run as `record` says a run started."""
     if record.kind == "run":
         return {"weights_backbone": "none", "init": record.source}
-    return {"weights_backbone": {"none": "none", "imagenet": "imagenet"}.get(record.kind, record.source), "init": None}
+    return {"weights_backbone": record.source if record.kind == "file" else record.kind, "init": None}
 
 
 def _own_recipe(cfg: RetrainConfig) -> Recipe:

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from augment.core.errors import AugmentError, BadSample
+from augment.synthesis import SYNTHESIS_MODES
 from augment.synthesis.composite import DEFAULT_BAND, label_placed, paste, placed_region
 from augment.synthesis.insert_plan import PlannedInsertion, component_of
 from augment.data.objects import ObjectComponent
 
-FILLERS = ("scene", "paste", "insert")
+FILLERS = SYNTHESIS_MODES
 
 
 def check_filler(name: Any) -> str:
