@@ -7,6 +7,7 @@ README's commands stop working as written."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -121,6 +122,11 @@ def test_readme_worked_example_runs_as_written(tmp_path, monkeypatch, capsys, ra
     for run in ("runs/seg", "runs/gan", "runs/seg-disjoint", "runs/retrain/augmented"):
         assert (work / run / CARD_FILE).is_file(), run
     assert (work / "runs" / "retrain" / "report.md").is_file()  # what the README says to look at next
+    # relative paths mean the driver's folders on the workers too, and are recorded absolute
+    card = json.loads((work / "runs/seg" / CARD_FILE).read_text())
+    assert card["dataset"]["val"]["uri"] == str(work / "camvid-val")
+    report = json.loads((work / "runs/retrain/report.json").read_text())
+    assert report["runs"]["baseline"]["run"] == str(work / "runs/seg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared", "work"]  # nothing written beside the folder
 
 
