@@ -8,7 +8,7 @@ from augment.data import example
 from augment.core.errors import AugmentError, BadSample
 from augment.models.gan import GANConfig, build_generator
 from augment.synthesis.insertion_sheets import (
-    BOX_RGB, COLUMNS, InsertionRow, insertion_row, insertion_sheets, object_panel, render_insertion_sheet,
+    BOX_RGB, COLUMNS, InsertionRow, closeup, insertion_row, insertion_sheets, object_panel, render_insertion_sheet,
 )
 from augment.data.drawing import ACCEPTED_RGB, BORDER, CAPTION_H, REJECTED_RGB, panel_size
 from augment.synthesis.composite import placed_region
@@ -159,7 +159,7 @@ def test_insertion_sheet_rows(scenes, plan):
     sheet = render_insertion_sheet(rows[:2], example.PALETTE)
     ph, pw = panel_size(*SIZE)
     row_h = CAPTION_H + ph + 2 * BORDER
-    assert sheet.shape == (CAPTION_H + 2 * row_h, len(COLUMNS) * pw + 5 * BORDER, 3)
+    assert sheet.shape == (CAPTION_H + 2 * row_h, len(COLUMNS) * (pw + BORDER) + BORDER, 3)
     assert tuple(sheet[CAPTION_H + 1, 1]) == ACCEPTED_RGB and tuple(sheet[CAPTION_H + row_h + 1, 1]) == REJECTED_RGB
     panel_top = CAPTION_H + CAPTION_H + BORDER
     host_panel = sheet[panel_top : panel_top + ph, BORDER : BORDER + pw]
@@ -170,6 +170,13 @@ def test_insertion_sheet_rows(scenes, plan):
     outline = (result_panel == BOX_RGB).all(axis=2)
     top, lft, bottom, right = rows[0].box
     assert outline[max(top - 1, 0) * f, max(lft - 1, 0) * f] and not outline[top * f + 1, lft * f + 1]
+    left = BORDER + 3 * (pw + BORDER)
+    near_panel = sheet[panel_top : panel_top + ph, left : left + pw]
+    near = closeup(rows[0].result, rows[0].box)
+    margin = max(DEFAULT_BAND, max(bottom - top, right - lft) // 2)
+    assert np.array_equal(near, rows[0].result[max(top - margin, 0) : bottom + margin,
+                                               max(lft - margin, 0) : right + margin])
+    assert np.array_equal(near_panel, object_panel(near, np.ones(near.shape[:2], bool), (ph, pw)))
     sheets = insertion_sheets(chosen, rows, example.PALETTE, example.CLASSES)
     assert list(sheets) == sorted({example.CLASSES[p.target_class] for p in chosen},
                                   key=example.CLASSES.index)

@@ -8,10 +8,13 @@ to at least MIN_PANEL on their short side by `panel_size` of the first row's hos
         object      the source crop: the object's real pixels with its source image dimmed around it, fitted
                     into the panel keeping its aspect ratio (nearest), centred on the background;
         result      the written image, with the object's box outlined just outside it (BOX_RGB) so it can be found;
+        close-up    the written image around the object's box (half the box's longer side, at least the band, on
+                    every side, clipped), undimmed, fitted into the panel as the object is: the inserted object
+                    at the object panel's scale, to be judged beside its source;
         prediction  the segmenter's prediction on the result, colourised (ignore black).
-    width  = 4 * panel_w + 5 * BORDER
+    width  = 5 * panel_w + 6 * BORDER
     height = CAPTION_H + n * (CAPTION_H + panel_h + 2 * BORDER)
-`render_panel_rows` draws any number of such columns; `render_insertion_sheet` is it for the four above;
+`render_panel_rows` draws any number of such columns; `render_insertion_sheet` is it for the five above;
 `insertion_row` makes a row from a planned insertion and its images, `insertion_sheets` one sheet per class.
 """
 
@@ -31,7 +34,7 @@ from augment.synthesis.composite import DEFAULT_BAND
 from augment.synthesis.fill import source_object
 from augment.synthesis.insert_plan import PlannedInsertion
 
-COLUMNS = ("host", "object", "result", "prediction")
+COLUMNS = ("host", "object", "result", "close-up", "prediction")
 BOX_RGB = (255, 230, 0)
 DIM = 0.35
 """The brightness left to the source pixels around an object in its panel."""
@@ -73,6 +76,18 @@ def object_panel(image: np.ndarray, shape: np.ndarray, size: tuple[int, int]) ->
     top, left = (ph - h) // 2, (pw - w) // 2
     panel[top : top + h, left : left + w] = _scaled(shown, (h, w))
     return panel
+
+
+def closeup(image: np.ndarray, box: tuple[int, int, int, int] | None, band: int = DEFAULT_BAND) -> np.ndarray:
+    """The part of `image` (H x W x 3) around `box` (top, left, bottom, right; exclusive) that the close-up panel
+    shows (module docstring); the whole image for None."""
+    if box is None:
+        return image
+    h, w = image.shape[:2]
+    margin = max(band, max(box[2] - box[0], box[3] - box[1]) // 2)
+    top, left = max(box[0] - margin, 0), max(box[1] - margin, 0)
+    bottom, right = min(box[2] + margin, h), min(box[3] + margin, w)
+    return image[top:bottom, left:right] if bottom > top and right > left else image
 
 
 def render_panel_rows(
@@ -131,8 +146,10 @@ def render_insertion_sheet(rows: Sequence[InsertionRow], palette: Sequence[Seque
         if row.host.shape[:2] != (h, w) or row.result.shape[:2] != (h, w) or row.prediction.shape != (h, w):
             raise ValueError(f"{row.caption}: host, result and prediction must all be {h}x{w}")
         prediction = colorize(np.asarray(row.prediction, np.uint8), palette)
+        near = closeup(row.result, row.box)
         panels = (_scaled(row.host, (ph, pw)), object_panel(row.object_image, row.object_shape, (ph, pw)),
-                  _outlined(_scaled(row.result, (ph, pw)), row.box, ph / h, pw / w), _scaled(prediction, (ph, pw)))
+                  _outlined(_scaled(row.result, (ph, pw)), row.box, ph / h, pw / w),
+                  object_panel(near, np.ones(near.shape[:2], bool), (ph, pw)), _scaled(prediction, (ph, pw)))
         drawn.append((panels, row.accepted, row.caption))
     return render_panel_rows(COLUMNS, drawn)
 
