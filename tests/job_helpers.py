@@ -38,9 +38,10 @@ def make_example_dataset(path: Path | str, n: int = 12, size: tuple[int, int] = 
 
 def make_tiny_runs(
     tmp_path: Path, dataset: str, size: tuple[int, int] | None = None, classes: list[str] | None = None, seed: int = 0,
-    context: bool = False,
+    context: bool = False, guide: bool = False,
 ) -> tuple[str, str]:
-    """An untrained tiny GAN run (with `context`, a crop-mode one of crop `size`) and segmenter run fitting
+    """An untrained tiny GAN run (with `context`, a crop-mode one of crop `size`; with `guide` too, a guided one) and
+    segmenter run fitting
     `dataset` (or the given size/classes, to make misfits).
 
     Returns (gan_run, seg_run) folders. Weights are seeded, so the same call gives the same checkpoints.
@@ -49,7 +50,8 @@ def make_tiny_runs(
     classes = list(classes or info.classes)
     size = tuple(size or info.image_size)
     torch.manual_seed(seed)
-    gan_cfg = GANConfig(num_classes=len(classes), size=size, z_dim=8, g_width=8, spade_hidden=16, context=context)
+    gan_cfg = GANConfig(num_classes=len(classes), size=size, z_dim=8, g_width=8, spade_hidden=16, context=context,
+                        guide=guide)
     generator = build_generator(gan_cfg).eval()
     for module in generator.modules():
         if isinstance(module, torch.nn.Conv2d):

@@ -83,10 +83,11 @@ def test_demo_in_insert_mode(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert json.loads((out / DEMO_FILE).read_text())["mode"] == "insert"
     gan = load_card(str(out / "cropgan"))
-    assert gan.step == 150 and gan.model_config.get("context") and not (out / "gan").exists()
+    assert gan.step == 150 and gan.model_config.get("context") and gan.model_config.get("guide")
+    assert not (out / "gan").exists()
     job = yaml.safe_load((out / "job.yaml").read_text())
     assert job["version"] == 2 and job["synthesis"] == {"mode": "insert"} and "filter" not in job
     summary = json.loads((out / "synthetic" / "_summary.json").read_text())
     assert summary["synthesis"]["mode"] == "insert"
     assert summary["accepted"] > 0 and summary["rejected"] > 0  # the region filter really filters
-    assert "mode insert: mIoU " in printed and "One seed: a change this size may be noise" in printed
+    assert "Synthesis mode insert: mIoU " in printed and "One seed: a change this size may be noise" in printed

@@ -13,7 +13,7 @@ from PIL import Image
 
 from augment.cli import main
 from augment.data.codec import encode_image, encode_mask
-from augment.models.context import context_input, fill_hole, hole_l1_loss
+from augment.models.context import RECOLOUR_SD, context_input, fill_hole, hole_l1_loss, recolour, split_context
 from augment.models.gan import GANConfig, build_discriminator, build_ema, build_generator, build_optimizers
 from augment.models.gan import gan_train_step
 from augment.models.losses import fake_class_loss
@@ -24,7 +24,9 @@ from augment.synthesis.inpaint import paint, paint_batch
 from augment.data.objects import find_objects
 from augment.synthesis.placement import Placement
 from augment.models.store import load_card
-from augment.training.crops import ObjectCrop, choose_object, crop_window, object_map, rarity_weights, split_hole
+from augment.training.crops import (
+    HOLE_ON, HOLE_RING, ObjectCrop, choose_object, crop_window, object_map, object_of, rarity_weights, split_hole,
+)
 from augment.training.data import _decode_batch
 from augment.training.seeding import seeded_rng
 from augment.training.transforms import apply_joint, normalize
@@ -122,6 +124,46 @@ def test_crop_mode_training_step() -> None:
         gan_train_step(G, D, None, opt_g, opt_d, real, masks, cfg)
 
 
+def test_guided_generator_reads_the_guide_and_its_step_recolours_the_object() -> None:
+    with pytest.raises(ValueError, match="needs context"):
+        GANConfig(num_classes=4, size=(CROP, CROP), guide=True)
+    old = GANConfig(num_classes=4, size=(CROP, CROP), context=True).to_dict()
+    del old["guide"]  # a crop-mode card written before the guide
+    assert GANConfig.from_dict(old).guide is False
+    cfg = GANConfig(num_classes=4, size=(CROP, CROP), context=True, guide=True, use_l1=True, ema_decay=0.9, **TINY)
+    assert GANConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    torch.manual_seed(0)
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    assert G.context_channels == 7 and G.guided
+    real = torch.rand(2, 3, CROP, CROP) * 2 - 1
+    hole = square_hole(2)
+    obj = torch.zeros_like(hole)
+    obj[:, :, 10:18, 12:20] = 1
+    label = torch.nn.functional.one_hot(torch.randint(0, 4, (2, CROP, CROP)), 4).permute(0, 3, 1, 2).float()
+    z = torch.randn(2, cfg.z_dim, 1, 1).expand(-1, -1, CROP, CROP)
+    G.eval()
+    with torch.no_grad():
+        a = G(label, z, context_input(real, hole, real * obj))
+        b = G(label, z, context_input(real, hole, -real * obj))
+        with pytest.raises(ValueError, match="context"):
+            G(label, z, context_input(real, hole))
+    inside = hole.bool().expand_as(a)
+    assert not torch.equal(a[inside], b[inside]) and torch.equal(a[~inside], real[~inside])
+    assert split_context(context_input(real, hole, real * obj))[1].equal(hole)
+    # the training guide: the object's pixels recoloured, the same for the same generator state, 0 off the object
+    g1, g2 = recolour(real, obj, torch.Generator().manual_seed(1)), recolour(real, obj, torch.Generator().manual_seed(1))
+    assert torch.equal(g1, g2) and (g1[~obj.bool().expand_as(g1)] == 0).all() and g1.abs().max() <= 1
+    assert not torch.allclose(g1[obj.bool().expand_as(g1)], real[obj.bool().expand_as(real)], atol=1e-3)
+    assert min(RECOLOUR_SD) > 0
+    G.train()
+    opt_g, opt_d = build_optimizers(cfg, G, D)
+    losses = gan_train_step(G, D, None, opt_g, opt_d, real, torch.randint(0, 4, (2, CROP, CROP)), cfg,
+                            torch.Generator().manual_seed(0), hole=hole, obj=obj)
+    assert all(np.isfinite(list(losses.values()))) and "g_l1" in losses
+    with pytest.raises(ValueError, match="object's map"):
+        gan_train_step(G, D, None, opt_g, opt_d, real, torch.randint(0, 4, (2, CROP, CROP)), cfg, hole=hole)
+
+
 # --- the crop sampler ---------------------------------------------------------------------------------------------
 
 def two_object_map(size: tuple[int, int] = (64, 64)) -> np.ndarray:
@@ -173,7 +215,8 @@ def test_object_crop_is_deterministic_per_seed_and_its_hole_is_the_dilated_objec
     draws = [crop_of(mask, image, s, crop) for s in range(8)]
     assert len({d[0].tobytes() for d in draws}) > 1
     for img, msk in draws:
-        assert img.shape == (4, CROP, CROP) and msk.shape == (CROP, CROP) and set(np.unique(img[3])) <= {0, 255}
+        assert img.shape == (4, CROP, CROP) and msk.shape == (CROP, CROP)
+        assert set(np.unique(img[3])) <= {0, HOLE_RING, HOLE_ON}
         # locate the crop in the map: the RGB crop is a window of the image
         hits = [(t, l) for t in range(64 - CROP + 1) for l in range(64 - CROP + 1)
                 if np.array_equal(image[t:t + CROP, l:l + CROP].transpose(2, 0, 1), img[:3])]
@@ -182,7 +225,12 @@ def test_object_crop_is_deterministic_per_seed_and_its_hole_is_the_dilated_objec
         assert np.array_equal(mask[t:t + CROP, l:l + CROP], msk)
         # the hole is one object of the map dilated by 2 px, cut to the crop
         assert any(np.array_equal(img[3] > 0, (feather_alpha(object_map(o), 2) > 0)[t:t + CROP, l:l + CROP])
+                   and np.array_equal(img[3] == HOLE_ON, object_map(o)[t:t + CROP, l:l + CROP])
                    for c in range(3) for o in find_objects(mask, c, 16))
+        # the object (a guided generator's guide) reads the same from uint8 and from normalised crops
+        batch = torch.from_numpy(img)[None]
+        assert torch.equal(object_of(batch), object_of(normalize(batch, "tanh")))
+        assert torch.equal(object_of(batch)[0, 0].bool(), torch.from_numpy(img[3] == HOLE_ON))
 
 
 def test_objects_at_the_border_shift_the_crop_inside_and_big_images_fail_clearly() -> None:
@@ -239,8 +287,9 @@ def test_train_gan_crop_mode_cli(ray_session, tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["train-gan", "--data", data, "--out", str(tmp_path / "r2"), "--crop", "32", "--size", "32x32"]) == 2
     assert main(["train-gan", "--data", data, "--out", str(tmp_path / "r3"), "--crop", "64"]) == 2
+    assert main(["train-gan", "--data", data, "--out", str(tmp_path / "r4"), "--guide"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "drop --size" in err[0] and "does not fit" in err[1]
+    assert len(err) == 3 and "drop --size" in err[0] and "does not fit" in err[1] and "add --crop" in err[2]
 
 
 # --- paint --------------------------------------------------------------------------------------------------------
@@ -307,3 +356,28 @@ def test_paint_batch_equals_one_at_a_time_and_handles_big_and_absent_objects(con
     plain = build_generator(GANConfig(num_classes=4, size=(CROP, CROP), **TINY))
     with pytest.raises(ValueError, match="crop-mode"):
         paint(plain, *hosts[0], placements[0], shapes[0])
+
+
+def test_guided_paint_repaints_the_source_pixels_and_keeps_the_host_outside(tmp_path, context_generator) -> None:
+    data = make_dataset(tmp_path / "data", 2, (48, 48), num_classes=4)
+    generator, _ = load_generator(make_tiny_runs(tmp_path, data, size=(CROP, CROP), context=True, guide=True)[0])
+    assert generator.guided and generator.context_channels == 7
+    image, mask = host()
+    shape, placement = person(), Placement("h", "s", 0, 3, 20, 30, 1.0, False)
+    crop_shape = np.pad(shape, 2)  # as ObjectComponent.crop gives it: the object with a margin of source pixels
+    bright = np.full((*crop_shape.shape, 3), 230, np.uint8)
+    dark = np.full((*crop_shape.shape, 3), 20, np.uint8)
+    with pytest.raises(ValueError, match="source"):
+        paint(generator, image, mask, placement, shape, seed=5, precision="fp32")
+    a, a_mask = paint(generator, image, mask, placement, shape, seed=5, source=(bright, crop_shape), precision="fp32")
+    b, _ = paint(generator, image, mask, placement, shape, seed=5, source=(dark, crop_shape), precision="fp32")
+    again, _ = paint(generator, image, mask, placement, shape, seed=5, source=(bright, crop_shape), precision="fp32")
+    obj, alpha = placed_region(shape, placement, mask.shape, 3)
+    assert np.array_equal(a, again)
+    assert np.array_equal(a[alpha == 0], image[alpha == 0]) and np.array_equal(a_mask[alpha == 0], mask[alpha == 0])
+    assert (a_mask[obj] == 3).all() and not np.array_equal(a[obj], b[obj])  # the guide reaches the painting
+    # an unguided generator ignores sources
+    plain = context_generator
+    x, _ = paint(plain, image, mask, placement, shape, seed=5, source=(bright, crop_shape), precision="fp32")
+    y, _ = paint(plain, image, mask, placement, shape, seed=5, source=(dark, crop_shape), precision="fp32")
+    assert np.array_equal(x, y) and not np.array_equal(x[obj], a[obj])

@@ -35,7 +35,11 @@ def env(tmp_path_factory):
     crop_root = root / "crop"
     crop_root.mkdir()
     crop_gan, _ = make_tiny_runs(crop_root, data, size=(32, 32), context=True)
-    return {"root": root, "data": data, "seg": seg, "crop_gan": crop_gan, "scene_gan": scene_gan}
+    guided_root = root / "guided"
+    guided_root.mkdir()
+    guided_gan, _ = make_tiny_runs(guided_root, data, size=(32, 32), context=True, guide=True)
+    return {"root": root, "data": data, "seg": seg, "crop_gan": crop_gan, "scene_gan": scene_gan,
+            "guided_gan": guided_gan}
 
 
 def v2(env, output, mode: str, **fields):
@@ -56,10 +60,13 @@ def _host_rows(env) -> dict[str, dict[str, np.ndarray]]:
             for k, v in lookup.read(lookup.ids(), ("image", "mask")).items()}
 
 
-@pytest.mark.parametrize("mode", ["paste", "insert"])
-def test_insertion_job_keeps_the_hosts_bytes_outside_object_and_band(env, tmp_path, ray_session, mode):
+@pytest.mark.parametrize("mode, generator", [("paste", None), ("insert", "crop_gan"), ("insert", "guided_gan")])
+def test_insertion_job_keeps_the_hosts_bytes_outside_object_and_band(env, tmp_path, ray_session, mode, generator):
     out = tmp_path / "out"
-    summary = run_job(job_from_document(v2(env, out, mode)))
+    doc = v2(env, out, mode)
+    if generator:
+        doc["generator"] = env[generator]
+    summary = run_job(job_from_document(doc))
     assert summary["synthesis"]["mode"] == mode
     plan = InsertionPlan.from_json((out / PLAN_FILE).read_text())
     planned = {p.sample_id: p for p in plan.insertions}

@@ -14,6 +14,8 @@ from augment.pipelines import experiment as exp
 from augment.pipelines.retrain import MixError, RetrainConfig, baseline_recipe, check_mix, retrain
 from augment.runner.job import load_job, run_job
 from augment.models.store import load_card
+from augment.report.page import pct
+from augment.report.retrain import synthesis_modes, verdict
 from augment.training.data import read_units
 from augment.training.evaluate import evaluate_segmenter
 from helpers import make_dataset
@@ -120,6 +122,10 @@ def test_report_records_mix_budget_and_lineage(env, first):
     assert augmented.reproducibility["seed"] == baseline.reproducibility["seed"] == 0
     assert "one paired difference" in page and "jobs/experiment.py --seeds" in page
     assert info.lineage["job_fingerprint"] in (out / "report.html").read_text()
+    assert lineage["synthesis_mode"] == "scene"
+    word = {True: "a gain", False: "a loss"}[report["miou"]["delta"] > 0] if report["miou"]["delta"] else "no change"
+    assert f"Verdict: Synthesis mode scene: mIoU {pct(report['miou']['delta'], signed=True)} points ({word})" in page
+    assert "mode scene: whole images generated from edited label maps" in page
 
 
 def test_cli_reuses_a_given_baseline(env, first, tmp_path, capsys):
@@ -131,7 +137,8 @@ def test_cli_reuses_a_given_baseline(env, first, tmp_path, capsys):
     assert report["runs"]["baseline"] == {**first["report"]["runs"]["baseline"], "trained_here": False}
     assert report["mix"]["steps"] == load_card(str(out / "augmented")).step == load_card(baseline).step
     assert report["recipe"]["batch_per_worker"] == 4 and not (out / "baseline").exists()
-    assert "report in" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report in" in printed and "Synthesis mode scene: mIoU" in printed
     assert main(["retrain", "--real", env["data"], "--synthetic", env["synthetic"], "--val", env["val"],
                  "--out", str(out), "--baseline", baseline]) == 2
     assert "not empty" in capsys.readouterr().err
@@ -320,3 +327,15 @@ def test_augmented_run_starts_as_the_baseline_started(env, tmp_path):
     with pytest.raises(AugmentError, match=r"the initialisation file .*backbone.pth \(sha256 \w+\) is not the one "
                                            r"asked for \(sha256 " + start["sha256"][:12]):
         retrain(_cfg(env, tmp_path, baseline=baseline, ratio=0.5, out=str(tmp_path / "out2")))
+
+
+def test_verdict_names_the_mode_and_calls_a_loss_a_loss():
+    job = {"version": 2, "synthesis": {"mode": "insert"}}
+    report = {"miou": {"delta": -0.0168}, "targeted": {"mean_delta": 0.004},
+              "lineage": {"synthetic": [{"job": job}, {"synthesis_mode": "paste"}, {"job": {"version": 1}}]}}
+    assert synthesis_modes(report) == ["insert", "paste", "scene"]
+    said = verdict(report)
+    assert said.startswith("Synthesis mode insert + paste + scene: mIoU -1.68 points (a loss), targeted classes' "
+                           "mean IoU +0.40 points (a gain). One seed")
+    report["targeted"]["mean_delta"] = None
+    assert "targeted classes' mean IoU not measurable" in verdict(report)

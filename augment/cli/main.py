@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=_positive, default=None, metavar="SIZE",
                    help="crop mode: paint objects into SIZE x SIZE crops of real images at the data's resolution "
                         "(e.g. 64..128; for `insert` synthesis)")
+    p.add_argument("--guide", action="store_true",
+                   help="with --crop: the generator also reads the object's own pixels (recoloured at random in "
+                        "training, the source object's at synthesis) and learns to repaint them to fit the scene")
     p.add_argument("--sample-every", type=_positive, default=None, help="sample sheet every N steps")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="EMA decay of the inference generator (default: 0.999, lower for runs under 10,000 steps)")

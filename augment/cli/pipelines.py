@@ -11,7 +11,7 @@ from augment.core import console
 def retrain_command(args: argparse.Namespace) -> int:
     from augment.data import fs as afs
     from augment.pipelines.retrain import RetrainConfig, retrain
-    from augment.report.retrain import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD, format_summary
+    from augment.report.retrain import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD, format_summary, verdict
 
     cfg = RetrainConfig(
         real=args.real,
@@ -25,14 +25,15 @@ def retrain_command(args: argparse.Namespace) -> int:
     )
     report = retrain(cfg)
     console.summary(format_summary(report))
+    console.summary(verdict(report))
     console.summary(f"retrain: report in {afs.join(cfg.out, REPORT_MD)} (also {REPORT_HTML}, {REPORT_JSON}, "
                     f"{FIGURES_DIR}/)")
     return 0
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from augment.pipelines.demo import DEFAULT_N, DEFAULT_STEPS, DemoSettings, run_demo, verdict
-    from augment.report.retrain import REPORT_MD, format_summary
+    from augment.pipelines.demo import DEFAULT_N, DEFAULT_STEPS, DemoSettings, run_demo
+    from augment.report.retrain import REPORT_MD, format_summary, verdict
 
     settings = DemoSettings(size=tuple(args.size), steps=args.steps or DEFAULT_STEPS, n=args.n or DEFAULT_N,
                             mode=args.mode)

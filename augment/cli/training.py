@@ -28,6 +28,7 @@ def train_gan_command(args: argparse.Namespace) -> int:
         l1=args.l1,
         feature_matching=args.feature_matching,
         crop=args.crop,
+        guide=args.guide,
         sample_every=args.sample_every,
         model={"ema_decay": args.ema_decay} if args.ema_decay is not None else {},
         **_run_options(args),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from augment.models.context import context_input, hole_l1_loss
+from augment.models.context import context_input, hole_l1_loss, recolour
 from augment.data.codec import MIN_SIDE
 from augment.models.discriminator import OASISDiscriminator, num_downsamples
 from augment.models.generator import OASISGenerator, sample_noise
@@ -133,6 +133,7 @@ _FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "lr_d": _POSITIVE,
     "betas": ("[beta1, beta2], numbers in [0, 1)", _pair(lambda v: _is_number(v) and 0 <= v < 1)),
     "context": _BOOL,
+    "guide": _BOOL,
 }
 """What each GANConfig field read from a card must be (JSON types: lists for tuples, null for None)."""
 
@@ -146,7 +147,8 @@ class GANConfig:
     ``noise_stages``: see :mod:`augment.models.generator` (``None`` = noise in every block, as OASIS).
     ``ignore_index``: the label-mask value of unlabelled pixels (all-zero one-hot columns).
     ``context``: crop mode, the generator paints a hole in a real crop (augment.models.context); cards from
-    before it load as False.
+    before it load as False. ``guide`` (crop mode only): the generator also reads an appearance guide, the object's
+    own pixels recoloured in training and the source object's at synthesis; cards from before it load as False.
     """
 
     num_classes: int
@@ -169,8 +171,11 @@ class GANConfig:
     lr_d: float = 4e-4
     betas: tuple[float, float] = (0.0, 0.999)
     context: bool = False
+    guide: bool = False
 
     def __post_init__(self) -> None:
+        if self.guide and not self.context:
+            raise ValueError("GANConfig.guide is a crop-mode option: it needs context")
         self.size = tuple(int(s) for s in self.size)
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.size) != 2 or min(self.size) < MIN_SIDE:
@@ -215,6 +220,7 @@ def build_generator(cfg: GANConfig) -> OASISGenerator:
     return OASISGenerator(
         cfg.num_classes, cfg.size, z_dim=cfg.z_dim, width=cfg.g_width, spade_hidden=cfg.spade_hidden,
         norm=cfg.g_norm, noise_stages=cfg.noise_stages, context=cfg.context,
+        guide=cfg.guide,
     )
 
 
@@ -280,6 +286,7 @@ def gan_train_step(
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     hole: torch.Tensor | None = None,
+    obj: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One OASIS update: D (N+1 loss + LabelMix), then G (adversarial [+ L1] [+ feature matching]), then EMA.
 
@@ -291,6 +298,8 @@ def gan_train_step(
         hole: crop mode (``cfg.context``) only: B x 1 x H x W, 1 where G paints. G reads ``context_input(real,
             hole)`` and returns the composite, which D judges; the fake-class term counts the hole's pixels only
             (outside it the composite is the real crop) and the L1 term too.
+        obj: guided crop mode (``cfg.guide``) only: B x 1 x H x W, 1 on the object (inside the hole); G's guide is
+            ``recolour(real, obj, generator)``, drawn once per step.
 
     Returns the losses as floats: ``d_real``, ``d_fake``, ``d_labelmix``, ``d_total``, ``g_adv``,
     ``g_total`` and, when enabled, ``g_l1`` and ``g_fm``.
@@ -302,7 +311,10 @@ def gan_train_step(
         raise ValueError(f"label mask size {tuple(label.shape[-2:])} differs from image size {size}")
     if cfg.context != (hole is not None):
         raise ValueError("crop mode (GANConfig.context) needs a hole, and only crop mode takes one")
-    context = () if hole is None else (context_input(real, hole),)
+    if cfg.guide != (obj is not None):
+        raise ValueError("guided crop mode (GANConfig.guide) needs the object's map, and only it takes one")
+    guide = None if obj is None else recolour(real, obj, generator)
+    context = () if hole is None else (context_input(real, hole, guide),)
     fake_weight = None if hole is None else hole[:, 0]
     out: dict[str, torch.Tensor] = {}
 

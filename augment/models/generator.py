@@ -14,7 +14,10 @@ Locality holds in eval mode; in train mode BatchNorm's batch statistics couple a
 
 Crop mode (``context=True``, see augment.models.context): the label map is joined by the context, the
 real crop with the hole blanked and the hole mask, in the head's input and every SPADE's conditioning, and the
-output is ``fill_hole``'s composite: generated pixels inside the hole, the real crop's outside.
+output is ``fill_hole``'s composite: generated pixels inside the hole, the real crop's outside. A guided one
+(``guide=True``) reads the appearance guide too (GUIDE_CHANNELS more context channels) and paints a correction of
+it: its output is guide + tanh(...), clipped to [-1, 1], so at initialisation (OASIS's near-zero output) it is the
+guide itself on the object and grey on the rest of the hole, and training teaches it what to change.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.models.context import CONTEXT_CHANNELS, fill_hole
+from augment.models.context import CONTEXT_CHANNELS, GUIDE_CHANNELS, fill_hole
 from augment.data.codec import MIN_SIDE
 from augment.models.spade import SPADEResBlock, conv2d
 
@@ -67,6 +70,7 @@ class OASISGenerator(nn.Module):
             ``None`` feeds it to the head and every block, as OASIS does.
         context: paint in context (crop mode): ``forward`` also takes the context input (CONTEXT_CHANNELS
             channels) and returns the composite.
+        guide: crop mode with an appearance guide (augment.models.context): GUIDE_CHANNELS more context channels.
 
     ``forward`` accepts any input size whose short side is >= 2**n_up; stage sizes are computed
     from the input, so odd sizes work too.
@@ -83,14 +87,18 @@ class OASISGenerator(nn.Module):
         max_upsamples: int = 5,
         noise_stages: int | None = 2,
         context: bool = False,
+        guide: bool = False,
     ) -> None:
         super().__init__()
         if noise_stages is not None and noise_stages < 1:
             raise ValueError(f"noise_stages must be >= 1 or None, got {noise_stages}")
+        if guide and not context:
+            raise ValueError("an appearance guide is a crop-mode input: guide needs context")
         self.num_classes = num_classes
         self.size = (int(size[0]), int(size[1]))
         self.z_dim = z_dim
-        self.context_channels = CONTEXT_CHANNELS if context else 0
+        self.context_channels = (CONTEXT_CHANNELS + GUIDE_CHANNELS * guide) if context else 0
+        self.guided = bool(guide)
         self.n_up = num_upsamples(self.size, max_upsamples)
         channels = [width * min(2**k, MAX_CHANNEL_MULT) for k in range(self.n_up + 1, -1, -1)]
         n_blocks = self.n_up + 1
@@ -129,6 +137,8 @@ class OASISGenerator(nn.Module):
                 x = F.interpolate(x, size=sizes[i], mode="nearest")
             x = block(x, cond if i >= self.first_noise_block else label)
         out = torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+        if self.guided:  # the network paints a correction of the guide (0 off the object), clipped to [-1, 1]
+            out = (out + context[:, CONTEXT_CHANNELS:].to(out.dtype)).clamp(-1, 1)
         return out if context is None else fill_hole(out, context)
 
 

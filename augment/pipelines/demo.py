@@ -4,7 +4,8 @@ Stages, each printed with its wall time, all under OUT:
  1. data/train (N scenes, seed 0) and data/val (a separate set, seed 1): `write_example_data`
  2. baseline/: the segmenter on data/train alone (`train_segmenter`)
  3. gan/: the GAN on data/train (`train_gan`, with the L1 term and a short-memory EMA, see GAN_MODEL); with
-    --mode insert, cropgan/: a crop-mode GAN (CROP x CROP crops) that paints objects into real images; with --mode
+    --mode insert, cropgan/: a guided crop-mode GAN (CROP x CROP crops, `train-gan --crop --guide`) that repaints
+    real objects to fit the real images they are put into; with --mode
     paste, nothing (copy-paste uses the objects' own pixels)
  4. synthetic/: an augmentation job (OUT/job.yaml) with explicit quotas for the rarest classes by pixel share in
     data/train's statistics. Mode scene: its filter is calibrated to the baseline (min mIoU = half its val mIoU,
@@ -195,14 +196,15 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
     val_miou = float(card.metrics.get("val_miou") or 0.0)
 
     gan_cfg = GANTrainConfig(data=train, out=gan, size=None if s.mode == "insert" else s.size,
-                             crop=s.crop if s.mode == "insert" else None, steps=s.steps, batch=s.batch,
+                             crop=s.crop if s.mode == "insert" else None, guide=s.mode == "insert",
+                             steps=s.steps, batch=s.batch,
                              model=dict(GAN_MODEL), l1=True, seed=s.seed, resume=resume, address=address,
                              log_every=max(1, s.steps // 10))
     if s.mode == "paste":
         stages.run("gan", "none to train: mode paste copies the real objects' own pixels", lambda: None)
     elif s.mode == "insert":
-        stages.run("gan", f"crop-mode OASIS GAN painting objects into {s.crop}x{s.crop} crops of real images, "
-                          f"L1 term, {s.steps} steps", lambda: train_gan(gan_cfg))
+        stages.run("gan", f"crop-mode OASIS GAN repainting real objects to fit {s.crop}x{s.crop} crops of real "
+                          f"images (appearance guide), L1 term, {s.steps} steps", lambda: train_gan(gan_cfg))
     else:
         stages.run("gan", f"OASIS GAN with the L1 term (learns the label layout sooner), {s.steps} steps",
                    lambda: train_gan(gan_cfg))
@@ -240,21 +242,6 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
     report = stages.run("retrain", "same recipe, step budget and seed as the baseline, 30% of every batch "
                         "synthetic; evaluate both and write the report", lambda: retrain(cfg))
     report["demo_timings"] = {**stages.timings, "total_s": round(time.monotonic() - stages.start, 1)}
-    report["demo_mode"] = s.mode
     with open(os.path.join(out, "timings.json"), "w") as f:
         json.dump(report["demo_timings"], f, indent=2)
     return report
-
-
-def verdict(report: dict[str, Any]) -> str:
-    """What the demo's synthesis bought, in one plain sentence: mode, mIoU and targeted-class changes, whether each
-    is a gain or a loss, and that one seed cannot tell either from noise."""
-    def said(delta: float | None) -> str:
-        if delta is None:
-            return "not measurable"
-        return f"{delta * 100:+.2f} points ({'a gain' if delta > 0 else 'a loss' if delta < 0 else 'no change'})"
-
-    return (f"mode {report.get('demo_mode', 'scene')}: mIoU {said(report['miou']['delta'])}, targeted classes' mean "
-            f"IoU {said(report['targeted']['mean_delta'])}. One seed: a change this size may be noise; "
-            f"jobs/experiment.py --seeds gives intervals.")
-

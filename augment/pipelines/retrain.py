@@ -42,6 +42,7 @@ from augment.data.dataset import Dataset, decode_row, open_dataset
 from augment.core.errors import AugmentError
 from augment.models.pretrained import InitRecord
 from augment.models.segmenter import SEGMENTER_KIND
+from augment.synthesis import job_synthesis_mode
 from augment.report.retrain import FIGURES_DIR, REPORT_HTML, REPORT_JSON, REPORT_MD, iou_chart_png, report_page
 from augment.data.drawing import png_bytes, render_pairs
 from augment.models.store import CARD_FILE, METRICS_FILE, CheckpointError, ModelCard, load_card
@@ -475,6 +476,7 @@ def build_report(
             "synthetic": [
                 {"uri": s.ds.uri, "dataset_json_sha256": _dataset_json_sha256(s.ds), "lineage": s.ds.info.lineage,
                  "job": s.ds.info.extra.get("job"), "plan": s.ds.info.extra.get("plan"),
+                 "synthesis_mode": job_synthesis_mode(s.ds.info.extra.get("job")),
                  "derived_from_real": s.derived_from_real}
                 for s in mix.synthetic
             ],

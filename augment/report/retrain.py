@@ -12,6 +12,7 @@ from typing import Any
 
 from augment.report.figures import iou_bar_chart
 from augment.report.page import Page, pct
+from augment.synthesis import MODE_WORDS, job_synthesis_mode
 
 FIGURES_DIR = "figures"
 REPORT_JSON = "report.json"
@@ -38,6 +39,30 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+def synthesis_modes(report: dict[str, Any]) -> list[str]:
+    """The synthesis modes of the report's synthetic datasets, each once, in their order."""
+    modes = [s.get("synthesis_mode") or job_synthesis_mode(s.get("job")) for s in report["lineage"]["synthetic"]]
+    return list(dict.fromkeys(modes))
+
+
+def _change(delta: float | None) -> str:
+    if delta is None:
+        return "not measurable"
+    return f"{pct(delta, signed=True)} points ({'a gain' if delta > 0 else 'a loss' if delta < 0 else 'no change'})"
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """What the synthetic data bought, in one plain sentence: the synthesis mode, the mIoU and targeted-class mean
+    IoU changes, each called a gain or a loss, and that one seed cannot tell either from noise."""
+    return (f"Synthesis mode {' + '.join(synthesis_modes(report)) or 'none'}: mIoU {_change(report['miou']['delta'])}, "
+            f"targeted classes' mean IoU {_change(report['targeted']['mean_delta'])}. One seed: a change this size "
+            f"may be noise; jobs/experiment.py --seeds gives intervals.")
+
+
+def _modes_in_words(report: dict[str, Any]) -> str:
+    return "; ".join(f"mode {m}: {MODE_WORDS.get(m, 'not recorded')}" for m in synthesis_modes(report))
+
+
 def report_page(report: dict[str, Any]) -> Page:
     miou, acc, mix = report["miou"], report["pixel_accuracy"], report["mix"]
     targeted = report["targeted"]
@@ -49,12 +74,14 @@ def report_page(report: dict[str, Any]) -> Page:
         f"({', '.join(targeted['classes']) or 'none'}): mean IoU change {pct(targeted['mean_delta'], signed=True)} "
         f"points."
     )
+    page.paragraph(f"Verdict: {verdict(report)}")
     page.paragraph(
         f"Both runs: {report['recipe']['model']}, {mix['steps']} optimizer steps of {mix['batch_per_worker']} images "
         f"x {mix['workers']} worker(s) at {mix['size'][0]}x{mix['size'][1]}, seed {report['recipe']['seed']}"
         f"{' with deterministic algorithms' if report['recipe'].get('deterministic') else ''}, class "
         f"weights {mix.get('class_weights', 'none')}, {_start(report['recipe'].get('init'))}; the "
-        f"augmented run took {mix['ratio']:.0%} of every batch from the synthetic data. Numbers are "
+        f"augmented run took {mix['ratio']:.0%} of every batch from the synthetic data ({_modes_in_words(report)}). "
+        f"Numbers are "
         f"`augment evaluate`'s (IoU in %, '-': class in neither masks nor predictions)."
     )
     page.paragraph(

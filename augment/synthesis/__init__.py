@@ -3,3 +3,18 @@ real scenes (placement, insertion plan, compositing, GAN painting, the scene/pas
 
 SYNTHESIS_MODES = ("scene", "paste", "insert")
 """A job's `synthesis.mode` values (schemas/job-v2.schema.json); here so the CLI lists them without importing torch."""
+
+MODE_WORDS = {
+    "scene": "whole images generated from edited label maps",
+    "paste": "real objects copied into other real images (copy-paste)",
+    "insert": "objects painted into real images by a crop-mode generator",
+}
+"""What each synthesis mode makes, in words (reports)."""
+
+
+def job_synthesis_mode(job: dict | None) -> str:
+    """The synthesis mode of a job document (as a synthetic dataset's card keeps it): its `synthesis.mode`, "scene"
+    for a version 1 document (no synthesis block), "unknown" without a document."""
+    if not job:
+        return "unknown"
+    return str((job.get("synthesis") or {}).get("mode", "scene"))

@@ -100,6 +100,14 @@ def placed_region(
     return obj, alpha
 
 
+def placed_pixels(host_image: np.ndarray, obj_image: np.ndarray, obj_shape: np.ndarray, placement: Placement,
+                  band: int) -> np.ndarray:
+    """A copy of `host_image` with the object's canvas (`scale_pixels` of `obj_image` / `obj_shape`, as from
+    `ObjectComponent.crop`) written over it where `placement` puts it, clipped: what `paste` blends in."""
+    canvas = scale_pixels(obj_image, obj_shape, placement.scale, placement.flip, band)
+    return _embed(canvas, host_image, placement.top - band, placement.left - band)
+
+
 def label_placed(host_mask: np.ndarray, obj: np.ndarray, alpha: np.ndarray, class_index: int,
                  ignore_index: int) -> np.ndarray:
     """`host_mask` with `obj`'s pixels set to `class_index` and the band around it (alpha > 0 off `obj`) set to
@@ -120,7 +128,5 @@ def paste(
     if host_image.shape[:2] != host_mask.shape:
         raise ValueError(f"host image {host_image.shape[:2]} and mask {host_mask.shape} differ")
     obj, alpha = placed_region(obj_shape, placement, host_mask.shape, band)
-    canvas = scale_pixels(obj_image, obj_shape, placement.scale, placement.flip, band)
-    painted = _embed(canvas, host_image, placement.top - band, placement.left - band)
-    image = composite(host_image, painted, alpha)
+    image = composite(host_image, placed_pixels(host_image, obj_image, obj_shape, placement, band), alpha)
     return image, label_placed(host_mask, obj, alpha, placement.class_index, ignore_index)

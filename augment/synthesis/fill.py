@@ -7,7 +7,8 @@
             wholly synthetic, its noise the sample's `seed` alone (noise mode "global").
     paste   copy-paste, the baseline: the source object's real pixels (`composite.paste`), with the source pixels
             around it (a margin of ceil(band / scale) + 1) feeding the feathered band;
-    insert  a crop-mode generator paints the object into the host (`inpaint.paint_batch`), noise from `seed`.
+    insert  a crop-mode generator paints the object into the host (`inpaint.paint_batch`), noise from `seed`; a
+            guided one (`train-gan --guide`) repaints the source object's pixels (cropped as paste crops them).
 For paste and insert the written image is the host's bytes and the mask the host's labels exactly outside the
 object and a feathered band of `band` pixels around it; band pixels are blended and labelled the ignore index,
 object pixels carry the target class. Each filler is deterministic: the same inputs and seeds give the same bytes.
@@ -63,12 +64,18 @@ def _check_lengths(*columns: Sequence[Any]) -> None:
                          "insertions")
 
 
+def _source_pixels(source_image: np.ndarray | None, source_mask: np.ndarray, planned: PlannedInsertion, band: int,
+                   filler: str) -> tuple[np.ndarray, np.ndarray]:
+    """The planned object's pixels and shape cropped from its source with the margin its band needs."""
+    if source_image is None or source_image.shape[:2] != source_mask.shape:
+        raise ValueError(f"{filler} needs the source image of {planned.source_id}, of its label map's size")
+    obj = source_object(source_mask, planned)
+    return obj.crop(source_image, margin=math.ceil(band / planned.placement.scale) + 1)
+
+
 def _paste_one(host_image: np.ndarray, host_mask: np.ndarray, source_image: np.ndarray, source_mask: np.ndarray,
                planned: PlannedInsertion, band: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
-    if source_image is None or source_image.shape[:2] != source_mask.shape:
-        raise ValueError(f"paste needs the source image of {planned.source_id}, of its label map's size")
-    obj = source_object(source_mask, planned)
-    pixels, shape = obj.crop(source_image, margin=math.ceil(band / planned.placement.scale) + 1)
+    pixels, shape = _source_pixels(source_image, source_mask, planned, band, "paste")
     return paste(host_image, host_mask, pixels, shape, planned.placement, band, ignore_index)
 
 
@@ -101,7 +108,7 @@ def fill_batch(
     ignore_index: int = 255, precision: str = "auto", dilation: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image H x W x 3 uint8, mask H x W) per insertion, filled by `filler` (module docstring): `planned[i]` of
-    the object in `source_masks[i]` (pixels `source_images[i]`, needed by paste only) into host `host_images[i]` /
+    the object in `source_masks[i]` (pixels `source_images[i]`, needed by paste and a guided generator) into host `host_images[i]` /
     `host_masks[i]`. scene and insert need `generator` (whole-scene, or crop-mode from `train-gan --crop`) and call
     it once; `dilation` (the insert filler's hole, default `inpaint`'s) and `band` (not used by scene) as in
     `inpaint.paint_batch`. AugmentError for an unknown filler; ValueError for inputs that do not match or a missing
@@ -123,8 +130,12 @@ def fill_batch(
     if dilation is not None:
         options["dilation"] = dilation
     shapes = [source_object(m, p).shape for m, p in zip(source_masks, planned)]
+    sources = None
+    if getattr(generator, "guided", False):
+        sources = [_source_pixels(i, m, p, band, "a guided generator")
+                   for i, m, p in zip(source_images, source_masks, planned)]
     return paint_batch(generator, host_images, host_masks, [p.placement for p in planned], shapes,
-                       [p.seed for p in planned], **options)
+                       [p.seed for p in planned], sources, **options)
 
 
 def fill_insertion(

@@ -11,6 +11,9 @@ a real host image.
              fit in S x S with S // 8 pixels of context on each side, a square of side L = hole extent + 2 (S // 8)
              (at most the host's short side), cut, resized to S x S (image bilinear, labels nearest, the hole
              wherever it covers part of a pixel), painted and the painting resized back (bilinear);
+    guide    a guided generator (`train-gan --crop --guide`) also reads the source object's own pixels (its canvas as
+             `composite.paste` places it, scaled and flipped), on the placed object's pixels only, cut and resized
+             like the image;
     paint    the generator reads the label crop (one-hot), the crop with the hole blanked and the hole, with noise
              from the sample's `seed` alone (`augment.synthesis.generate.synthesise`, noise mode "global"): a
              sample's result does not depend on the rest of its batch;
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.models.context import context_input
-from augment.synthesis.composite import DEFAULT_BAND, composite, label_placed, placed_region
+from augment.synthesis.composite import DEFAULT_BAND, composite, label_placed, placed_pixels, placed_region
 from augment.synthesis.generate import synthesise
 from augment.synthesis.placement import Placement
 from augment.training.crops import DEFAULT_DILATION, crop_window, hole_mask
@@ -50,6 +53,8 @@ class _Cut:
     labels: torch.Tensor
     image: torch.Tensor
     hole: torch.Tensor
+    guide: torch.Tensor | None = None
+    """A guided generator's guide at S x S, normalised to [-1, 1] on the object and 0 elsewhere."""
 
 
 @dataclass
@@ -75,23 +80,39 @@ def _window(hole: np.ndarray, size: int) -> tuple[int, int, int]:
     return top, left, side
 
 
-def _cut(image: np.ndarray, labels: np.ndarray, hole: np.ndarray, size: int) -> _Cut:
-    """The window around `hole` and its image, labels and hole resized to size x size (module docstring)."""
+def _resized(image: np.ndarray, win: tuple[slice, slice], size: int) -> torch.Tensor:
+    """3 x size x size uint8: `image[win]` (H x W x 3 uint8) resized (bilinear, antialiased) unless already so."""
+    img = torch.from_numpy(np.ascontiguousarray(image[win])).permute(2, 0, 1)[None]
+    if img.shape[-1] != size:
+        img = F.interpolate(img.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        img = img.round().clamp(0, 255).to(torch.uint8)
+    return img[0]
+
+
+def _cut(image: np.ndarray, labels: np.ndarray, hole: np.ndarray, size: int,
+         guide: tuple[np.ndarray, np.ndarray] | None = None) -> _Cut:
+    """The window around `hole` and its image, labels and hole resized to size x size (module docstring); with
+    `guide` (the placed source pixels, host-sized, and the placed object's map), the guide too."""
     top, left, side = _window(hole, size)
     win = (slice(top, top + side), slice(left, left + side))
-    img = torch.from_numpy(np.ascontiguousarray(image[win])).permute(2, 0, 1)[None]
     lab = torch.from_numpy(labels[win].astype(np.int64))[None, None]
     hol = torch.from_numpy(hole[win].astype(np.float32))[None, None]
     if side != size:
-        img = F.interpolate(img.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        img = img.round().clamp(0, 255).to(torch.uint8)
         lab = F.interpolate(lab.float(), size=(size, size), mode="nearest").long()
         hol = (F.interpolate(hol, size=(size, size), mode="area") > 0).float()
-    return _Cut(top, left, side, lab[0, 0], img[0], hol[0])
+    cut = _Cut(top, left, side, lab[0, 0], _resized(image, win, size), hol[0])
+    if guide is not None:
+        pixels, obj = guide
+        on = torch.from_numpy(obj[win].astype(np.float32))[None, None]
+        if side != size:
+            on = F.interpolate(on, size=(size, size), mode="nearest")
+        cut.guide = normalize(_resized(pixels, win, size), "tanh") * on[0]
+    return cut
 
 
-def _prepare(image: np.ndarray, mask: np.ndarray, placement: Placement, shape: np.ndarray, size: int, band: int,
-             dilation: int, ignore_index: int) -> _Sample:
+def _prepare(image: np.ndarray, mask: np.ndarray, placement: Placement, shape: np.ndarray,
+             source: tuple[np.ndarray, np.ndarray] | None, size: int, band: int, dilation: int,
+             ignore_index: int) -> _Sample:
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
         raise ValueError(f"host image {image.shape} and mask {mask.shape} do not match")
     obj, alpha = placed_region(shape, placement, mask.shape, band)
@@ -100,7 +121,8 @@ def _prepare(image: np.ndarray, mask: np.ndarray, placement: Placement, shape: n
         labels = mask.copy()
         labels[obj] = placement.class_index
         sample.hole = hole_mask(obj, dilation)
-        sample.cut = _cut(image, labels, sample.hole, size)
+        guide = None if source is None else (placed_pixels(image, *source, placement, band), obj)
+        sample.cut = _cut(image, labels, sample.hole, size, guide)
     return sample
 
 
@@ -117,26 +139,37 @@ def _paste_back(host: np.ndarray, painted: torch.Tensor, cut: _Cut, hole: np.nda
 
 def paint_batch(
     generator: nn.Module, host_images: Sequence[np.ndarray], host_masks: Sequence[np.ndarray],
-    placements: Sequence[Placement], obj_shapes: Sequence[np.ndarray], seeds: Sequence[int], *,
+    placements: Sequence[Placement], obj_shapes: Sequence[np.ndarray], seeds: Sequence[int],
+    sources: Sequence[tuple[np.ndarray, np.ndarray]] | None = None, *,
     band: int = DEFAULT_BAND, dilation: int = DEFAULT_DILATION, ignore_index: int = 255, precision: str = "auto",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, mask) per placement (module docstring): `placements[i]` of the object `obj_shapes[i]` (its label
     shape, as `ObjectComponent.shape`) into host `host_images[i]` (H x W x 3 uint8) / `host_masks[i]` (H x W),
-    painted by `generator` (a crop-mode generator, e.g. from `load_generator`) with noise from `seeds[i]`.
-    ValueError for inputs that do not match, a generator without context, or an object too large for its host."""
+    painted by `generator` (a crop-mode generator, e.g. from `load_generator`) with noise from `seeds[i]`. A guided
+    generator needs `sources[i]`, the object's pixels and shape as `ObjectComponent.crop` gives them (with a margin
+    of at least ceil(band / scale) + 1, as the paste filler takes); others ignore them.
+    ValueError for inputs that do not match, a generator without context, a guided one without sources, or an
+    object too large for its host."""
     if not len(host_images) == len(host_masks) == len(placements) == len(obj_shapes) == len(seeds):
         raise ValueError("paint_batch needs as many host images, host masks, placements, shapes and seeds")
     if not getattr(generator, "context_channels", 0):
         raise ValueError("paint needs a crop-mode generator (augment train-gan --crop); this one takes no context")
+    guided = bool(getattr(generator, "guided", False))
+    if guided and (sources is None or len(sources) != len(placements)):
+        raise ValueError("a guided generator (train-gan --guide) paints from the source objects' pixels: pass "
+                         "one source per placement")
     size = int(generator.size[0])
-    samples = [_prepare(*args, size, band, dilation, ignore_index)
-               for args in zip(host_images, host_masks, placements, obj_shapes)]
+    samples = [_prepare(image, mask, placement, shape, sources[i] if guided else None, size, band, dilation,
+                        ignore_index)
+               for i, (image, mask, placement, shape) in enumerate(zip(host_images, host_masks, placements,
+                                                                       obj_shapes))]
     todo = [i for i, s in enumerate(samples) if s.cut is not None]
     painted: dict[int, torch.Tensor] = {}
     if todo:
         cuts = [samples[i].cut for i in todo]
         context = context_input(normalize(torch.stack([c.image for c in cuts]), "tanh"),
-                                torch.stack([c.hole for c in cuts]))
+                                torch.stack([c.hole for c in cuts]),
+                                torch.stack([c.guide for c in cuts]) if guided else None)
         images = synthesise(generator, torch.stack([c.labels for c in cuts]), [int(seeds[i]) for i in todo],
                             [placements[i].class_index for i in todo], generator.num_classes, ignore_index,
                             noise_mode="global", precision=precision, context=context)
@@ -152,8 +185,9 @@ def paint_batch(
 
 def paint(
     generator: nn.Module, host_image: np.ndarray, host_mask: np.ndarray, placement: Placement,
-    obj_shape: np.ndarray, seed: int = 0, **options,
+    obj_shape: np.ndarray, seed: int = 0, source: tuple[np.ndarray, np.ndarray] | None = None, **options,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(image, mask): `paint_batch` of one placement (its keyword options: band, dilation, ignore_index,
-    precision)."""
-    return paint_batch(generator, [host_image], [host_mask], [placement], [obj_shape], [seed], **options)[0]
+    precision; `source` for a guided generator)."""
+    return paint_batch(generator, [host_image], [host_mask], [placement], [obj_shape], [seed],
+                       None if source is None else [source], **options)[0]

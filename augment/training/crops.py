@@ -14,8 +14,9 @@ alone. Per label map:
     hole    `hole_mask`: the object dilated by `dilation` pixels (the support of
             augment.data.objects.feather_alpha), inside the window; empty when there is no object;
     flip    image, mask and hole flipped left-right with probability `hflip`.
-It returns the image as 4 x size x size uint8, the RGB crop and then the hole (255 inside, 0 outside), and the mask
-crop; `split_hole` turns a batch of such images, normalised as the stream's batches are, into (real, hole).
+It returns the image as 4 x size x size uint8, the RGB crop and then the hole (HOLE_ON on the object, HOLE_RING on
+the rest of the hole, 0 outside), and the mask crop; `split_hole` turns a batch of such images, normalised as the
+stream's batches are, into (real, hole), and `object_of` gives the object's own pixels (a guided generator's guide).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ DEFAULT_TEMPERATURE = 0.5
 MIN_CROP = 32
 MAX_CROP = 256
 HOLE_ON = 255
+HOLE_RING = 128
+"""The hole channel's value on the dilated ring around the object (HOLE_ON on the object itself)."""
 
 
 def rarity_weights(class_pixels: Sequence[int], temperature: float = DEFAULT_TEMPERATURE) -> list[float]:
@@ -136,18 +139,36 @@ class ObjectCrop:
             hole = np.zeros((s, s), bool)
         else:
             top, left = object_window(obj, s, rng)
+            pixels = object_map(obj)[top : top + s, left : left + s]
             hole = hole_mask(object_map(obj), self.dilation)[top : top + s, left : left + s]
+        code = np.where(hole, HOLE_RING, 0).astype(np.uint8)
+        if obj is not None:
+            code[pixels] = HOLE_ON
         rgb = image[:, top : top + s, left : left + s]
-        out = torch.cat([rgb, torch.from_numpy(hole.astype(np.uint8) * HOLE_ON)[None]])
+        out = torch.cat([rgb, torch.from_numpy(code)[None]])
         crop = mask[top : top + s, left : left + s]
         if rng.random() < self.hflip:
             out, crop = out.flip(-1), crop.flip(-1)
         return out.contiguous(), crop.contiguous()
 
 
-def split_hole(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(real B x 3 x H x W, hole B x 1 x H x W float in {0, 1}) of a batch of `ObjectCrop` images, uint8 or
-    normalised (the hole channel is > 0 inside the hole either way: 255 or 1.0 against 0 or -1.0)."""
+def _check_crops(images: torch.Tensor) -> None:
     if images.dim() != 4 or images.shape[1] != 4:
         raise ValueError(f"crop-mode images must be B x 4 x H x W (RGB + hole), got {tuple(images.shape)}")
+
+
+def split_hole(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real B x 3 x H x W, hole B x 1 x H x W float in {0, 1}) of a batch of `ObjectCrop` images, uint8 or
+    normalised to [-1, 1] (the hole channel is > 0 inside the hole either way: 128 / 255 or 0.004 / 1.0 against 0 or
+    -1.0)."""
+    _check_crops(images)
     return images[:, :3], (images[:, 3:] > 0).to(torch.float32)
+
+
+def object_of(images: torch.Tensor) -> torch.Tensor:
+    """B x 1 x H x W float in {0, 1}: 1 on the object itself (HOLE_ON) of a batch of `ObjectCrop` images, uint8 or
+    normalised to [-1, 1] (HOLE_ON is 1.0 there, HOLE_RING about 0)."""
+    _check_crops(images)
+    code = images[:, 3:]
+    on = (HOLE_ON + HOLE_RING) / 2 if code.dtype == torch.uint8 else 0.5
+    return (code > on).to(torch.float32)

@@ -16,7 +16,10 @@ D, the EMA, both optimizers, the step and every rank's RNG state for `--resume`.
 Crop mode (`crop`, `--crop SIZE`): the stream yields `augment.training.crops.ObjectCrop` crops (native
 resolution, around objects, rare classes more often) with their holes; the generator (GANConfig.context) paints
 the hole in context and the discriminator judges the composite (augment.models.gan.gan_train_step's `hole`). The
-card records the crop size and hole dilation; sample sheets show label | blanked | painted.
+card records the crop size and hole dilation; sample sheets show label | blanked | painted. With `guide`
+(`--guide`), the generator also reads an appearance guide (augment.models.context): the crop's object recoloured at
+random in training, so it learns to repaint a given object to fit its surroundings (at synthesis the guide is the
+source object's pixels); the sample sheets give it the object unchanged.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ STATE_KEYS = ("step", "generator", "discriminator", "ema", "opt_g", "opt_d")
 class GANTrainConfig:
     """Everything a train-gan run needs.
 
-    `crop` (a square size) trains in crop mode (module docstring) with holes dilated by `hole_dilation` pixels.
+    `crop` (a square size) trains in crop mode (module docstring) with holes dilated by `hole_dilation` pixels;
+    `guide` adds the appearance guide (crop mode only).
     `sample_every` (default min(500, steps)) paces the sample sheets, `checkpoint_every` (default: `sample_every`)
     the checkpoints; both also happen at the last step. `model` overrides GANConfig fields (widths, z_dim,
     learning rates, ...). `bn_refresh_batches` recent label-map batches re-estimate the EMA's BatchNorm statistics
@@ -94,6 +98,7 @@ class GANTrainConfig:
     feature_matching: bool = False
     crop: int | None = None
     hole_dilation: int = crops.DEFAULT_DILATION
+    guide: bool = False
     sample_every: int | None = None
     checkpoint_every: int | None = None
     log_every: int = 50
@@ -117,6 +122,8 @@ class GANTrainConfig:
                 raise AugmentError(f"GAN training: {name} must be >= 1, got {getattr(self, name)}")
         if self.size is not None:
             self.size = (int(self.size[0]), int(self.size[1]))
+        if self.guide and self.crop is None:
+            raise AugmentError("GAN training: --guide is a crop-mode option; add --crop SIZE")
         if self.crop is not None:
             if self.size is not None:
                 raise AugmentError("GAN training: --crop takes crops at the data's own resolution; drop --size")
@@ -161,6 +168,7 @@ def train_gan(config: GANTrainConfig) -> ModelCard:
         gan_cfg = GANConfig(
             num_classes=info.num_classes, size=size, ignore_index=info.ignore_index,
             use_l1=config.l1, use_feature_matching=config.feature_matching, context=config.crop is not None,
+            guide=config.guide,
             **{"ema_decay": default_ema_decay(config.steps), **config.model},
         )
     except (TypeError, ValueError) as exc:
@@ -209,7 +217,7 @@ def _training_record(config: GANTrainConfig) -> dict[str, Any]:
         "transform": "cover-resize, random crop, horizontal flip 0.5",
     }
     if config.crop:
-        record.update(mode="crop", crop=config.crop, hole_dilation=config.hole_dilation,
+        record.update(mode="crop", crop=config.crop, hole_dilation=config.hole_dilation, guide=config.guide,
                       transform="object crops at native resolution, rare classes more often, horizontal flip 0.5")
     return record
 
@@ -285,6 +293,13 @@ def _sample_inputs(ds: Dataset, transform: Any, rows: int, seed: int) -> tuple[n
     return np.stack(images), np.stack(masks)
 
 
+def _crop_context(images: torch.Tensor, guided: bool) -> torch.Tensor:
+    """The context (augment.models.context) of a batch of normalised `ObjectCrop` images, as the sample sheets and
+    the EMA's BatchNorm refresh feed it: with a guide, the object's own pixels unchanged (as at synthesis)."""
+    real, hole = crops.split_hole(images)
+    return context_input(real, hole, real * crops.object_of(images) if guided else None)
+
+
 def _rank_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The CPU generator of one rank's noise and LabelMix draws, seeded from (seed, rank, start step)."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
@@ -348,8 +363,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     sheet_masks = torch.tensor(loop_config["sample_masks"], dtype=torch.long)
     sheet_context = None
     if gan_cfg.context:
-        sheet_context = context_input(*crops.split_hole(normalize(torch.from_numpy(loop_config["sample_images"]),
-                                                                   "tanh")))
+        sheet_context = _crop_context(normalize(torch.from_numpy(loop_config["sample_images"]), "tanh"),
+                                      gan_cfg.guide)
     recent: collections.deque[tuple[torch.Tensor, ...]] = collections.deque(maxlen=cfg.bn_refresh_batches)
     progress = dist_utils.Progress(cfg.steps, start_step=step, every_steps=cfg.log_every, prefix="[train-gan]")
     sums: dict[str, float] = collections.defaultdict(float)
@@ -359,18 +374,21 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     while step < cfg.steps:
         batches = 0
         for real, masks in mixer.epoch(epoch):
-            hole = None
+            hole = obj = context = None
             if gan_cfg.context:
+                context = _crop_context(real, gan_cfg.guide)
+                obj = crops.object_of(real) if gan_cfg.guide else None
                 real, hole = crops.split_hole(real)
             if on_gpu:
                 real = real.contiguous(memory_format=torch.channels_last)
-            losses = gan_train_step(G, D, G_ema, opt_g, opt_d, real, masks, gan_cfg, rng, autocast_dtype, hole)
+            losses = gan_train_step(G, D, G_ema, opt_g, opt_d, real, masks, gan_cfg, rng, autocast_dtype, hole,
+                                    obj)
             if not all(math.isfinite(v) for v in losses.values()):
                 raise dist_utils.TrainingError(f"GAN losses became non-finite at step {step + 1}: {losses}")
             step += 1
             batches += 1
             if rank == 0:
-                recent.append((masks,) if hole is None else (masks, context_input(real, hole)))
+                recent.append((masks,) if context is None else (masks, context))
             for k, v in losses.items():
                 sums[k] += v
             window_steps += 1
