@@ -4,8 +4,9 @@
         [--size 48x64 --steps 150 --n 96] [--json /tmp/x/modes.json]
 
 Every (mode, seed) is a whole demo in OUT/<mode>-s<seed> (its own data, baseline, generator, job and retrain, all
-from that seed): each change is augmented minus baseline of one demo, so the seeds pair the runs, and the modes of
-one seed share their data and baseline exactly (same seed, same settings). Per mode it prints the mean change in
+from that seed): each change is augmented minus baseline of one demo. The modes of one seed make the same data and
+train the same baseline recipe from the same seed (each demo trains its own: the baselines agree as far as CPU
+training repeats itself, which report.json's baseline mIoU shows). Per mode it prints the mean change in
 mIoU and in the targeted classes' mean IoU over the seeds with the 95% Student-t interval (augment.report.stats),
 "within noise" when the interval holds 0, and the filter's acceptance; --json keeps every per-seed figure.
 Resumable: a finished demo folder (its report.json) is read back, a half-done one is resumed.
@@ -22,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from augment.pipelines.demo import DEFAULT_N, DEFAULT_SIZE, DEFAULT_STEPS, DemoSettings  # noqa: E402
+from augment.pipelines.demo import DEFAULT_N, DEFAULT_SIZE, DEFAULT_STEPS, DEMO_FILE, DemoSettings  # noqa: E402
 from augment.report.stats import paired_difference  # noqa: E402
 from augment.synthesis import SYNTHESIS_MODES  # noqa: E402
 
@@ -39,6 +40,11 @@ def one_demo(out: str, settings: DemoSettings) -> dict:
     from augment.pipelines.demo import run_demo
 
     path = os.path.join(out, REPORT)
+    marker = os.path.join(out, DEMO_FILE)
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            if json.load(f) != settings.to_json():
+                raise SystemExit(f"demo_modes: {out} holds a demo with other settings; use another --out")
     if not os.path.isfile(path):
         run_demo(out, settings, resume=os.path.isdir(out))
     with open(path) as f:
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in modes if m not in SYNTHESIS_MODES]
     if bad:
         parser.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(SYNTHESIS_MODES)}")
-    start = time.monotonic()
+    start, load = time.monotonic(), os.getloadavg()[0]
     results: dict[str, dict[int, dict]] = {m: {} for m in modes}
     for seed in seeds:
         for mode in modes:
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = table(results, seeds)
     print("\n".join(["", f"demo at {args.size[0]}x{args.size[1]}, {args.steps} steps, n {args.n}, seeds "
                      f"{args.seeds}; changes in points, augmented - baseline, paired by seed", *lines,
-                     f"wall {time.monotonic() - start:.0f} s, load average before {os.getloadavg()[0]:.2f} (now)"]))
+                     f"wall {time.monotonic() - start:.0f} s, load average {load:.2f} before, {os.getloadavg()[0]:.2f} after"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"settings": {"size": list(args.size), "steps": args.steps, "n": args.n, "seeds": seeds},

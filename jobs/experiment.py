@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
     p.add_argument("--crop", type=int, default=d.crop, help="insert arms: the crop GAN's crop size")
     p.add_argument("--crop-gan-steps", type=int, default=d.crop_gan_steps, help="insert arms: crop GAN steps")
     p.add_argument("--crop-gan-batch", type=int, default=d.crop_gan_batch, help="insert arms: crop GAN batch")
+    p.add_argument("--crop-guide", action="store_true",
+                   help="insert arms: the crop GAN repaints the source object's pixels (train-gan --guide)")
     p.add_argument("--band", type=int, default=d.band, help="paste/insert arms: feathered band (px), ignore in masks")
     p.add_argument("--min-region-iou", type=float, default=d.min_region_iou, help="insert arms: region IoU threshold")
     p.add_argument("--pixel-rule-k", type=float, default=d.pixel_rule_k, help="(g): FreeMask pixel rule's k")
@@ -110,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Experiment, list[str]]:
         job_batch=a.job_batch, deterministic=a.deterministic, workers=a.workers, gpus_per_worker=a.gpus_per_worker,
         address=a.address, arms=arms, control=not a.no_control, train_match=a.train_match,
         heldout_match=a.heldout_match, crop=a.crop, crop_gan_steps=a.crop_gan_steps, crop_gan_batch=a.crop_gan_batch,
+        crop_guide=a.crop_guide,
         band=a.band, min_region_iou=a.min_region_iou, pixel_rule_k=a.pixel_rule_k,
     )
     return x, stages

@@ -18,7 +18,7 @@ from augment.models.gan import GANConfig, build_discriminator, build_ema, build_
 from augment.models.gan import gan_train_step
 from augment.models.losses import fake_class_loss
 from augment.data.objects import feather_alpha
-from augment.synthesis.composite import placed_region
+from augment.synthesis.composite import paste, placed_region
 from augment.models.store import load_generator
 from augment.synthesis.inpaint import paint, paint_batch
 from augment.data.objects import find_objects
@@ -154,7 +154,15 @@ def test_guided_generator_reads_the_guide_and_its_step_recolours_the_object() ->
     g1, g2 = recolour(real, obj, torch.Generator().manual_seed(1)), recolour(real, obj, torch.Generator().manual_seed(1))
     assert torch.equal(g1, g2) and (g1[~obj.bool().expand_as(g1)] == 0).all() and g1.abs().max() <= 1
     assert not torch.allclose(g1[obj.bool().expand_as(g1)], real[obj.bool().expand_as(real)], atol=1e-3)
-    assert min(RECOLOUR_SD) > 0
+    # its formula, for one image: contrast about the object's mean, then brightness and colour gains, clipped
+    draw = torch.randn(2, 5, generator=torch.Generator().manual_seed(1))[0]
+    sd = torch.tensor(RECOLOUR_SD)
+    x = (real[0] + 1) / 2
+    on = obj[0, 0].bool()
+    mean = x[:, on].mean(1)[:, None, None]
+    expected = ((mean + (x - mean) * (draw[1] * sd[1]).exp()) * (draw[0] * sd[0]).exp()
+                * (draw[2:] * sd[2]).exp()[:, None, None]).clamp(0, 1) * 2 - 1
+    assert torch.allclose(g1[0][:, on], expected[:, on], atol=1e-5)
     G.train()
     opt_g, opt_d = build_optimizers(cfg, G, D)
     losses = gan_train_step(G, D, None, opt_g, opt_d, real, torch.randint(0, 4, (2, CROP, CROP)), cfg,
@@ -369,6 +377,8 @@ def test_guided_paint_repaints_the_source_pixels_and_keeps_the_host_outside(tmp_
     dark = np.full((*crop_shape.shape, 3), 20, np.uint8)
     with pytest.raises(ValueError, match="source"):
         paint(generator, image, mask, placement, shape, seed=5, precision="fp32")
+    with pytest.raises(ValueError, match="not the placed object"):
+        paint(generator, image, mask, placement, shape, seed=5, source=(bright, np.pad(person(8, 6), 2)))
     a, a_mask = paint(generator, image, mask, placement, shape, seed=5, source=(bright, crop_shape), precision="fp32")
     b, _ = paint(generator, image, mask, placement, shape, seed=5, source=(dark, crop_shape), precision="fp32")
     again, _ = paint(generator, image, mask, placement, shape, seed=5, source=(bright, crop_shape), precision="fp32")
@@ -380,4 +390,12 @@ def test_guided_paint_repaints_the_source_pixels_and_keeps_the_host_outside(tmp_
     plain = context_generator
     x, _ = paint(plain, image, mask, placement, shape, seed=5, source=(bright, crop_shape), precision="fp32")
     y, _ = paint(plain, image, mask, placement, shape, seed=5, source=(dark, crop_shape), precision="fp32")
-    assert np.array_equal(x, y) and not np.array_equal(x[obj], a[obj])
+    assert np.array_equal(x, y)
+    # with its last layer zeroed a guided generator returns its guide: the source pixels, placed as paste places them
+    with torch.no_grad():
+        generator.to_rgb.weight.zero_()
+        generator.to_rgb.bias.zero_()
+    pixels = np.random.default_rng(3).integers(0, 256, (*crop_shape.shape, 3), dtype=np.uint8)
+    guided, _ = paint(generator, image, mask, placement, shape, seed=5, source=(pixels, crop_shape), precision="fp32")
+    pasted, _ = paste(image, mask, pixels, crop_shape, placement, 3, IGNORE)
+    assert np.abs(guided[obj].astype(int) - pasted[obj].astype(int)).max() <= 1

@@ -275,6 +275,15 @@ def test_experiment_report_describes_the_settings_the_runs_used(tmp_path):
     assert described.seeds == [0]
     with pytest.raises(exp.AugmentError, match="seg_steps 60 -> 3000"):
         exp.record_settings(exp.Experiment(camvid="c", out=str(tmp_path)))
+    # a setting added after the stages ran reads as its default, which they ran with
+    settings = tmp_path / exp.SETTINGS_FILE
+    older = json.loads(settings.read_text())
+    del older["crop_guide"]
+    settings.write_text(json.dumps(older))
+    exp.record_settings(ran)
+    assert exp.recorded_settings(report_only).crop_guide is False
+    with pytest.raises(exp.AugmentError, match="crop_guide False -> True"):
+        exp.record_settings(exp.Experiment(**{**ran.__dict__, "crop_guide": True}))
 
 
 def test_experiment_job_documents_are_valid_jobs_per_arm(tmp_path):
@@ -339,3 +348,5 @@ def test_verdict_names_the_mode_and_calls_a_loss_a_loss():
                            "mean IoU +0.40 points (a gain). One seed")
     report["targeted"]["mean_delta"] = None
     assert "targeted classes' mean IoU not measurable" in verdict(report)
+    report["miou"]["delta"] = 0.00004
+    assert "mIoU +0.00 points (no change)" in verdict(report)

@@ -19,7 +19,7 @@ from augment.models.gan import GANConfig, build_ema, build_generator
 from augment.models.generator import sample_noise
 from augment.models.losses import one_hot_labels
 from augment.data.drawing import CAPTION_H, SHEET_GAP, colorize, panel_size
-from augment.models.store import load_card, load_generator, load_train_state, load_weights
+from augment.models.store import CARD_FILE, load_card, load_generator, load_train_state, load_weights
 from augment.training.gan import GANTrainConfig, _sample_masks, ema_weights, train_gan
 from augment.synthesis.gan_eval import evaluate_generator
 from augment.training.transforms import CoverCrop, apply_joint
@@ -131,6 +131,10 @@ def test_resume_continues_and_finished_run_says_so(trained, tmp_path, capsys) ->
     with pytest.raises(AugmentError, match="--resume"):
         train_gan(config)
     more = GANTrainConfig(**{**config.__dict__, "steps": STEPS + 6, "resume": True})
+    card_file = Path(run) / CARD_FILE  # a card written before crop mode and the guide existed resumes too
+    old = json.loads(card_file.read_text())
+    del old["model_config"]["context"], old["model_config"]["guide"]
+    card_file.write_text(json.dumps(old))
     card = train_gan(more)
     assert card.step == STEPS + 6 and load_train_state(run)["step"] == STEPS + 6
     assert read_metrics(run)[-1]["step"] == STEPS + 6

@@ -16,8 +16,9 @@ Crop mode (``context=True``, see augment.models.context): the label map is joine
 real crop with the hole blanked and the hole mask, in the head's input and every SPADE's conditioning, and the
 output is ``fill_hole``'s composite: generated pixels inside the hole, the real crop's outside. A guided one
 (``guide=True``) reads the appearance guide too (GUIDE_CHANNELS more context channels) and paints a correction of
-it: its output is guide + tanh(...), clipped to [-1, 1], so at initialisation (OASIS's near-zero output) it is the
-guide itself on the object and grey on the rest of the hole, and training teaches it what to change.
+it: its output is tanh(atanh(guide) + its last layer's output), the guide bounded to +-GUIDE_BOUND, so at
+initialisation (OASIS's near-zero last layer) it is the guide itself on the object and grey on the rest of the hole,
+and training teaches it what to change, with gradients everywhere.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from augment.models.spade import SPADEResBlock, conv2d
 __all__ = ["OASISGenerator", "num_upsamples", "resample_noise_in_region", "sample_noise"]
 
 MAX_CHANNEL_MULT = 16
+GUIDE_BOUND = 0.999
+"""A guided generator's guide is clipped to +-GUIDE_BOUND before atanh (finite, within half a grey level)."""
 
 
 def num_upsamples(size: tuple[int, int], max_upsamples: int = 5) -> int:
@@ -68,8 +71,8 @@ class OASISGenerator(nn.Module):
         max_upsamples: cap on the number of up-sampling stages.
         noise_stages: how many of the last blocks get the noise in their SPADE conditioning;
             ``None`` feeds it to the head and every block, as OASIS does.
-        context: paint in context (crop mode): ``forward`` also takes the context input (CONTEXT_CHANNELS
-            channels) and returns the composite.
+        context: paint in context (crop mode): ``forward`` also takes the context input (``context_channels``:
+            CONTEXT_CHANNELS, plus GUIDE_CHANNELS when guided) and returns the composite.
         guide: crop mode with an appearance guide (augment.models.context): GUIDE_CHANNELS more context channels.
 
     ``forward`` accepts any input size whose short side is >= 2**n_up; stage sizes are computed
@@ -116,7 +119,7 @@ class OASISGenerator(nn.Module):
 
     def forward(self, label: torch.Tensor, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``label``: B x num_classes x H x W float one-hot; ``z``: B x z_dim x H x W noise; ``context``
-        (crop mode only): B x CONTEXT_CHANNELS x H x W, ``augment.models.context.context_input``."""
+        (crop mode only): B x ``context_channels`` x H x W, ``augment.models.context.context_input``."""
         if label.dim() != 4 or label.shape[1] != self.num_classes:
             raise ValueError(f"label must be B x {self.num_classes} x H x W, got {tuple(label.shape)}")
         b, _, h, w = label.shape
@@ -136,9 +139,10 @@ class OASISGenerator(nn.Module):
             if i:
                 x = F.interpolate(x, size=sizes[i], mode="nearest")
             x = block(x, cond if i >= self.first_noise_block else label)
-        out = torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
-        if self.guided:  # the network paints a correction of the guide (0 off the object), clipped to [-1, 1]
-            out = (out + context[:, CONTEXT_CHANNELS:].to(out.dtype)).clamp(-1, 1)
+        pre = self.to_rgb(F.leaky_relu(x, 0.2))
+        if self.guided:  # a correction of the guide (0 off the object) in tanh's domain: no clipped gradients
+            pre = pre + torch.atanh(context[:, CONTEXT_CHANNELS:].to(pre.dtype).clamp(-GUIDE_BOUND, GUIDE_BOUND))
+        out = torch.tanh(pre)
         return out if context is None else fill_hole(out, context)
 
 

@@ -114,6 +114,8 @@ class Experiment:
     """Crop size of the insert arms' generator (train-gan --crop)."""
     crop_gan_steps: int = 2000
     crop_gan_batch: int = 8
+    crop_guide: bool = False
+    """The insert arms' generator reads the source object's pixels (train-gan --crop --guide)."""
     band: int = 2
     """Paste/insert: the feathered band around an object (ignore in the mask)."""
     min_region_iou: float = 0.3
@@ -233,7 +235,8 @@ def stage_gan(x: Experiment, f: float) -> None:
     if x.uses(INSERT_ARMS):
         out = x.path(tag(f), "cropgan")
         say(f"crop gan {tag(f)}: {x.crop_gan_steps} steps of {x.crop}x{x.crop} crops on {x.train_data(f)} -> {out}")
-        train_gan(GANTrainConfig(out=out, crop=x.crop, steps=x.crop_gan_steps, batch=x.crop_gan_batch, **common))
+        train_gan(GANTrainConfig(out=out, crop=x.crop, guide=x.crop_guide, steps=x.crop_gan_steps,
+                                 batch=x.crop_gan_batch, **common))
 
 
 def seg_epochs(x: Experiment, f: float) -> int:
@@ -478,7 +481,8 @@ def results_page(x: Experiment, summary: list[dict[str, Any]], skipped: list[dic
         f"{x.per_class} synthetic samples per targeted class, "
         f"{x.ratio:.0%} of every batch synthetic; filter min mIoU {x.min_miou}, min target IoU {x.min_target_iou}, "
         f"pixel ignore at confidence {x.ignore_confidence}"
-        + (f"; insert arms: crop GAN {x.crop_gan_steps} steps of batch {x.crop_gan_batch} at {x.crop}x{x.crop}, band "
+        + (f"; insert arms: {'guided ' if x.crop_guide else ''}crop GAN {x.crop_gan_steps} steps of batch "
+           f"{x.crop_gan_batch} at {x.crop}x{x.crop}, band "
            f"{x.band} px, region IoU >= {x.min_region_iou}, pixel rule k {x.pixel_rule_k}" if x.uses(("e", "f", "g"))
            else "")
         + (f"; training frames matching {x.train_match} only" if x.train_match else "")
@@ -588,6 +592,8 @@ def record_settings(x: Experiment) -> None:
     if afs.exists(filesystem, settings_path):
         recorded = {k: v for k, v in json.loads(afs.read_bytes(filesystem, settings_path)).items()
                     if k not in _RUN_ONLY}
+        defaults = {k: v for k, v in asdict(Experiment(camvid=x.camvid, out=x.out)).items() if k not in recorded}
+        recorded.update(defaults)  # a setting added since those stages ran: they ran with its default
         changed = sorted(k for k in current if recorded.get(k) != current[k])
         if changed:
             detail = ", ".join(f"{k} {recorded.get(k)!r} -> {current[k]!r}" for k in changed)

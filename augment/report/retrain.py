@@ -46,9 +46,11 @@ def synthesis_modes(report: dict[str, Any]) -> list[str]:
 
 
 def _change(delta: float | None) -> str:
-    if delta is None:
+    if delta is None or math.isnan(delta):
         return "not measurable"
-    return f"{pct(delta, signed=True)} points ({'a gain' if delta > 0 else 'a loss' if delta < 0 else 'no change'})"
+    said = pct(delta, signed=True)
+    shown = float(said)  # call it as printed: +0.00 is no change
+    return f"{said} points ({'a gain' if shown > 0 else 'a loss' if shown < 0 else 'no change'})"
 
 
 def verdict(report: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ SYNTHESIS_MODES = ("scene", "paste", "insert")
 MODE_WORDS = {
     "scene": "whole images generated from edited label maps",
     "paste": "real objects copied into other real images (copy-paste)",
-    "insert": "objects painted into real images by a crop-mode generator",
+    "insert": "objects painted into real images by a crop-mode generator (a guided one repaints real objects)",
 }
 """What each synthesis mode makes, in words (reports)."""
 

@@ -64,18 +64,17 @@ def _check_lengths(*columns: Sequence[Any]) -> None:
                          "insertions")
 
 
-def _source_pixels(source_image: np.ndarray | None, source_mask: np.ndarray, planned: PlannedInsertion, band: int,
+def _source_pixels(source_image: np.ndarray | None, obj: ObjectComponent, planned: PlannedInsertion, band: int,
                    filler: str) -> tuple[np.ndarray, np.ndarray]:
     """The planned object's pixels and shape cropped from its source with the margin its band needs."""
-    if source_image is None or source_image.shape[:2] != source_mask.shape:
+    if source_image is None or source_image.shape[:2] != obj.image_size:
         raise ValueError(f"{filler} needs the source image of {planned.source_id}, of its label map's size")
-    obj = source_object(source_mask, planned)
     return obj.crop(source_image, margin=math.ceil(band / planned.placement.scale) + 1)
 
 
 def _paste_one(host_image: np.ndarray, host_mask: np.ndarray, source_image: np.ndarray, source_mask: np.ndarray,
                planned: PlannedInsertion, band: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
-    pixels, shape = _source_pixels(source_image, source_mask, planned, band, "paste")
+    pixels, shape = _source_pixels(source_image, source_object(source_mask, planned), planned, band, "paste")
     return paste(host_image, host_mask, pixels, shape, planned.placement, band, ignore_index)
 
 
@@ -108,7 +107,7 @@ def fill_batch(
     ignore_index: int = 255, precision: str = "auto", dilation: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image H x W x 3 uint8, mask H x W) per insertion, filled by `filler` (module docstring): `planned[i]` of
-    the object in `source_masks[i]` (pixels `source_images[i]`, needed by paste and a guided generator) into host `host_images[i]` /
+    the object in `source_masks[i]` (pixels `source_images[i]`, for paste and a guided generator) into host `host_images[i]` /
     `host_masks[i]`. scene and insert need `generator` (whole-scene, or crop-mode from `train-gan --crop`) and call
     it once; `dilation` (the insert filler's hole, default `inpaint`'s) and `band` (not used by scene) as in
     `inpaint.paint_batch`. AugmentError for an unknown filler; ValueError for inputs that do not match or a missing
@@ -129,13 +128,13 @@ def fill_batch(
     options: dict[str, Any] = {"band": band, "ignore_index": ignore_index, "precision": precision}
     if dilation is not None:
         options["dilation"] = dilation
-    shapes = [source_object(m, p).shape for m, p in zip(source_masks, planned)]
+    objects = [source_object(m, p) for m, p in zip(source_masks, planned)]
     sources = None
     if getattr(generator, "guided", False):
-        sources = [_source_pixels(i, m, p, band, "a guided generator")
-                   for i, m, p in zip(source_images, source_masks, planned)]
-    return paint_batch(generator, host_images, host_masks, [p.placement for p in planned], shapes,
-                       [p.seed for p in planned], sources, **options)
+        sources = [_source_pixels(image, obj, p, band, "a guided generator")
+                   for image, obj, p in zip(source_images, objects, planned)]
+    return paint_batch(generator, host_images, host_masks, [p.placement for p in planned],
+                       [obj.shape for obj in objects], [p.seed for p in planned], sources, **options)
 
 
 def fill_insertion(

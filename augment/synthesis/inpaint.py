@@ -12,8 +12,8 @@ a real host image.
              (at most the host's short side), cut, resized to S x S (image bilinear, labels nearest, the hole
              wherever it covers part of a pixel), painted and the painting resized back (bilinear);
     guide    a guided generator (`train-gan --crop --guide`) also reads the source object's own pixels (its canvas as
-             `composite.paste` places it, scaled and flipped), on the placed object's pixels only, cut and resized
-             like the image;
+             `composite.paste` places it, scaled and flipped), on the placed object's pixels only, cut like the
+             image (pixels resized bilinear, the object's map nearest, as the labels);
     paint    the generator reads the label crop (one-hot), the crop with the hole blanked and the hole, with noise
              from the sample's `seed` alone (`augment.synthesis.generate.synthesise`, noise mode "global"): a
              sample's result does not depend on the rest of its batch;
@@ -137,6 +137,13 @@ def _paste_back(host: np.ndarray, painted: torch.Tensor, cut: _Cut, hole: np.nda
     return out
 
 
+def _tight_box(shape: np.ndarray) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(shape)
+    if not len(ys):
+        raise ValueError("an object shape must have at least one True pixel")
+    return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
+
+
 def paint_batch(
     generator: nn.Module, host_images: Sequence[np.ndarray], host_masks: Sequence[np.ndarray],
     placements: Sequence[Placement], obj_shapes: Sequence[np.ndarray], seeds: Sequence[int],
@@ -146,8 +153,8 @@ def paint_batch(
     """(image, mask) per placement (module docstring): `placements[i]` of the object `obj_shapes[i]` (its label
     shape, as `ObjectComponent.shape`) into host `host_images[i]` (H x W x 3 uint8) / `host_masks[i]` (H x W),
     painted by `generator` (a crop-mode generator, e.g. from `load_generator`) with noise from `seeds[i]`. A guided
-    generator needs `sources[i]`, the object's pixels and shape as `ObjectComponent.crop` gives them (with a margin
-    of at least ceil(band / scale) + 1, as the paste filler takes); others ignore them.
+    generator needs `sources[i]`, the object's pixels and shape as `ObjectComponent.crop` gives them (any margin: only
+    the object's own pixels guide), whose object must be `obj_shapes[i]`'s size; others ignore them.
     ValueError for inputs that do not match, a generator without context, a guided one without sources, or an
     object too large for its host."""
     if not len(host_images) == len(host_masks) == len(placements) == len(obj_shapes) == len(seeds):
@@ -158,6 +165,10 @@ def paint_batch(
     if guided and (sources is None or len(sources) != len(placements)):
         raise ValueError("a guided generator (train-gan --guide) paints from the source objects' pixels: pass "
                          "one source per placement")
+    if guided:
+        for i, ((_, crop_shape), shape) in enumerate(zip(sources, obj_shapes)):
+            if crop_shape[_tight_box(crop_shape)].shape != shape[_tight_box(shape)].shape:
+                raise ValueError(f"source {i}'s object is not the placed object (its box differs in size)")
     size = int(generator.size[0])
     samples = [_prepare(image, mask, placement, shape, sources[i] if guided else None, size, band, dilation,
                         ignore_index)

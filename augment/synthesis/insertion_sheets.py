@@ -9,8 +9,9 @@ to at least MIN_PANEL on their short side by `panel_size` of the first row's hos
                     into the panel keeping its aspect ratio (nearest), centred on the background;
         result      the written image, with the object's box outlined just outside it (BOX_RGB) so it can be found;
         close-up    the written image around the object's box (half the box's longer side, at least the band, on
-                    every side, clipped), undimmed, fitted into the panel as the object is: the inserted object
-                    at the object panel's scale, to be judged beside its source;
+                    every side, clipped), undimmed, fitted into the panel as the object panel is: the inserted
+                    object large enough to be judged beside its source (at about half the object panel's scale,
+                    since it shows more of its surroundings);
         prediction  the segmenter's prediction on the result, colourised (ignore black).
     width  = 5 * panel_w + 6 * BORDER
     height = CAPTION_H + n * (CAPTION_H + panel_h + 2 * BORDER)

@@ -34,7 +34,7 @@ DEFAULT_TEMPERATURE = 0.5
 MIN_CROP = 32
 MAX_CROP = 256
 HOLE_ON = 255
-HOLE_RING = 128
+HOLE_RING = 160
 """The hole channel's value on the dilated ring around the object (HOLE_ON on the object itself)."""
 
 
@@ -157,18 +157,21 @@ def _check_crops(images: torch.Tensor) -> None:
         raise ValueError(f"crop-mode images must be B x 4 x H x W (RGB + hole), got {tuple(images.shape)}")
 
 
+def _threshold(images: torch.Tensor, level: float) -> float:
+    """`level` (a uint8 value) in the scale of `images`: itself for integer crops, normalised to [-1, 1] (the
+    "tanh" normalisation of the training stream) for floating-point ones."""
+    return level / 127.5 - 1 if images.is_floating_point() else level
+
+
 def split_hole(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(real B x 3 x H x W, hole B x 1 x H x W float in {0, 1}) of a batch of `ObjectCrop` images, uint8 or
-    normalised to [-1, 1] (the hole channel is > 0 inside the hole either way: 128 / 255 or 0.004 / 1.0 against 0 or
-    -1.0)."""
+    """(real B x 3 x H x W, hole B x 1 x H x W float in {0, 1}) of a batch of `ObjectCrop` images, integer or
+    normalised to [-1, 1]: the hole is where the hole channel is above half of HOLE_RING."""
     _check_crops(images)
-    return images[:, :3], (images[:, 3:] > 0).to(torch.float32)
+    return images[:, :3], (images[:, 3:] > _threshold(images, HOLE_RING / 2)).to(torch.float32)
 
 
 def object_of(images: torch.Tensor) -> torch.Tensor:
-    """B x 1 x H x W float in {0, 1}: 1 on the object itself (HOLE_ON) of a batch of `ObjectCrop` images, uint8 or
-    normalised to [-1, 1] (HOLE_ON is 1.0 there, HOLE_RING about 0)."""
+    """B x 1 x H x W float in {0, 1}: 1 on the object itself (HOLE_ON, not the ring) of a batch of `ObjectCrop`
+    images, integer or normalised to [-1, 1]."""
     _check_crops(images)
-    code = images[:, 3:]
-    on = (HOLE_ON + HOLE_RING) / 2 if code.dtype == torch.uint8 else 0.5
-    return (code > on).to(torch.float32)
+    return (images[:, 3:] > _threshold(images, (HOLE_ON + HOLE_RING) / 2)).to(torch.float32)

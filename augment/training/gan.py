@@ -42,6 +42,7 @@ from augment.models.context import context_input
 from augment.models.gan import (
     GAN_KIND,
     GANConfig,
+    GANConfigError,
     build_discriminator,
     build_ema,
     build_generator,
@@ -237,6 +238,14 @@ def _crop_transform(config: GANTrainConfig, ds: Dataset) -> crops.ObjectCrop:
                             ignore_index=ds.info.ignore_index)
 
 
+def _filled(model_config: dict[str, Any], what: str) -> dict[str, Any]:
+    """A card's model_config with the GANConfig fields it predates at their defaults (as `from_dict` reads it)."""
+    try:
+        return GANConfig.from_dict(model_config, f"{what} model_config").to_dict()
+    except GANConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | None:
     """The step to start from (0 for a new run), or None when a resumed run is already complete."""
     existing = existing_run(config.out, config.resume, GAN_KIND, "train-gan")
@@ -246,9 +255,10 @@ def _start_step(config: GANTrainConfig, card: ModelCard, ds: Dataset) -> int | N
     check_compatible(existing, ds.info, what, tuple(card.size))
     if "ema_decay" not in config.model and "ema_decay" in existing.model_config:
         card.model_config["ema_decay"] = existing.model_config["ema_decay"]  # a longer --steps keeps the run's EMA
-    changed = sorted(k for k, v in card.model_config.items() if existing.model_config.get(k) != v)
+    before = _filled(existing.model_config, what)  # a card from before a field existed ran with its default
+    changed = sorted(k for k, v in card.model_config.items() if before.get(k) != v)
     if changed:
-        detail = ", ".join(f"{k} {existing.model_config.get(k)!r} -> {card.model_config[k]!r}" for k in changed)
+        detail = ", ".join(f"{k} {before.get(k)!r} -> {card.model_config[k]!r}" for k in changed)
         raise CheckpointError(f"{what} was trained with other GAN settings ({detail}); resume with the same ones")
     check_same_reproducibility(existing, card, what)
     state = load_train_state(config.out, STATE_KEYS)
