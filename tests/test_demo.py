@@ -35,6 +35,9 @@ def test_demo_runs_the_whole_chain(demo, capsys):
     job = yaml.safe_load((out / "job.yaml").read_text())
     rare = rarest_classes(str(out / "data/train"))
     assert len(rare) == 4 and job["classes"] == {c: 4 for c in rare}
+    base = load_card(str(out / "baseline")).metrics
+    assert job["filter"] == {"min_miou": round(base["val_miou"] / 2, 4),  # calibrated to the baseline
+                             "min_target_iou": round(sum(base["val_iou"][c] for c in rare) / 8, 4)}
     shares = [p for p in train.class_pixels if p > 0]
     assert max(train.class_pixels[train.classes.index(c)] for c in rare) <= sorted(shares)[3]
     synthetic = open_dataset(str(out / "synthetic"))

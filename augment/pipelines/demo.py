@@ -8,9 +8,10 @@ Stages, each printed with its wall time, all under OUT:
     real objects to fit the real images they are put into; with --mode
     paste, nothing (copy-paste uses the objects' own pixels)
  4. synthetic/: an augmentation job (OUT/job.yaml) with explicit quotas for the rarest classes by pixel share in
-    data/train's statistics. Mode scene: its filter is calibrated to the baseline (min mIoU = half its val mIoU,
-    no target IoU floor: a segmenter trained this briefly rarely finds the rare classes at all); modes paste and
-    insert: the region filter at the job defaults (the target class's IoU in the object's box)
+    data/train's statistics. Mode scene: its filter is calibrated to the baseline (min mIoU = half its val mIoU;
+    min target IoU = half its mean val IoU over those classes, so a scene whose target class the baseline does not
+    find at all is rejected, unless the baseline finds none of them on val either); modes paste and insert: the
+    region filter at the job defaults (the target class's IoU in the object's box)
  5. retrain/: `retrain` with baseline/ as the baseline (same recipe, step budget and seed), which writes the report
     retrain/report.md (+ .html, .json, figures/)
 
@@ -210,11 +211,13 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
                    lambda: train_gan(gan_cfg))
 
     rare = rarest_classes(train, min_object=None if s.mode == "scene" else DEFAULT_MIN_PIXELS)
+    val_iou = card.metrics.get("val_iou") or {}
+    rare_iou = sum(float(val_iou.get(c) or 0.0) for c in rare) / len(rare)
     job_path = os.path.join(out, "job.yaml")
     job: dict[str, Any] = {
         "data": train, "generator": gan, "segmenter": baseline, "output": synthetic, "seed": s.seed,
         "classes": {c: s.quota for c in rare},
-        "filter": {"min_miou": round(val_miou / 2, 4), "min_target_iou": 0.0},
+        "filter": {"min_miou": round(val_miou / 2, 4), "min_target_iou": round(rare_iou / 2, 4)},
         "resources": {"batch_size": 16, "samples_per_shard": 32},
     }
     if s.mode != "scene":
@@ -232,8 +235,9 @@ def run_demo(out: str, settings: DemoSettings, overwrite: bool = False, resume: 
             raise AugmentError(f"no synthetic sample passed the filter ({rule}); train longer with a larger --steps")
         return summary
 
-    rule = (f"min mIoU {job['filter']['min_miou']} (half the baseline's val mIoU {val_miou:.3f})" if s.mode == "scene"
-            else "region filter: the target's IoU in the object's box, at the job defaults")
+    rule = (f"min mIoU {job['filter']['min_miou']} and min target IoU {job['filter']['min_target_iou']} (half the "
+            f"baseline's val mIoU {val_miou:.3f} and its mean val IoU {rare_iou:.3f} on those classes)"
+            if s.mode == "scene" else "region filter: the target's IoU in the object's box, at the job defaults")
     stages.run("augment", f"{s.quota} samples for each of the {len(rare)} rarest classes ({', '.join(rare)}), "
                f"mode {s.mode}, filter {rule}; job file {job_path}", augment_job)
 
