@@ -479,5 +479,5 @@ def test_verify_resolves_a_relative_path_and_names_a_superseded_run(env, finishe
     assert main(["verify", "out"]) == 2
     captured = capsys.readouterr()
     assert f"augment verify: {out}: job output" in captured.out
-    assert f"but the current run r000002-" in captured.out and f"is of job {'f' * 12}" in captured.out
+    assert "but the current run r000002-" in captured.out and f"is of job {'f' * 12}" in captured.out
     assert "no job fingerprint and content" not in captured.out
